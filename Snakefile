@@ -1,0 +1,30 @@
+# rlhf-audit: one DAG regenerates three RLHF studies (see README.md).
+# This file only sets the config, validates it, includes the rule files and
+# names the targets; helper functions live in workflow/rules/common.smk.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.27")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+# Our validator first: it names the offending key and its description; then
+# snakemake's own, which fills the schema's defaults the same way.
+check_config(config)
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/organism.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/extract.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

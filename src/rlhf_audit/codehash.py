@@ -1,0 +1,83 @@
+"""Content hash of the code a workflow step runs.
+
+Snakemake tracks a script by its mtime only and never sees the library modules
+it imports. The workflow passes ``code_hash(script)`` as a param of every rule,
+so a real edit to the script or to any ``rlhf_audit`` module it imports
+(transitively) reruns that rule and its descendants, while a bare ``touch`` or a
+fresh clone reruns nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+PACKAGE = "rlhf_audit"
+_SRC = Path(__file__).resolve().parent
+
+
+def _module_file(module: str) -> Path | None:
+    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+        return None
+    rel = module.split(".")[1:]
+    base = _SRC.joinpath(*rel)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _imports(path: Path) -> tuple[str, ...]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[str] = []
+    pkg_parts = None
+    if path.is_relative_to(_SRC):
+        # the package a relative import is resolved against (for a/b.py and a/__init__.py: a)
+        pkg_parts = [PACKAGE, *path.relative_to(_SRC).with_suffix("").parts][:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and pkg_parts is not None:
+                base = pkg_parts[: len(pkg_parts) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.append(mod)
+            # `from rlhf_audit import stats` imports a submodule
+            found.extend(f"{mod}.{a.name}" for a in node.names)
+    return tuple(found)
+
+
+def local_closure(path: str | Path) -> list[Path]:
+    """The file and every ``rlhf_audit`` module it imports, transitively, sorted."""
+    start = Path(path).resolve()
+    seen: set[Path] = set()
+    stack = [start]
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        for mod in _imports(p):
+            parts = mod.split(".")
+            # importing a.b.c also runs a/__init__ and a/b/__init__
+            for k in range(1, len(parts) + 1):
+                f = _module_file(".".join(parts[:k]))
+                if f is not None and f not in seen:
+                    stack.append(f)
+    return sorted(seen)
+
+
+def code_hash(*paths: str | Path) -> str:
+    """sha256 (first 16 hex digits) over the closure of local code of ``paths``."""
+    h = hashlib.sha256()
+    files: set[Path] = set()
+    for p in paths:
+        files.update(local_closure(p))
+    for f in sorted(files):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,233 @@
+"""One loader for every model the studies use.
+
+A model is named by a spec: ``{hf: ID, revision: REV}`` (a Hugging Face hub id,
+resolved through the local cache when offline) or ``{path: DIR}`` (an ordinary
+Hugging Face directory, such as the organism the default workflow trains).
+Both go through the same ``from_pretrained`` call. Weights are read from
+safetensors only and ``trust_remote_code`` is never set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from."""
+
+    hf: str | None = None
+    """Hugging Face hub id (e.g. ``meta-llama/Llama-3.1-8B``)."""
+    revision: str | None = None
+    """Hub revision: a branch, tag or commit sha (``main`` when unset)."""
+    path: str | None = None
+    """A local Hugging Face directory (config.json + *.safetensors + tokenizer files)."""
+
+    @classmethod
+    def from_config(cls, spec: Mapping, key: str = "model") -> ModelSpec:
+        """Build a spec from a config mapping; ``key`` names it in error messages."""
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{key}: a model spec must be a mapping {{hf: ID}} or {{path: DIR}}, "
+                             f"got {spec!r}")
+        unknown = set(spec) - {"hf", "revision", "path"}
+        if unknown:
+            raise ValueError(f"{key}: unknown model-spec key(s) {sorted(unknown)}; "
+                             "use hf (+ revision) or path")
+        hf, path = spec.get("hf"), spec.get("path")
+        if bool(hf) == bool(path):
+            raise ValueError(f"{key}: give exactly one of 'hf' (hub id) or 'path' (local directory)")
+        if path and spec.get("revision"):
+            raise ValueError(f"{key}: 'revision' only applies to 'hf' specs")
+        return cls(hf=hf, revision=spec.get("revision"), path=str(path) if path else None)
+
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` receives."""
+        return self.path if self.path else self.hf  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str:
+        """Human-readable id for manifests and reports."""
+        if self.path:
+            return f"path:{self.path}"
+        return f"hf:{self.hf}@{self.revision or 'main'}"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in (("hf", self.hf), ("revision", self.revision),
+                                  ("path", self.path)) if v}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device: cuda was asked for but no CUDA GPU is visible; "
+                             "use device: auto or cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA (where supported) and float32 on CPU."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _check_local_dir(spec: ModelSpec, need_weights: bool = True) -> None:
+    d = Path(spec.path)  # type: ignore[arg-type]
+    if not d.is_dir():
+        raise ModelLoadError(f"model path {d} does not exist or is not a directory. For the "
+                             "organism, run the workflow (snakemake --cores all) which builds it; "
+                             "otherwise point 'path:' at a Hugging Face model directory.")
+    if not (d / "config.json").exists():
+        raise ModelLoadError(f"{d} has no config.json: not a Hugging Face model directory "
+                             "(save it with model.save_pretrained(DIR)).")
+    if need_weights and not any(d.glob("*.safetensors")):
+        hint = " It has pickle weights (.bin/.pt), which this tool refuses to load." if any(
+            d.glob("*.bin")) or any(d.glob("*.pt")) else ""
+        raise ModelLoadError(f"{d} holds no *.safetensors weights.{hint} Convert with "
+                             "model.save_pretrained(DIR, safe_serialization=True).")
+
+
+def _offline_help(spec: ModelSpec, err: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelLoadError(
+        f"could not load {spec.label} ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+        f"{'HF_HUB_OFFLINE=1 is set, so only the local cache is read. ' if offline else ''}"
+        "What to do: (1) on a machine with internet, `huggingface-cli download "
+        f"{spec.hf}{' --revision ' + spec.revision if spec.revision else ''}` into the cache that "
+        "HF_HOME points at, and set HF_HOME to it here; (2) for gated models (e.g. meta-llama) run "
+        "`huggingface-cli login` and accept the licence on the model page first; (3) or download "
+        "the model once and name it with a {path: DIR} spec instead of {hf: ID}."
+    )
+
+
+def _pretrained_kwargs(spec: ModelSpec) -> dict:
+    kw: dict = {"trust_remote_code": False}
+    if spec.hf and spec.revision:
+        kw["revision"] = spec.revision
+    return kw
+
+
+def load_tokenizer(spec: ModelSpec, padding_side: str = "right"):
+    """The tokenizer of a model spec, with a pad token (eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    if spec.path:
+        _check_local_dir(spec, need_weights=False)
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.source, **_pretrained_kwargs(spec))
+    except (OSError, ValueError) as err:
+        if spec.path:
+            raise ModelLoadError(f"could not load a tokenizer from {spec.path}: {err}") from err
+        raise _offline_help(spec, err) from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def _load(auto_cls, spec: ModelSpec, device: str, dtype: str, **extra):
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if spec.path:
+        _check_local_dir(spec)
+    try:
+        model = auto_cls.from_pretrained(
+            spec.source, dtype=torch_dtype, use_safetensors=True, **_pretrained_kwargs(spec),
+            **extra,
+        )
+    except (OSError, ValueError) as err:
+        if spec.path:
+            raise ModelLoadError(f"could not load the model in {spec.path}: {err}") from err
+        raise _offline_help(spec, err) from err
+    model.to(dev)
+    model.eval()
+    log.info("loaded %s as %s on %s (%s)", spec.label, type(model).__name__, dev, torch_dtype)
+    return model
+
+
+def load_causal_lm(spec: ModelSpec | Mapping, device: str = "auto", dtype: str = "auto"):
+    """(AutoModelForCausalLM, tokenizer) for a spec, in eval mode on the resolved device."""
+    from transformers import AutoModelForCausalLM
+
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_config(spec)
+    resolve_device(device)  # fail on a bad device before touching files
+    if spec.path:
+        _check_local_dir(spec)  # weights first: the clearer error
+    tok = load_tokenizer(spec)
+    model = _load(AutoModelForCausalLM, spec, device, dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def load_reward_model(spec: ModelSpec | Mapping, device: str = "auto", dtype: str = "auto"):
+    """(AutoModelForSequenceClassification with one logit, tokenizer) for a reward-model spec."""
+    from transformers import AutoModelForSequenceClassification
+
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_config(spec)
+    resolve_device(device)
+    if spec.path:
+        _check_local_dir(spec)
+    tok = load_tokenizer(spec)
+    model = _load(AutoModelForSequenceClassification, spec, device, dtype)
+    if model.config.num_labels != 1:
+        raise ModelLoadError(f"{spec.label} has num_labels={model.config.num_labels}; a reward "
+                             "model must output a single logit (num_labels=1)")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def weights_hash(spec: ModelSpec | Mapping) -> str:
+    """sha256 over a local model's safetensors files (name + content), streamed.
+
+    For hub specs the resolved snapshot in the local cache is hashed the same way,
+    so the manifest pins the exact bytes that were used.
+    """
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_config(spec)
+    if spec.path:
+        folder = Path(spec.path)
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(spec.hf, revision=spec.revision,
+                                        allow_patterns=["*.safetensors", "*.json"],
+                                        local_files_only=True))
+    return hash_files(sorted(folder.glob("*.safetensors")), root=folder)
+
+
+def hash_files(paths, root: Path | None = None, chunk: int = 1 << 22) -> str:
+    """sha256 over files' relative names and contents (streamed, 4 MiB chunks)."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(str(p.relative_to(root) if root else p.name).encode())
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()

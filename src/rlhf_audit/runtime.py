@@ -1,0 +1,102 @@
+"""What every workflow script does first: logging into the rule's log, threads,
+quiet third-party output, and the provenance record written beside its tables."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LIBRARIES = ("rlhf-audit", "torch", "transformers", "tokenizers", "trl", "sae-lens", "datasets",
+             "polars", "pyarrow", "numpy", "scipy", "statsmodels", "scikit-learn", "snakemake")
+
+
+def quiet_environment() -> None:
+    """Offline-friendly, quiet defaults for HF libraries (set before they are imported)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def setup(log_path: str | None = None, threads: int = 1) -> logging.Logger:
+    """Route logging to the rule's log file (and stderr), set torch threads, quiet libraries."""
+    quiet_environment()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, force=True, handlers=handlers,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+    return logging.getLogger("rlhf_audit")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """HEAD commit, with '+dirty' when tracked files differ; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(rule: str, params: dict | None = None, inputs: dict | None = None,
+               **extra) -> dict:
+    """The record stored beside (or inside) every table: what produced it.
+
+    ``inputs`` maps a name to a file path (hashed here, files over 256 MiB by
+    size+mtime only) or to a precomputed record (e.g. a model manifest).
+    """
+    hashed = {}
+    for name, value in (inputs or {}).items():
+        if isinstance(value, (str, Path)) and Path(value).is_file():
+            p = Path(value)
+            size = p.stat().st_size
+            hashed[name] = {"path": str(p), "bytes": size,
+                            "sha256": file_sha256(p) if size < (256 << 20) else None}
+        else:
+            hashed[name] = value
+    return {"rule": rule, "params": params or {}, "inputs": hashed,
+            "libraries": library_versions(), "git_commit": git_commit(), **extra}

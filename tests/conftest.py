@@ -1,0 +1,14 @@
+"""Test-session defaults: never touch the network, one torch thread per worker."""
+
+import os
+
+# Set before transformers/huggingface_hub are imported: they read these once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,98 @@
+"""The one model loader, on tiny models saved as ordinary HF directories."""
+
+import pytest
+import torch
+
+from rlhf_audit.models import (
+    ModelLoadError,
+    ModelSpec,
+    load_causal_lm,
+    load_reward_model,
+    resolve_dtype,
+    weights_hash,
+)
+from tiny import save_tiny_llama, save_tiny_reward_model
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("llama") / "m")
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    return save_tiny_reward_model(tmp_path_factory.mktemp("rm") / "m")
+
+
+def test_causal_lm_loads_from_path_with_chat_template(llama_dir):
+    model, tok = load_causal_lm({"path": str(llama_dir)}, device="cpu")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert not model.training and model.dtype == torch.float32
+    text = tok.apply_chat_template([{"role": "user", "content": "tax cut ?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text.startswith("<bos><|user|>tax cut ?<eos>") and text.endswith("<|assistant|>")
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_reward_model_gives_one_logit_for_a_text_pair(rm_dir):
+    model, tok = load_reward_model({"path": str(rm_dir)}, device="cpu")
+    enc = tok("Human : tax ?", "the answer is 3 .", return_tensors="pt")
+    with torch.no_grad():
+        out = model(**enc).logits
+    assert out.shape == (1, 1)
+
+
+def test_weights_hash_changes_with_weights(tmp_path):
+    a = save_tiny_llama(tmp_path / "a", seed=0)
+    b = save_tiny_llama(tmp_path / "b", seed=1)
+    c = save_tiny_llama(tmp_path / "c", seed=0)
+    assert weights_hash({"path": str(a)}) == weights_hash({"path": str(c)})
+    assert weights_hash({"path": str(a)}) != weights_hash({"path": str(b)})
+
+
+def test_pickle_only_directory_is_refused(tmp_path, llama_dir):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((llama_dir / "config.json").read_text())
+    (d / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickle weights .* refuses"):
+        load_causal_lm({"path": str(d)}, device="cpu")
+
+
+def test_missing_path_says_what_to_do(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist.*snakemake --cores all"):
+        load_causal_lm({"path": str(tmp_path / "nope")}, device="cpu")
+
+
+def test_unreachable_hub_id_gives_actionable_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError) as err:
+        load_causal_lm({"hf": "meta-llama/Llama-3.1-8B", "revision": "main"}, device="cpu")
+    msg = str(err.value)
+    for hint in ("HF_HOME", "huggingface-cli login", "{path: DIR}", "HF_HUB_OFFLINE=1"):
+        assert hint in msg
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"hf": "x", "path": "y"}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"path": "y", "revision": "main"}, "only applies to 'hf'"),
+        ({"hf": "x", "weights": "y"}, "unknown model-spec key"),
+    ],
+)
+def test_bad_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        ModelSpec.from_config(spec, key="models.m")
+
+
+def test_dtype_auto_is_fp32_on_cpu_and_cuda_without_gpu_fails():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+            load_causal_lm({"path": "/nonexistent"}, device="cuda")

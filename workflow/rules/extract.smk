@@ -1,0 +1,38 @@
+# Stage 3, extract: residual-stream activations per model x dataset x shard,
+# one job per shard (a cluster fans them out), then a manifest per model x dataset.
+
+
+rule extract_activations:
+    input:
+        unpack(extract_inputs),
+    output:
+        shard="results/activations/{model}/{dataset}/shard-{shard}.parquet",
+    params:
+        model=extract_model_params,
+        settings=extract_settings,
+        shard=extract_shard_index,
+        code=script_code("extract_activations.py"),
+    resources:
+        gpu=gpu_count(),
+    threads: 2
+    log:
+        "results/logs/extract_activations/{model}/{dataset}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/extract_activations/{model}/{dataset}/shard-{shard}.tsv"
+    script:
+        "../../scripts/extract_activations.py"
+
+
+rule write_activation_manifest:
+    input:
+        unpack(manifest_inputs),
+    output:
+        manifest="results/activations/{model}/{dataset}/manifest.json",
+    params:
+        model=extract_model_params,
+        settings=extract_settings,
+        code=script_code("write_activation_manifest.py"),
+    log:
+        "results/logs/write_activation_manifest/{model}/{dataset}.log",
+    script:
+        "../../scripts/write_activation_manifest.py"
