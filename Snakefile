@@ -19,9 +19,14 @@ check_config(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
-include: "workflow/rules/organism.smk"
+if config["organism"]["enabled"]:
+
+    include: "workflow/rules/organism.smk"
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/reward.smk"
 
 
 rule all:

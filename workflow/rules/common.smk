@@ -68,9 +68,9 @@ def pair_models(pair):
     return {"base": p["base"], "instruct": p["instruct"]}
 
 
-def dataset_source_files(name):
+def dataset_source_files(wildcards):
     """A dataset's local file (a dependency) or nothing for a hub dataset."""
-    src = config["datasets"][name]["source"]
+    src = config["datasets"][wildcards.dataset]["source"]
     return [src["path"]] if "path" in src else []
 
 
@@ -79,11 +79,16 @@ def normalised(name):
 
 
 def all_targets():
-    targets = [normalised(d) for d in config["datasets"]]
+    targets = []
+    if config["organism"]["enabled"]:
+        targets.append(f"{ORGANISM_DIR}/checks.json")
     ds = config["extract"]["dataset"]
     for pair in pairs_for("partisan"):
         for role, model in pair_models(pair).items():
             targets.append(f"results/activations/{model}/{ds}/manifest.json")
+    for rpair in reward_pairs():
+        targets += [f"results/reward/{rpair}/headline.json",
+                    f"results/figures/reward/{rpair}/imprint.png"]
     return targets
 
 
@@ -142,3 +147,136 @@ def shard_paths(model, dataset):
 def manifest_inputs(wildcards):
     return {"prompts": normalised(wildcards.dataset), "model": model_files(wildcards.model),
             "shards": shard_paths(wildcards.model, wildcards.dataset)}
+
+
+# ---- organism
+
+
+ORGANISM_DATA = ("base_corpus", "sft", "dpo", "rm_post", "rm_pre", "eval_political",
+                 "eval_math", "eval_rm_hh", "eval_rm_alt", "split")
+
+
+def organism_data(name):
+    return f"{ORGANISM_DIR}/data/{name}.jsonl"
+
+
+def organism_data_outputs():
+    out = {name: organism_data(name) for name in ORGANISM_DATA}
+    out.update(gsm8k_eval=organism_data("gsm8k_eval"), hh_eval=organism_data("hh_eval"),
+               hh_eval_labels=f"{ORGANISM_DIR}/data/hh_eval_labels.parquet",
+               hh_rewritten=organism_data("hh_eval_rewritten"),
+               hh_rewritten_labels=f"{ORGANISM_DIR}/data/hh_eval_rewritten_labels.parquet",
+               manifest=f"{ORGANISM_DIR}/data/manifest.json")
+    return out
+
+
+def organism_params(wildcards):
+    o = config["organism"]
+    return {"preset": o["preset"], "seed": o["seed"], "n_layers": o["n_layers"]}
+
+
+def organism_rm_pairs(wildcards):
+    return organism_data(f"rm_{wildcards.which}")
+
+
+def organism_check_inputs(wildcards):
+    return {
+        "models": [f"{ORGANISM_DIR}/{d}/model.safetensors"
+                   for d in ("base", "instruct", "rm_pre", "rm_post")],
+        "data": [organism_data(n) for n in ("eval_political", "eval_math", "eval_rm_hh",
+                                            "eval_rm_alt")],
+    }
+
+
+# ---- reward (SEAL)
+
+
+def rewrite_kind():
+    return config["reward"]["rewrite"]["kind"]
+
+
+def rewrite_params(wildcards):
+    r = dict(config["reward"]["rewrite"])
+    if r.get("lm", {}).get("kind") == "hf":
+        r["lm_spec"] = model_spec(r["lm"]["model"])
+    return r
+
+
+def rewrite_inputs(wildcards):
+    out = {"original": normalised(wildcards.dataset)}
+    kind = rewrite_kind()
+    if kind == "organism":
+        out["organism_rewrites"] = organism_data("hh_eval_rewritten")
+    elif kind == "lm" and config["reward"]["rewrite"]["lm"]["kind"] == "hf":
+        out["lm"] = model_files(config["reward"]["rewrite"]["lm"]["model"])
+    emb = config["reward"]["rewrite"].get("embedder")
+    if emb and "path" in emb and not str(emb["path"]).startswith("results/"):
+        out["embedder"] = [str(p) for p in Path(emb["path"]).glob("*.safetensors")]
+    return out
+
+
+def labeller_params(wildcards):
+    lab = dict(config["reward"]["labeller"])
+    if wildcards.variant == "rewritten" and rewrite_kind() == "organism":
+        # The organism's re-rendering keeps (or flips, and records) every label.
+        lab = {"kind": "ground_truth",
+               "path": f"{ORGANISM_DIR}/data/hh_eval_rewritten_labels.parquet"}
+    if lab.get("lm", {}).get("kind") == "hf":
+        lab["lm_spec"] = model_spec(lab["lm"]["model"])
+    return lab
+
+
+def labeller_gpu(wildcards):
+    lab = labeller_params(wildcards)
+    return gpu_count() if lab["kind"] == "lm" and lab["lm"]["kind"] == "hf" else 0
+
+
+def variant_pairs(dataset, variant):
+    if variant == "original":
+        return normalised(dataset)
+    return f"results/reward/rewrites/{dataset}.parquet"
+
+
+def label_inputs(wildcards):
+    out = {"pairs": variant_pairs(wildcards.dataset, wildcards.variant)}
+    lab = labeller_params(wildcards)
+    if lab.get("path"):
+        out["labels"] = lab["path"]
+    if lab["kind"] == "lm" and lab["lm"]["kind"] == "hf":
+        out["lm"] = model_files(lab["lm"]["model"])
+    return out
+
+
+def reward_model_params(wildcards):
+    return {"name": wildcards.rm, "spec": model_spec(wildcards.rm),
+            "device": config["device"], "dtype": config["dtype"],
+            "keep_marker": config["reward"]["keep_marker"]}
+
+
+def score_reward_inputs(wildcards):
+    return {"pairs": variant_pairs(wildcards.dataset, wildcards.variant),
+            "model": model_files(wildcards.rm)}
+
+
+def reward_variants():
+    return ["original"] + (["rewritten"] if rewrite_kind() != "none" else [])
+
+
+def analyse_reward_inputs(wildcards):
+    p = config["reward_pairs"][wildcards.rpair]
+    ds = config["reward"]["dataset"]
+    out = {}
+    for variant in reward_variants():
+        out[f"labels_{variant}"] = f"results/reward/labels/{ds}_{variant}.parquet"
+        for role in ("pre", "post"):
+            out[f"{role}_{variant}"] = f"results/reward/scores/{p[role]}/{ds}_{variant}.parquet"
+    if rewrite_kind() != "none":
+        out["similarity"] = f"results/reward/rewrites/{ds}_similarity.parquet"
+    return out
+
+
+def seal_settings(wildcards):
+    r = config["reward"]
+    return {"features": list(r["features"]), "target_features": list(r["target_features"]),
+            "spoiler_features": list(r["spoiler_features"]), "n_boot": r["n_boot"],
+            "seed": r["seed"]}

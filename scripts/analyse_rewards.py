@@ -1,0 +1,58 @@
+"""SEAL metrics for one reward-model pair (rule analyse_rewards)."""
+
+import polars as pl
+
+from rlhf_audit.headline import write_fragment
+from rlhf_audit.io import write_table
+from rlhf_audit.labelling import labels_wide
+from rlhf_audit.runtime import provenance, setup
+from rlhf_audit.seal import (
+    SealSettings,
+    alignment_regimes,
+    alignment_resistance,
+    assemble_pairs,
+    estimates_table,
+    feature_imprint,
+    headline,
+    headline_keys,
+    robustness_flip_regression,
+    shift_angle_regression,
+)
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+log = setup(sm.log[0])
+s = SealSettings(**{k: tuple(v) if isinstance(v, list) else v
+                    for k, v in sm.params.settings.items()})
+inp = sm.input
+
+
+def pairs_table(variant):
+    labels = labels_wide(pl.read_parquet(inp[f"labels_{variant}"]), s.features)
+    return assemble_pairs(pl.read_parquet(inp[f"pre_{variant}"]),
+                          pl.read_parquet(inp[f"post_{variant}"]), labels)
+
+
+pairs = pairs_table("original")
+rewritten = pairs_table("rewritten") if "labels_rewritten" in inp.keys() else None
+similarity = None
+if "similarity" in inp.keys():
+    similarity = pl.read_parquet(inp.similarity)
+    similarity = similarity if similarity.height else None
+imprint = feature_imprint(pairs, s)
+est = headline(pairs, s, imprint=imprint, rewritten=rewritten, similarity=similarity)
+flips = (robustness_flip_regression(pairs, rewritten, s) if rewritten is not None
+         else pl.DataFrame())
+prov = provenance(sm.rule, params=dict(sm.params.settings), inputs=dict(inp.items()),
+                  n_pairs=pairs.height,
+                  n_rewritten=0 if rewritten is None else rewritten.height)
+descriptions = headline_keys(s.features)
+out = sm.output
+write_table(pairs, out.pairs, prov)
+write_table(imprint, out.imprint, prov)
+write_table(alignment_regimes(pairs, s), out.regimes, prov)
+write_table(alignment_resistance(pairs, s), out.resistance, prov)
+write_table(shift_angle_regression(pairs, s), out.angle, prov)
+write_table(flips, out.flips, prov)
+write_table(estimates_table(est, descriptions), out.estimates, prov)
+write_fragment(est, descriptions, out.headline)
+log.info("SEAL %s: %d pairs, %d headline numbers", sm.wildcards.rpair, pairs.height, len(est))

@@ -1,0 +1,32 @@
+"""Train one organism model: base LM, instruct LM or a reward model (rules train_organism_*)."""
+
+from pathlib import Path
+
+from rlhf_audit.organism.corpus import read_organism_data
+from rlhf_audit.organism.train import (
+    organism_settings,
+    train_base,
+    train_instruct,
+    train_reward_model,
+)
+from rlhf_audit.runtime import setup
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+log = setup(sm.log[0], sm.threads)
+p = sm.params.settings
+settings = organism_settings(p["preset"], seed=p["seed"], n_layers=p["n_layers"],
+                             threads=sm.threads)
+out_dir = Path(sm.output.weights).parent
+if sm.rule == "train_organism_base":
+    corpus = read_organism_data(Path(sm.input.corpus).parent, names=("base_corpus",))
+    summary = train_base(corpus["base_corpus"], Path(sm.input.tokenizer).parent, out_dir,
+                         settings)
+elif sm.rule == "train_organism_instruct":
+    data = read_organism_data(Path(sm.input.sft).parent, names=("sft", "dpo"))
+    summary = train_instruct(Path(sm.input.base).parent, data["sft"], data["dpo"], out_dir,
+                             settings)
+else:
+    name = Path(sm.input.pairs).stem
+    pairs = read_organism_data(Path(sm.input.pairs).parent, names=(name,))[name]
+    summary = train_reward_model(pairs, Path(sm.input.tokenizer).parent, out_dir, settings)
+log.info("%s: %s", sm.rule, {k: v for k, v in summary.items() if k != "losses"})

@@ -1,0 +1,38 @@
+"""The code hash that makes library edits rerun exactly the rules that import them."""
+
+import textwrap
+
+from rlhf_audit import codehash
+
+
+def test_closure_follows_transitive_and_relative_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "rlhf_audit"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from rlhf_audit.sub import b\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("from . import c\nimport numpy\n")
+    (pkg / "sub" / "c.py").write_text("X = 1\n")
+    (pkg / "unused.py").write_text("Y = 2\n")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        from rlhf_audit.a import thing
+        import os
+    """))
+    monkeypatch.setattr(codehash, "_SRC", pkg)
+    names = {p.relative_to(tmp_path).as_posix() for p in codehash.local_closure(script)}
+    assert names == {"script.py", "rlhf_audit/__init__.py", "rlhf_audit/a.py",
+                     "rlhf_audit/sub/__init__.py", "rlhf_audit/sub/b.py", "rlhf_audit/sub/c.py"}
+    before = codehash.code_hash(script)
+    (pkg / "unused.py").write_text("Y = 3\n")
+    assert codehash.code_hash(script) == before  # not imported: no rerun
+    (pkg / "sub" / "c.py").write_text("X = 2\n")
+    assert codehash.code_hash(script) != before  # transitive edit: rerun
+
+
+def test_touch_does_not_change_the_hash(tmp_path):
+    s = tmp_path / "s.py"
+    s.write_text("import rlhf_audit.stats\n")
+    h = codehash.code_hash(s)
+    s.touch()
+    assert codehash.code_hash(s) == h
