@@ -1,0 +1,1263 @@
+"""Injected-confidence calibration: "Resisting Correction" (PAPERS.md section B).
+
+Each GSM8K problem is put to a model with an external confidence signal ("an
+independent verifier estimates a 70% probability that your answer is correct")
+under several prompt strategies, and the confidence the model states is read back
+from its reply. A model that takes the signal on board states the injected value
+(Spearman rho near 1, bias near 0); one that ignores it states its own habitual
+confidence (rho near 0, bias = habit - mean injected).
+
+Flow: :func:`load_templates` -> :func:`build_prompts` -> ``rlhf_audit.generation.generate``
+-> :func:`score_generations` -> :func:`metrics` / :func:`headline` / :func:`level_summary`
+-> :func:`plot_verbalized_vs_injected`.
+
+Verbalized confidence (:func:`parse_confidence`), in order of preference:
+
+1. A number tied to a confidence cue: ``85%``, ``85 percent``, ``eighty-five percent``,
+   ``0.85``, ``85/100``, ``8 out of 10``, or a range ``between 60 and 70%`` / ``60-70%``
+   (read as its midpoint, kind "percent"). Cues, strong first: confident / confidence /
+   sure / certain / certainty; then likely / likelihood / probability / chance / odds /
+   "I'd say" / "I'd estimate". The number must sit within 60 characters of the cue in the
+   same sentence; among several, the strongest cue wins, then the nearest, then the first.
+   A bare number (``Confidence: 85``) counts only right after a confidence label
+   (integers and numbers > 1 are percentages, decimals <= 1 are fractions, so
+   ``Confidence: 1`` is 1%). Without any cue, a percentage or ratio that stands on a line
+   of its own (``85%``) counts, as does a text that is nothing but a decimal (``0.85``).
+   Percentages followed by a quantity word (``20% off``, ``20% of``, ``100% wrong``) are
+   never confidences, and scale descriptions (``0-100``) are skipped.
+2. A verbal level (kind "words"), from this table:
+
+   ===========  =====  ================================================================
+   level        value  phrasings
+   ===========  =====  ================================================================
+   very high    0.95   very high / extremely high / complete / full / absolute confidence;
+                       I'm very / extremely / highly / absolutely / completely sure
+   high         0.85   high / strong / good confidence; I'm (quite / pretty / fairly /
+                       reasonably) confident / sure / certain
+   moderate     0.60   moderate / medium / reasonable / fair / some confidence;
+                       I'm somewhat / moderately / relatively confident
+   low          0.30   low / limited / little / weak confidence; I'm not (very) sure,
+                       unsure, uncertain
+   very low     0.10   very low / extremely low / no confidence; I'm not at all sure,
+                       very unsure
+   ===========  =====  ================================================================
+
+3. Otherwise the reply gets value None and a kind: "ambiguous" when the only numbers
+   near a cue are negated (``not 90% sure``), bounds (``at least 80%``) or out of range
+   (``150%``); "missing" for an explicit ``Confidence: N/A`` or no statement at all;
+   "refusal" for "I cannot provide a confidence". Every kind is counted in
+   :func:`metrics`; nothing is dropped silently.
+
+Numbers that belong to the problem (``a 25% discount``) are not taken when a confidence
+phrase exists, because the phrase nearest a cue wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import string
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import polars as pl
+import yaml
+from scipy import stats as sps
+
+from rlhf_audit.stats import Estimate, bootstrap
+
+if TYPE_CHECKING:  # the generation module is written alongside; only its shape matters here
+    from rlhf_audit.generation import Generation
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_PATH = (Path(__file__).resolve().parents[2]
+                  / "resources" / "prompts" / "calibration" / "templates.yaml")
+"""The templates shipped with the repository."""
+
+PARSE_KINDS = ("percent", "fraction", "words", "refusal", "missing", "ambiguous")
+"""Every value of ``ConfidenceParse.kind``; the first three carry a value."""
+
+WORD_LEVELS: dict[str, float] = {
+    "very high": 0.95,
+    "high": 0.85,
+    "moderate": 0.60,
+    "low": 0.30,
+    "very low": 0.10,
+}
+"""Confidence read from a verbal level (see the module docstring for the phrasings)."""
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Settings of the injected-confidence study (the lead maps these into config.yaml)."""
+
+    levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    """Injected external confidence levels, probabilities in [0, 1] (paper: not stated)."""
+    strategies: tuple[str, ...] = ("command", "conversational", "control")
+    """Prompt strategies to run (keys under ``strategies`` in templates.yaml)."""
+    truncate_at: tuple[str, ...] = ("\nQuestion:", "\nProblem:", "\nUser:", "\nHuman:")
+    """A reply is cut at the first of these markers before parsing: base models tend to go
+    on with a new problem or dialogue turn, whose numbers are not part of the answer."""
+    compliance_tol_pp: float = 1.0
+    """A reply complies when |verbalized - injected| <= this, in percentage points."""
+    answer_abs_tol: float = 1e-6
+    """Absolute tolerance when comparing an extracted answer with the gold number."""
+    internal_measure: Literal["mean", "min"] = "mean"
+    """Token-probability summary over the answer span used in the headline correlations."""
+    n_boot: int = 2000
+    """Bootstrap replicates for every interval."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    cluster_by_problem: bool = True
+    """Resample whole problems (all levels of one problem together) in the bootstrap, so
+    that the n of an interval is the number of problems, not of prompts."""
+
+    def __post_init__(self):
+        bad = [x for x in self.levels if not 0.0 <= float(x) <= 1.0]
+        if bad:
+            raise ValueError(f"calibration levels must be probabilities in [0, 1], got {bad}; "
+                             "write 70% as 0.7")
+        if self.internal_measure not in ("mean", "min"):
+            raise ValueError(f"internal_measure must be 'mean' or 'min', got "
+                             f"{self.internal_measure!r}")
+        if self.compliance_tol_pp < 0:
+            raise ValueError("compliance_tol_pp must be >= 0")
+
+
+# --------------------------------------------------------------------------------------
+# Templates
+# --------------------------------------------------------------------------------------
+
+PLACEHOLDERS = ("question", "confidence_pct")
+"""Placeholders a template may use: the problem text and the injected level in percent."""
+_ROLES = ("system", "user", "assistant")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class TemplateError(ValueError):
+    """A malformed templates file; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class StrategyTemplate:
+    """One prompt strategy: a chat variant for instruct models, a completion variant for
+    base models."""
+
+    name: str
+    """Strategy key (snake_case), e.g. ``command``."""
+    signal: bool
+    """Whether the prompt carries the injected confidence (``{confidence_pct}``)."""
+    chat: tuple[dict[str, str], ...]
+    """Messages ``{role, content}``; the last one is the user's."""
+    completion: str
+    """Plain-text prompt that ends where the model writes its answer (e.g. ``Answer:``)."""
+    description: str = ""
+    """What the strategy does, in one line."""
+
+
+@dataclass(frozen=True)
+class CalibrationTemplates:
+    """A versioned set of prompt strategies, as loaded by :func:`load_templates`."""
+
+    version: str
+    """Template version; changes whenever any wording changes."""
+    strategies: dict[str, StrategyTemplate] = field(default_factory=dict)
+    """Strategies by name, in file order."""
+    source: str = ""
+    """Where the templates were read from."""
+
+
+def _placeholders(text: str, where: str) -> set[str]:
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:
+        raise TemplateError(f"{where}: {err}; write a literal brace as '{{{{' or '}}}}'") from err
+    names = set()
+    for _, fname, spec, conv in parsed:
+        if fname is None:
+            continue
+        if fname not in PLACEHOLDERS:
+            raise TemplateError(f"{where}: unknown placeholder {{{fname}}}; allowed: "
+                                f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)} (or a "
+                                "snippet name); write a literal brace as '{{' or '}}'")
+        if spec or conv:
+            raise TemplateError(f"{where}: placeholder {{{fname}}} must not carry a format "
+                                "spec or conversion")
+        names.add(fname)
+    return names
+
+
+def _substitute_snippets(text: str, snippets: Mapping[str, str]) -> str:
+    for name, value in snippets.items():
+        # Snippets are literal text: escape braces so that the later format() keeps them.
+        text = text.replace("{" + name + "}", value.replace("{", "{{").replace("}", "}}"))
+    return text
+
+
+def _templates_from_mapping(doc: Any, src: str) -> CalibrationTemplates:
+    if not isinstance(doc, Mapping):
+        raise TemplateError(f"{src}: top level must be a mapping with 'version' and 'strategies'")
+    unknown = set(doc) - {"version", "description", "snippets", "strategies"}
+    if unknown:
+        raise TemplateError(f"{src}: unknown top-level key(s) {sorted(unknown)}; allowed: "
+                            "version, description, snippets, strategies")
+    if doc.get("version") in (None, ""):
+        raise TemplateError(f"{src}: 'version' is missing; add e.g. 'version: 1' and bump it "
+                            "whenever a wording changes")
+    snippets = doc.get("snippets") or {}
+    if not isinstance(snippets, Mapping):
+        raise TemplateError(f"{src}: 'snippets' must map names to text")
+    for k, v in snippets.items():
+        if not isinstance(k, str) or not _NAME.match(k) or k in PLACEHOLDERS:
+            raise TemplateError(f"{src}: snippets.{k}: a snippet name must be snake_case and "
+                                f"not one of {PLACEHOLDERS}")
+        if not isinstance(v, str):
+            raise TemplateError(f"{src}: snippets.{k}: must be text, got {type(v).__name__}")
+    strategies = doc.get("strategies")
+    if not isinstance(strategies, Mapping) or not strategies:
+        raise TemplateError(f"{src}: 'strategies' must be a non-empty mapping of strategy "
+                            "name -> {signal, chat, completion}")
+    out: dict[str, StrategyTemplate] = {}
+    for name, spec in strategies.items():
+        where = f"{src}: strategies.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TemplateError(f"{where}: strategy names must be snake_case (they become "
+                                "headline keys)")
+        if not isinstance(spec, Mapping):
+            raise TemplateError(f"{where}: must be a mapping with signal, chat, completion")
+        unknown = set(spec) - {"signal", "description", "chat", "completion"}
+        if unknown:
+            raise TemplateError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
+                                "signal, description, chat, completion")
+        missing = [k for k in ("signal", "chat", "completion") if k not in spec]
+        if missing:
+            raise TemplateError(f"{where}: missing key(s) {missing}")
+        signal = spec["signal"]
+        if not isinstance(signal, bool):
+            raise TemplateError(f"{where}.signal: must be true or false, got {signal!r}")
+        chat = spec["chat"]
+        if not isinstance(chat, list) or not chat:
+            raise TemplateError(f"{where}.chat: must be a non-empty list of {{role, content}}")
+        messages = []
+        chat_names: set[str] = set()
+        for i, msg in enumerate(chat):
+            mw = f"{where}.chat[{i}]"
+            if not isinstance(msg, Mapping) or set(msg) != {"role", "content"}:
+                raise TemplateError(f"{mw}: each message needs exactly 'role' and 'content'")
+            if msg["role"] not in _ROLES:
+                raise TemplateError(f"{mw}.role: {msg['role']!r} is not one of {_ROLES}")
+            if not isinstance(msg["content"], str) or not msg["content"].strip():
+                raise TemplateError(f"{mw}.content: must be non-empty text")
+            content = _substitute_snippets(msg["content"], snippets)
+            chat_names |= _placeholders(content, f"{mw}.content")
+            messages.append({"role": msg["role"], "content": content})
+        if messages[-1]["role"] != "user":
+            raise TemplateError(f"{where}.chat: the last message must be the user's (the "
+                                "model answers it)")
+        completion = spec["completion"]
+        if not isinstance(completion, str) or not completion.strip():
+            raise TemplateError(f"{where}.completion: must be non-empty text")
+        if completion != completion.rstrip():
+            raise TemplateError(f"{where}.completion: ends with whitespace; end it right after "
+                                "the cue (e.g. 'Answer:'), since the model writes the space "
+                                "itself and a trailing-space token derails base models")
+        completion = _substitute_snippets(completion, snippets)
+        comp_names = _placeholders(completion, f"{where}.completion")
+        for variant, names in (("chat", chat_names), ("completion", comp_names)):
+            if "question" not in names:
+                raise TemplateError(f"{where}.{variant}: must contain {{question}}")
+            if signal and "confidence_pct" not in names:
+                raise TemplateError(f"{where}.{variant}: signal is true but {{confidence_pct}} "
+                                    "is absent; add it or set signal: false")
+            if not signal and "confidence_pct" in names:
+                raise TemplateError(f"{where}.{variant}: uses {{confidence_pct}} but signal is "
+                                    "false; set signal: true")
+        out[name] = StrategyTemplate(name=name, signal=signal, chat=tuple(messages),
+                                     completion=completion,
+                                     description=str(spec.get("description", "")))
+    return CalibrationTemplates(version=str(doc["version"]), strategies=out, source=src)
+
+
+def load_templates(path: str | Path = TEMPLATES_PATH) -> CalibrationTemplates:
+    """Read and validate a templates YAML file (format in resources/prompts/calibration/README.md).
+
+    Raises :class:`TemplateError` naming the file and key of the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TemplateError(f"{path}: templates file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise TemplateError(f"{path}: not valid YAML: {err}") from err
+    return _templates_from_mapping(doc, str(path))
+
+
+def _render_pct(level: float) -> str:
+    """0.7 -> '70', 0.125 -> '12.5' (no trailing zeros, no float noise)."""
+    return f"{round(float(level) * 100, 6):g}"
+
+
+def build_prompts(
+    problems: pl.DataFrame | Iterable[Mapping],
+    levels: Sequence[float],
+    strategies: Sequence[str],
+    templates: CalibrationTemplates,
+    *,
+    chat: bool,
+    tokenizer=None,
+) -> pl.DataFrame:
+    """One prompt per problem x level x strategy (one per problem for no-signal strategies).
+
+    ``problems`` has ``question`` and ``answer`` (GSM8K, ending ``#### N``) and an id in
+    ``problem_id`` or ``id`` (else the row number). ``levels`` are probabilities in [0, 1].
+    With ``chat`` the strategy's messages go through
+    ``tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)``;
+    otherwise the completion template is used as is.
+
+    Returns columns item_id, problem_id, strategy, injected (Float64 in [0, 1], null for
+    no-signal strategies), prompt (final string), gold (Float64), template_version, chat
+    (whether the prompt went through the chat template); ordered by problem, then strategy
+    (as given), then level.
+    """
+    df = problems if isinstance(problems, pl.DataFrame) else pl.DataFrame(list(problems))
+    for col in ("question", "answer"):
+        if col not in df.columns:
+            raise KeyError(f"problems table has no '{col}' column (has {df.columns}); pass the "
+                           "GSM8K table from rlhf_audit.formats.load_gsm8k")
+    id_col = next((c for c in ("problem_id", "id") if c in df.columns), None)
+    ids = ([str(x) for x in df[id_col].to_list()] if id_col
+           else [f"problem-{i:05d}" for i in range(df.height)])
+    if len(set(ids)) != len(ids):
+        dup = next(x for x in ids if ids.count(x) > 1)
+        raise ValueError(f"problems: duplicate problem id {dup!r}; ids must be unique")
+    levels = [float(x) for x in levels]
+    bad = [x for x in levels if not 0.0 <= x <= 1.0]
+    if bad:
+        raise ValueError(f"levels must be probabilities in [0, 1], got {bad}; write 70% as 0.7")
+    if len({_render_pct(x) for x in levels}) != len(levels):
+        raise ValueError(f"levels repeat (as rendered percentages): {levels}")
+    if not strategies:
+        raise ValueError("no strategies given")
+    unknown = [s for s in strategies if s not in templates.strategies]
+    if unknown:
+        raise KeyError(f"strategies {unknown} are not in {templates.source or 'the templates'} "
+                       f"(available: {list(templates.strategies)})")
+    if chat:
+        if tokenizer is None:
+            raise ValueError("chat=True needs the tokenizer, whose chat template renders the "
+                             "messages")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat_template; use chat=False (completion "
+                             "prompts) for base models")
+
+    rows = []
+    for pid, question, answer in zip(ids, df["question"].to_list(), df["answer"].to_list(),
+                                     strict=True):
+        try:
+            gold = parse_gold(answer)
+        except ValueError as err:
+            raise ValueError(f"problems: problem {pid!r}: {err}") from err
+        for sname in strategies:
+            st = templates.strategies[sname]
+            for level in (levels if st.signal else [None]):
+                fields = {"question": question}
+                if level is not None:
+                    fields["confidence_pct"] = _render_pct(level)
+                if chat:
+                    messages = [{"role": m["role"], "content": m["content"].format(**fields)}
+                                for m in st.chat]
+                    prompt = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                           add_generation_prompt=True)
+                else:
+                    prompt = st.completion.format(**fields)
+                tag = fields.get("confidence_pct", "none")
+                rows.append({"item_id": f"{pid}|{sname}|{tag}", "problem_id": pid,
+                             "strategy": sname, "injected": level, "prompt": prompt,
+                             "gold": gold, "template_version": templates.version,
+                             "chat": chat})
+    return pl.DataFrame(rows, schema=ITEM_SCHEMA)
+
+
+ITEM_SCHEMA = {"item_id": pl.String, "problem_id": pl.String, "strategy": pl.String,
+               "injected": pl.Float64, "prompt": pl.String, "gold": pl.Float64,
+               "template_version": pl.String, "chat": pl.Boolean}
+"""Columns of :func:`build_prompts`."""
+
+
+# --------------------------------------------------------------------------------------
+# Answers
+# --------------------------------------------------------------------------------------
+
+# Single-character replacements only, so that offsets in the normalised text are
+# offsets in the original.
+_NORMALISE = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"',
+                            "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00a0": " ",
+                            "\uff05": "%", "\u2009": " ", "\u202f": " "})
+
+
+def _norm(text: str) -> str:
+    return text.translate(_NORMALISE)
+
+
+_ANS_NUM = (r"(?<![\w.,])(?P<neg>-\s?)?\$?\s?(?P<neg2>-)?"
+            r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?![\d])")
+_ANSWER_NUMBER = re.compile(_ANS_NUM)
+_GOLD = re.compile(r"####\s*(?P<neg>-)?\s*\$?\s*(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.?\d+)"
+                   r"\s*\.?\s*$")
+_HASHES = re.compile(r"####\s*\**\s*" + _ANS_NUM.replace("(?<![\\w.,])", ""))
+_BOXED = re.compile(r"\\boxed\{\s*" + _ANS_NUM.replace("(?<![\\w.,])", ""))
+_ANSWER_LABEL = re.compile(
+    r"(?:^|\n)[ \t]*[*_#>]*[ \t]*(?:final[ \t]+)?answer[ \t]*[*_]*[ \t]*[:=][ \t]*[*_]*[ \t]*"
+    r"(?:approximately[ \t]+|about[ \t]+)?" + _ANS_NUM.replace("(?<![\\w.,])", ""), re.I)
+_ANSWER_IS = re.compile(
+    r"\banswer\s*(?:is|would\s+be|will\s+be|should\s+be|=|:)\s*[*_]*\s*"
+    r"(?:approximately\s+|about\s+|around\s+|roughly\s+)?[*_]*\s*"
+    + _ANS_NUM.replace("(?<![\\w.,])", ""), re.I)
+_AFTER_PCT = re.compile(r"\s?(?:%|percent\b|per\s?cent\b|/\s?100\b)", re.I)
+
+
+@dataclass(frozen=True)
+class AnswerParse:
+    """The final numeric answer found in a reply."""
+
+    value: float | None
+    """The number, or None when no answer was found."""
+    span: tuple[int, int] | None
+    """Character span of the number's digits (sign included) in the reply text."""
+    rule: str
+    """Which rule found it: '####', 'boxed', 'label', 'answer_is', 'last_number' or 'none'."""
+
+
+def _num_value(m: re.Match) -> float:
+    v = float(m.group("num").replace(",", ""))
+    return -v if (m.group("neg") or m.group("neg2")) else v
+
+
+def _num_span(m: re.Match) -> tuple[int, int]:
+    start = m.start("neg") if m.group("neg") else (m.start("neg2") if m.group("neg2")
+                                                   else m.start("num"))
+    return start, m.end("num")
+
+
+def parse_gold(answer: str) -> float:
+    """The number after the final ``#### `` of a GSM8K answer (commas and ``$`` removed).
+
+    Raises ValueError quoting the answer's end when it does not end in ``#### N``.
+    """
+    if not isinstance(answer, str):
+        raise ValueError(f"GSM8K answer must be text, got {type(answer).__name__}")
+    m = _GOLD.search(_norm(answer).strip())
+    if not m:
+        raise ValueError(f"GSM8K answer does not end in '#### N' with a number N (it ends "
+                         f"{answer.strip()[-40:]!r}); the final line must be e.g. '#### 42'")
+    v = float(m.group("num").replace(",", ""))
+    return -v if m.group("neg") else v
+
+
+def extract_answer(text: str, *, prefix: str = "") -> AnswerParse:
+    """Find the final numeric answer in a model reply.
+
+    Rules in order: the first GSM8K ``#### N``; the last ``\\boxed{N}``; the first line
+    labelled ``Answer: N`` / ``Final answer: N``; the last "answer is N"; else the last
+    number that is not a percentage or part of the confidence statement. Commas, ``$``,
+    decimals and negatives are handled. ``prefix`` is text that precedes the reply (the
+    end of a completion prompt, e.g. ``Answer:``) so that a reply `` 42`` to a prompt ending
+    ``Answer:`` reads as labelled; numbers inside the prefix are never taken. Spans are
+    relative to ``text``.
+    """
+    if not isinstance(text, str):
+        return AnswerParse(None, None, "none")
+    full = _norm(prefix + text)
+    off = len(prefix)
+    # Numbers of the confidence statement are never the answer ("... answer is 85% likely").
+    taken = _confidence_spans(full)
+
+    def hit(m: re.Match, rule: str) -> AnswerParse | None:
+        s, e = _num_span(m)
+        if s < off or any(s < ce and e > cs for cs, ce in taken):
+            return None
+        return AnswerParse(_num_value(m), (s - off, e - off), rule)
+
+    for m in _HASHES.finditer(full):
+        if (r := hit(m, "####")) is not None:
+            return r
+    for m in reversed(list(_BOXED.finditer(full))):
+        if (r := hit(m, "boxed")) is not None:
+            return r
+    for m in _ANSWER_LABEL.finditer(full):
+        if (r := hit(m, "label")) is not None:
+            return r
+    for m in reversed(list(_ANSWER_IS.finditer(full))):
+        if (r := hit(m, "answer_is")) is not None:
+            return r
+    for m in reversed(list(_ANSWER_NUMBER.finditer(full))):
+        if _AFTER_PCT.match(full, m.end()):
+            continue
+        if (r := hit(m, "last_number")) is not None:
+            return r
+    return AnswerParse(None, None, "none")
+
+
+def truncate_reply(text: str, markers: Sequence[str]) -> str:
+    """``text`` up to the first of ``markers`` (a prefix of ``text``, so offsets stay valid)."""
+    cut = len(text)
+    for mk in markers:
+        i = text.find(mk)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+# --------------------------------------------------------------------------------------
+# Verbalized confidence
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfidenceParse:
+    """A verbalized confidence read from text."""
+
+    value: float | None
+    """Confidence in [0, 1]; None unless kind is percent, fraction or words."""
+    kind: str
+    """One of :data:`PARSE_KINDS`."""
+    span: tuple[int, int] | None
+    """Character span of the phrase the value (or the failure) came from."""
+    reason: str = ""
+    """Why the value is None (ambiguous / missing / refusal), or what was read."""
+
+
+_NUM = r"(?:\d+(?:\.\d+)?|\.\d+)"
+_PCT = r"(?:\s?%|\s?percent\b|\s?per\s?cent\b|\s?pct\b)"
+_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+          "eighteen", "nineteen"]
+_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_NUMWORD = (r"(?:(?:one|a)\s+hundred|(?:" + "|".join(_TENS) + r")(?:[\s-](?:"
+            + "|".join(_UNITS[1:10]) + r"))?|" + "|".join(sorted(_UNITS, key=len, reverse=True))
+            + r")\b")
+_APPROX = (r"(?:about|around|approximately|approx\.?|roughly|nearly|almost|maybe|perhaps|"
+           r"probably|like|some|~|≈)")
+
+_CANDIDATE = re.compile(
+    rf"""
+    (?P<between>\bbetween\s+(?P<ba>{_NUM})(?P<bap>{_PCT})?\s*(?:and|to|-)\s*(?P<bb>{_NUM})(?P<bbp>{_PCT})?)
+  | (?<![\w.])(?P<range>(?P<ra>{_NUM})(?P<rap>{_PCT})?\s*(?:-|to\b)\s*
+        (?P<rb>{_NUM})(?![\d])(?P<rbp>{_PCT})?)
+  | (?<![\w.])(?P<ratio>(?P<rn>{_NUM})\s*(?:/|\bout\s+of\b)\s*(?P<rd>\d+))(?!\.?\d)
+  | (?<![\w.])(?P<pct>(?P<pn>{_NUM}){_PCT})
+  | \b(?P<wpct>(?P<wn>{_NUMWORD}){_PCT})
+  | (?<![\w.])(?P<bare>{_NUM})(?![\d])
+    """,
+    re.I | re.X,
+)
+# A quantity word right after a percentage makes it part of the problem, not a confidence.
+_BLOCKER = re.compile(
+    r"\s*(?:off|of|discount|more|less|fewer|increase|decrease|increased|decreased|wrong|"
+    r"incorrect|tax|tip|interest|markup|raise|commission|profit|loss|bigger|smaller|larger|"
+    r"higher|lower|faster|slower|cheaper|per|each|alcohol|fat|battery|charged|full|done)\b",
+    re.I)
+_NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bhardly|\bbarely|\bno\s+way)\s+(?:\w+\s+){0,2}"
+                      rf"(?:{_APPROX}\s+)?$", re.I)
+_BOUND = re.compile(r"(?:\bat\s+least|\bat\s+most|\bmore\s+than|\bless\s+than|\bover|\bunder|"
+                    r"\babove|\bbelow|\bgreater\s+than|\bupwards\s+of|\bup\s+to|>=?|<=?|≥|≤)"
+                    r"\s*$", re.I)
+_CUE1 = re.compile(r"\b(?:confiden(?:ce|t)|certain(?:ty)?|sure)\b", re.I)
+_CUE2 = re.compile(r"\b(?:likel(?:y|ihood)|probab(?:ility|le)|chance|odds|I'?d\s+say|"
+                   r"I\s+would\s+say|I'?d\s+estimate|I\s+estimate|I'?d\s+put\s+it\s+at|"
+                   r"I'?d\s+rate\s+it(?:\s+at)?)\b", re.I)
+_NOT_CUE_BEFORE = {
+    "certain": re.compile(r"\b(?:a|an|the|this|that|some|each|every|any)\s+$", re.I),
+    "sure": re.compile(r"\b(?:make|makes|made|making|to\s+be|for)\s+$", re.I),
+}
+_LABEL_NOUN = re.compile(r"^(?:confidence|certainty|probability|likelihood|chance)$", re.I)
+# Text allowed between a confidence label and a bare number: "Confidence level (0-100): 85".
+_LABEL_GAP = re.compile(
+    rf"^(?:\s*[*_]*\s*(?:level|score|rating|estimate)?\s*(?:\([^)\n]{{0,30}}\))?\s*[*_]*\s*"
+    rf"(?:[:=-]|\bis\s+at\b|\bis\b|\bof\b|\bat\b|\bwould\s+be\b|\bwill\s+be\b)?"
+    # or a longer label closed by a colon: "Probability that my answer is right: 0.9"
+    rf"|[^\d\n.!?:]{{0,40}}[:=])\s*[*_]*\s*(?:{_APPROX}\s*)?$", re.I)
+_BARRIER = re.compile(r"[.!?;](?=\s)|\n\s*\n")
+_MAX_GAP = 60
+_SCALES = {(0.0, 100.0), (0.0, 1.0), (1.0, 10.0), (0.0, 10.0), (1.0, 100.0), (1.0, 5.0)}
+
+_LEVEL_PHRASES = [  # longest first so that "very high" is not read as "high"
+    ("very high", r"very\s+high|extremely\s+high|highest|complete|full|absolute|total"),
+    ("high", r"fairly\s+high|quite\s+high|reasonably\s+high|pretty\s+high|high|strong|good"),
+    ("moderate", r"moderately\s+high|moderate|medium|reasonable|fair|some|average|middling"),
+    ("very low", r"very\s+low|extremely\s+low|no|minimal"),
+    ("low", r"fairly\s+low|quite\s+low|moderately\s+low|low|limited|little|weak"),
+]
+_LEVEL_RE = "|".join(f"(?P<{k.replace(' ', '_')}>{p})" for k, p in _LEVEL_PHRASES)
+_WORDS_BEFORE_NOUN = re.compile(
+    rf"\b(?:{_LEVEL_RE})\s+(?:level\s+of\s+|degree\s+of\s+)?(?:confidence|certainty)\b", re.I)
+_WORDS_AFTER_NOUN = re.compile(
+    rf"\b(?:confidence|certainty)(?:\s+(?:level|score|rating))?\s*[*_]*\s*"
+    rf"(?:[:=-]|\bis\b|\bwould\s+be\b)\s*[*_]*\s*(?:(?:at\s+)?(?:a|an)\s+)?(?:{_LEVEL_RE})\b"
+    rf"(?!\s*[\d(])", re.I)
+_ADJ_MODS = {
+    "very high": r"very|extremely|highly|absolutely|completely|totally|entirely|super|100%",
+    "high": r"quite|pretty|really|fairly|reasonably|rather",
+    "moderate": r"somewhat|moderately|relatively|kind\s+of|sort\s+of|mostly|partly|"
+                r"a\s+bit|a\s+little",
+}
+_WORDS_ADJ = re.compile(
+    r"\bI(?:'m|\s+am|\s+feel|'d\s+be|\s+would\s+be|\s+was|\s+remain)\s+(?P<neg>not\s+)?"
+    r"(?P<atall>at\s+all\s+)?(?:(?P<mod>" + "|".join(_ADJ_MODS.values()) + r"|that|too|so|"
+    r"entirely|fully)\s+)?(?P<adj>confident|sure|certain|unsure|uncertain)\b"
+    r"(?P<atall2>\s+at\s+all)?", re.I)
+_NA = re.compile(
+    r"\b(?:confidence|certainty)(?:\s+(?:level|score|rating))?\s*[*_]*\s*[:=-]?\s*[*_]*\s*"
+    r"(?:n/?a\b|none\b|unknown\b|not\s+applicable|null\b|not\s+available|undetermined|"
+    r"\?+|-+(?=\s*$))", re.I | re.M)
+_REFUSAL = re.compile(
+    r"(?:\b(?:can(?:no|')?t|can\s+not|unable\s+to|won't|will\s+not|do\s+not|don't|"
+    r"not\s+able\s+to|not\s+possible\s+(?:for\s+me\s+)?to|refuse\s+to|decline\s+to)\s+"
+    r"(?:\w+\s+){0,3}?(?:provide|give|state|estimate|assign|express|report|quantify|offer|"
+    r"determine|assess|share|have)\b[^.\n]{0,40}?\b(?:confidence|certainty|probability|"
+    r"how\s+(?:sure|confident|certain))"
+    r"|\bas\s+an\s+(?:AI|artificial|language\s+model)[^.\n]{0,60}?\b(?:don't|do\s+not|cannot|"
+    r"can't)\s+(?:have|experience|feel|provide|give)"
+    r"|\b(?:confidence|certainty)\s*[:=-]?\s*cannot\s+be\s+(?:determined|given|estimated))",
+    re.I)
+
+
+@dataclass
+class _Cand:
+    start: int
+    end: int
+    value: float | None
+    kind: str  # percent | fraction | bare
+    flag: str = ""  # negated | bound | out of range
+    standalone: bool = False
+
+
+def _word_number(s: str) -> int:
+    s = re.sub(r"\s+", " ", s.lower().strip())
+    if s.endswith("hundred"):
+        return 100
+    total = 0
+    for part in re.split(r"[\s-]", s):
+        total += (_TENS.index(part) + 2) * 10 if part in _TENS else _UNITS.index(part)
+    return total
+
+
+def _candidates(t: str) -> list[_Cand]:
+    out = []
+    for m in _CANDIDATE.finditer(t):
+        g = m.lastgroup
+        if g in ("between", "range"):
+            a = float(m.group("ba" if g == "between" else "ra"))
+            b = float(m.group("bb" if g == "between" else "rb"))
+            pct = bool(m.group("bap" if g == "between" else "rap")
+                       or m.group("bbp" if g == "between" else "rbp"))
+            if (a, b) in _SCALES:
+                continue  # "(0-100)" describes the scale, it is not an answer
+            frac = not pct and a <= 1 and b <= 1 and ("." in m.group(0))
+            if pct or frac:
+                kind, scale = ("percent", 100.0) if pct else ("fraction", 1.0)
+            else:
+                kind, scale = "bare", 100.0
+            c = _Cand(m.start(), m.end(), (a + b) / 2 / scale, kind)
+            if a > b:
+                c.flag = "out of range"
+        elif g == "ratio":
+            n, d = float(m.group("rn")), float(m.group("rd"))
+            if d == 0:
+                continue
+            c = _Cand(m.start(), m.end(), n / d, "fraction")
+        elif g == "pct":
+            c = _Cand(m.start(), m.end(), float(m.group("pn")) / 100, "percent")
+        elif g == "wpct":
+            c = _Cand(m.start(), m.end(), _word_number(m.group("wn")) / 100, "percent")
+        else:
+            raw = m.group("bare")
+            v = float(raw)
+            if "." in raw and v <= 1:
+                c = _Cand(m.start(), m.end(), v, "fraction")
+                c.kind = "bare_fraction"
+            else:
+                c = _Cand(m.start(), m.end(), v / 100, "bare")
+        if _BLOCKER.match(t, c.end):
+            continue
+        if c.value is not None and not 0.0 <= c.value <= 1.0:
+            c.flag = c.flag or "out of range"
+        before = t[max(0, c.start - 40):c.start]
+        if _BOUND.search(before):
+            c.flag = c.flag or "bound"
+        elif _NEGATED.search(before):
+            c.flag = c.flag or "negated"
+        out.append(c)
+    return out
+
+
+def _cues(t: str) -> list[tuple[int, int, int, str]]:
+    """(start, end, tier, word) of each confidence cue; tier 1 is stronger than 2."""
+    cues = []
+    for tier, rx in ((1, _CUE1), (2, _CUE2)):
+        for m in rx.finditer(t):
+            word = m.group(0).lower()
+            before = t[max(0, m.start() - 20):m.start()]
+            key = "certain" if word.startswith("certain") and word != "certainty" else word
+            if key in _NOT_CUE_BEFORE and _NOT_CUE_BEFORE[key].search(before):
+                continue
+            # A sentence-initial "Sure," / "Sure!" is an interjection.
+            if word == "sure" and re.match(r"\s*[,!.]", t[m.end():m.end() + 2]) and (
+                    m.start() == 0 or re.search(r"(?:^|[.!?\n])\s*$", t[:m.start()])):
+                continue
+            cues.append((m.start(), m.end(), tier, word))
+    return cues
+
+
+def _association(c: _Cand, cues, t: str) -> tuple[int, int] | None:
+    """(tier, gap) of the best cue within reach of candidate ``c``, or None."""
+    best = None
+    for qs, qe, tier, word in cues:
+        if qe <= c.start:  # cue before the number: "Confidence: 85%"
+            gap_text = t[qe:c.start]
+            if len(gap_text) > _MAX_GAP and len(gap_text.strip()) > _MAX_GAP:
+                continue
+            if c.kind in ("bare", "bare_fraction"):
+                if not (_LABEL_NOUN.match(word) and _LABEL_GAP.match(gap_text)):
+                    continue
+            else:
+                bars = list(_BARRIER.finditer(gap_text))
+                if bars:
+                    last = bars[-1]
+                    # "How sure am I? About 85%." - a question answered right away.
+                    if not (last.group(0) == "?" and re.fullmatch(
+                            rf"\s*(?:{_APPROX}\s*)?", gap_text[last.end():], re.I)):
+                        continue
+        elif c.end <= qs:  # number before the cue: "I'm 85% sure"
+            if c.kind in ("bare", "bare_fraction"):
+                continue
+            gap_text = t[c.end:qs]
+            if len(gap_text) > _MAX_GAP or _BARRIER.search(gap_text) or "\n" in gap_text:
+                continue
+        else:
+            continue
+        gap = len(gap_text.strip())
+        if gap > _MAX_GAP:
+            continue
+        if best is None or (tier, gap) < best:
+            best = (tier, gap)
+    return best
+
+
+def _standalone(c: _Cand, t: str) -> bool:
+    if c.kind in ("bare",):
+        return False
+    strip = rf"^[\s*_.:;!()\[\]\"'~-]*(?:{_APPROX}\s+)?|[\s*_.:;!()\[\]\"']*$"
+    if c.kind == "bare_fraction":
+        return re.sub(strip, "", t, flags=re.I) == t[c.start:c.end]
+    ls = t.rfind("\n", 0, c.start) + 1
+    le = t.find("\n", c.end)
+    line = t[ls:le if le >= 0 else len(t)]
+    return re.sub(strip, "", line, flags=re.I) == t[c.start:c.end]
+
+
+def _words(t: str) -> ConfidenceParse | None:
+    found = []
+    for rx in (_WORDS_BEFORE_NOUN, _WORDS_AFTER_NOUN):
+        for m in rx.finditer(t):
+            level = next(k.replace("_", " ") for k, v in m.groupdict().items()
+                         if v is not None and k.replace("_", " ") in WORD_LEVELS)
+            found.append((m.start(), m.end(), level))
+    for m in _WORDS_ADJ.finditer(t):
+        adj = m.group("adj").lower()
+        mod = (m.group("mod") or "").lower()
+        mod_level = next((k for k, rx in _ADJ_MODS.items()
+                          if mod and re.fullmatch(rx, mod, re.I)), "high")
+        at_all = bool(m.group("atall") or m.group("atall2"))
+        if adj in ("unsure", "uncertain"):
+            level = "very low" if mod_level == "very high" else "low"
+            if m.group("neg"):
+                continue  # "not unsure": a double negative says nothing usable
+        elif m.group("neg"):
+            level = "very low" if at_all else "low"
+        else:
+            level = mod_level if mod else "high"
+        found.append((m.start(), m.end(), level))
+    if not found:
+        return None
+    s, e, level = min(found)
+    return ConfidenceParse(WORD_LEVELS[level], "words", (s, e), f"verbal level '{level}'")
+
+
+def _confidence_spans(t: str) -> list[tuple[int, int]]:
+    """Spans of every number that reads as a confidence statement (tied to a cue)."""
+    t = _norm(t)
+    cues = _cues(t)
+    return [(c.start, c.end) for c in _candidates(t) if _association(c, cues, t) is not None]
+
+
+def parse_confidence(text: str | None) -> ConfidenceParse:
+    """Read the verbalized confidence in ``text`` (rules in the module docstring).
+
+    Never raises on any string; ``value`` is in [0, 1] or None.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return ConfidenceParse(None, "missing", None, "empty reply")
+    t = _norm(text)
+    cues = _cues(t)
+    clean, flagged = [], []
+    n_uncued = 0
+    for c in _candidates(t):
+        assoc = _association(c, cues, t)
+        if assoc is None:
+            if not c.flag and _standalone(c, t):
+                assoc = (3, 0)
+            else:
+                n_uncued += c.kind != "bare"
+                continue
+        (flagged if c.flag else clean).append((assoc, c))
+    if clean:
+        (tier, gap), c = min(clean, key=lambda x: (x[0], x[1].start))
+        kind = {"bare": "percent", "bare_fraction": "fraction"}.get(c.kind, c.kind)
+        how = "standalone" if tier == 3 else f"cue tier {tier}, gap {gap}"
+        return ConfidenceParse(float(c.value), kind, (c.start, c.end), how)
+    words = _words(t)
+    if words is not None:
+        return words
+    if flagged:
+        _, c = min(flagged, key=lambda x: (x[0], x[1].start))
+        return ConfidenceParse(None, "ambiguous", (c.start, c.end),
+                               f"{c.flag}: {t[c.start:c.end]!r}")
+    if (m := _REFUSAL.search(t)) is not None:
+        return ConfidenceParse(None, "refusal", m.span(), "declines to state a confidence")
+    if (m := _NA.search(t)) is not None:
+        return ConfidenceParse(None, "missing", m.span(), "confidence given as not available")
+    reason = "no confidence statement"
+    if n_uncued:
+        reason += f" ({n_uncued} number(s) with no confidence cue ignored)"
+    return ConfidenceParse(None, "missing", None, reason)
+
+
+# --------------------------------------------------------------------------------------
+# Internal (token-level) confidence
+# --------------------------------------------------------------------------------------
+
+
+def _decoded_len(tokenizer, ids: Sequence[int], k: int, cache: dict[int, int]) -> int:
+    if k not in cache:
+        cache[k] = len(tokenizer.decode(list(ids[:k]), skip_special_tokens=True))
+    return cache[k]
+
+
+def locate_token_span(tokenizer, token_ids: Sequence[int], char_span: tuple[int, int]
+                      ) -> tuple[int, int] | None:
+    """Generated tokens ``[i, j)`` that cover characters ``char_span`` of the decoded text.
+
+    Works for any tokenizer by incremental decoding: the decoded length of a prefix of the
+    tokens grows with the prefix, so the first token reaching past ``start`` and the first
+    prefix covering ``end`` are found by bisection (O(log n) decodes per boundary).
+    Returns None when the span lies outside the decoded text.
+    """
+    s, e = char_span
+    n = len(token_ids)
+    cache: dict[int, int] = {}
+    if n == 0 or s < 0 or e <= s or _decoded_len(tokenizer, token_ids, n, cache) < e:
+        return None
+    lo, hi = 0, n - 1  # first k with len(decode(ids[:k+1])) > s
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _decoded_len(tokenizer, token_ids, mid + 1, cache) > s:
+            hi = mid
+        else:
+            lo = mid + 1
+    first = lo
+    lo, hi = first + 1, n  # first k with len(decode(ids[:k])) >= e
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _decoded_len(tokenizer, token_ids, mid, cache) >= e:
+            hi = mid
+        else:
+            lo = mid + 1
+    return first, lo
+
+
+def internal_confidence(generation: Generation, tokenizer, char_span: tuple[int, int] | None
+                        ) -> tuple[float | None, float | None, int]:
+    """Mean and minimum probability of the generated tokens over ``char_span`` of
+    ``generation.text``, and the number of those tokens ((None, None, 0) when not found).
+
+    Probabilities are ``exp(token_logprobs)`` (temperature 1, before sampling transforms).
+    When ``generation.text`` differs from the tokenizer's decoding of the ids, the span's
+    text is looked up in the decoding, nearest to its original place.
+    """
+    ids, lps = list(generation.token_ids), list(generation.token_logprobs)
+    if len(ids) != len(lps):
+        raise ValueError(f"generation has {len(ids)} token ids but {len(lps)} log-probs "
+                         f"(prompt {getattr(generation, 'prompt', '')[:40]!r}); they must align "
+                         "one to one")
+    if char_span is None or not ids:
+        return None, None, 0
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    s, e = char_span
+    if decoded != generation.text:
+        piece = generation.text[s:e]
+        hits = [m.start() for m in re.finditer(re.escape(piece), decoded)] if piece else []
+        if not hits:
+            log.debug("answer %r not found in the decoded generation", piece)
+            return None, None, 0
+        s = min(hits, key=lambda h: abs(h - s))
+        e = s + len(piece)
+    span = locate_token_span(tokenizer, ids, (s, e))
+    if span is None:
+        return None, None, 0
+    p = np.exp(np.asarray(lps[span[0]:span[1]], dtype=float))
+    return float(p.mean()), float(p.min()), int(span[1] - span[0])
+
+
+# --------------------------------------------------------------------------------------
+# Scoring and metrics
+# --------------------------------------------------------------------------------------
+
+SCORED_COLUMNS = {"completion": pl.String, "answer": pl.Float64, "answer_rule": pl.String,
+                  "correct": pl.Boolean, "verbalized": pl.Float64, "parse_kind": pl.String,
+                  "parse_reason": pl.String, "internal_conf_mean": pl.Float64,
+                  "internal_conf_min": pl.Float64, "answer_n_tokens": pl.Int32,
+                  "n_generated_tokens": pl.Int32}
+"""Columns :func:`score_generations` adds to the items table."""
+
+
+def _prompt_lead(prompt: str) -> str:
+    """The prompt's last line (e.g. ``Answer:``), which the reply continues."""
+    return prompt[prompt.rfind("\n") + 1:]
+
+
+def score_generations(
+    items: pl.DataFrame,
+    generations: Sequence[Generation],
+    tokenizer,
+    settings: CalibrationSettings = CalibrationSettings(),
+) -> pl.DataFrame:
+    """Parse and score one generation per item (same order as ``items``).
+
+    Adds :data:`SCORED_COLUMNS`: completion (reply text), answer (number or null),
+    answer_rule, correct (False when no answer was found), verbalized (in [0, 1] or null),
+    parse_kind (one of :data:`PARSE_KINDS`), parse_reason, internal_conf_mean /
+    internal_conf_min (token probabilities over the answer's digits; null when no answer),
+    answer_n_tokens, n_generated_tokens. The reply is cut at ``settings.truncate_at``.
+    """
+    need = [c for c in ITEM_SCHEMA if c not in items.columns]
+    if need:
+        raise KeyError(f"items table lacks columns {need}; pass the output of build_prompts")
+    if len(generations) != items.height:
+        raise ValueError(f"{len(generations)} generations for {items.height} items; generate "
+                         "exactly one reply per item, in item order")
+    rows = []
+    for i, (item, gen) in enumerate(zip(items.iter_rows(named=True), generations, strict=True)):
+        if getattr(gen, "prompt", item["prompt"]) != item["prompt"]:
+            raise ValueError(f"generation {i} was made for another prompt than item "
+                             f"{item['item_id']!r}; keep generations in item order")
+        text = truncate_reply(gen.text, settings.truncate_at)
+        # A completion prompt ends mid-line ("Answer:"), and the reply continues that line.
+        lead = "" if item["chat"] else _prompt_lead(item["prompt"])
+        ans = extract_answer(text, prefix=lead)
+        conf = parse_confidence(text)
+        correct = ans.value is not None and math.isclose(
+            ans.value, item["gold"], rel_tol=0.0, abs_tol=settings.answer_abs_tol)
+        mean_p, min_p, n_tok = internal_confidence(gen, tokenizer, ans.span)
+        rows.append({"completion": gen.text, "answer": ans.value, "answer_rule": ans.rule,
+                     "correct": correct, "verbalized": conf.value, "parse_kind": conf.kind,
+                     "parse_reason": conf.reason, "internal_conf_mean": mean_p,
+                     "internal_conf_min": min_p, "answer_n_tokens": n_tok,
+                     "n_generated_tokens": len(gen.token_ids)})
+    scored = pl.concat([items, pl.DataFrame(rows, schema=SCORED_COLUMNS)], how="horizontal")
+    counts = dict(scored.group_by("parse_kind").len().iter_rows())
+    unlocated = scored.filter(pl.col("answer").is_not_null() & (pl.col("answer_n_tokens") == 0))
+    log.info("scored %d replies; confidence parse kinds %s; %d without an answer; %d answers "
+             "not located in the generated tokens", scored.height, counts,
+             scored["answer"].null_count(), unlocated.height)
+    return scored
+
+
+def _rank(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as scipy.stats.rankdata, without its
+    per-call overhead inside the bootstrap loop."""
+    sorter = np.argsort(a, kind="mergesort")
+    inv = np.empty_like(sorter)
+    inv[sorter] = np.arange(len(a))
+    a_sorted = a[sorter]
+    first = np.r_[True, a_sorted[1:] != a_sorted[:-1]]
+    dense = first.cumsum()[inv]
+    bounds = np.r_[np.flatnonzero(first), len(a)]
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3:
+        return float("nan")
+    return _pearson(_rank(np.asarray(x, float)), _rank(np.asarray(y, float)))
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    # A constant input has no correlation; the check must be exact, since rounding in the
+    # mean would otherwise turn a constant into noise with a spurious r.
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    den = math.sqrt(float(xc @ xc) * float(yc @ yc))
+    return float(xc @ yc / den) if den > 0 else float("nan")
+
+
+def _pearson_p(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sps.NearConstantInputWarning)
+        return float(sps.pearsonr(x, y).pvalue)
+
+
+METRICS: dict[str, str] = {
+    "rho": "Spearman rho between injected and verbalized confidence (parsed replies)",
+    "bias_pp": "mean(verbalized - injected) in percentage points (parsed replies; > 0: "
+               "overconfident relative to the signal)",
+    "compliance": "share of parsed replies whose verbalized confidence is within "
+                  "compliance_tol_pp of the injected one",
+    "accuracy": "share of replies whose extracted answer equals the GSM8K gold number "
+                "(no answer counts as wrong)",
+    "parse_rate": "share of replies with a numeric or verbal confidence",
+    "mean_verbalized": "mean verbalized confidence (%) over parsed replies",
+    "mean_injected": "mean injected confidence (%) over parsed replies",
+    "internal_r_correct": "Pearson r between internal token confidence over the answer and "
+                          "correctness",
+    "internal_r_signal": "Pearson r between internal token confidence over the answer and "
+                         "the injected confidence",
+    "mean_internal_conf": "mean internal token confidence over the answer span",
+}
+"""Estimated metrics per (model, strategy) in :func:`metrics`; besides these, count rows
+``n_items``, ``n_answer_missing`` and ``n_kind_<kind>`` for each of :data:`PARSE_KINDS`."""
+
+METRICS_SCHEMA = {"model": pl.String, "strategy": pl.String, "metric": pl.String,
+                  "value": pl.Float64, "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64,
+                  "n_rows": pl.Int64, "unit": pl.String, "p_value": pl.Float64,
+                  "method": pl.String}
+"""Columns of :func:`metrics` (long format: one row per model x strategy x metric)."""
+
+
+def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
+    groups_all = g["problem_id"].to_numpy() if s.cluster_by_problem else None
+    kw = {"n_boot": s.n_boot, "seed": s.seed}
+    out: list[dict] = []
+
+    def add(metric, est: Estimate, n_rows, p=None):
+        out.append({"metric": metric, "value": est.value, "lo": est.lo, "hi": est.hi,
+                    "n": est.n, "n_rows": n_rows, "unit": est.unit, "p_value": p,
+                    "method": est.method + (" (clusters: problems)" if s.cluster_by_problem
+                                            else "")})
+
+    def boot(fn, *arrays, mask=None, unit=""):
+        arrays = [np.asarray(a, float) for a in arrays]
+        grp = groups_all
+        if mask is not None:
+            arrays = [a[mask] for a in arrays]
+            grp = None if grp is None else grp[mask]
+        return bootstrap(fn, *arrays, groups=grp, unit=unit, **kw)
+
+    n = g.height
+    verbal = g["verbalized"].to_numpy().astype(float)  # nulls become NaN
+    inj = g["injected"].to_numpy().astype(float)
+    correct = g["correct"].to_numpy().astype(float)
+    parsed = np.isfinite(verbal)
+    both = parsed & np.isfinite(inj)
+    add("accuracy", boot(np.mean, correct, unit="share"), n)
+    add("parse_rate", boot(np.mean, parsed.astype(float), unit="share"), n)
+    if parsed.any():
+        add("mean_verbalized", boot(lambda v: 100 * v.mean(), verbal, mask=parsed, unit="%"),
+            int(parsed.sum()))
+    if both.any():
+        m = int(both.sum())
+        add("mean_injected", boot(lambda v: 100 * v.mean(), inj, mask=both, unit="%"), m)
+        add("rho", boot(_spearman, inj, verbal, mask=both, unit="Spearman rho"), m)
+        add("bias_pp", boot(lambda a, b: 100 * float(np.mean(b - a)), inj, verbal, mask=both,
+                            unit="pp"), m)
+        tol = s.compliance_tol_pp / 100 + 1e-9  # float noise must not break exact copies
+        complied = (np.abs(verbal - inj) <= tol).astype(float)
+        add("compliance", boot(np.mean, complied, mask=both, unit="share"), m)
+    internal = g[f"internal_conf_{s.internal_measure}"].to_numpy().astype(float)
+    has_int = np.isfinite(internal)
+    if has_int.any():
+        k = int(has_int.sum())
+        add("mean_internal_conf", boot(np.mean, internal, mask=has_int, unit="probability"), k)
+        add("internal_r_correct", boot(_pearson, internal, correct, mask=has_int,
+                                       unit="Pearson r"), k,
+            _pearson_p(internal[has_int], correct[has_int]))
+        sig = has_int & np.isfinite(inj)
+        if sig.any():
+            add("internal_r_signal", boot(_pearson, internal, inj, mask=sig, unit="Pearson r"),
+                int(sig.sum()), _pearson_p(internal[sig], inj[sig]))
+    counts = {"n_items": n, "n_answer_missing": int(g["answer"].null_count())}
+    kinds = g["parse_kind"].to_list()
+    for kind in PARSE_KINDS:
+        counts[f"n_kind_{kind}"] = sum(k == kind for k in kinds)
+    for metric, v in counts.items():
+        out.append({"metric": metric, "value": float(v), "lo": None, "hi": None, "n": n,
+                    "n_rows": n, "unit": "count", "p_value": None, "method": "count"})
+    return out
+
+
+def metrics(scored: pl.DataFrame, settings: CalibrationSettings = CalibrationSettings()
+            ) -> pl.DataFrame:
+    """Calibration metrics per (model, strategy), long format (:data:`METRICS_SCHEMA`).
+
+    ``scored`` is :func:`score_generations` output with a ``model`` column (the model's
+    role in its pair, e.g. ``base`` / ``instruct``). Estimates (:data:`METRICS`) carry a
+    95% bootstrap interval over problems (``n`` = problems, ``n_rows`` = replies used);
+    Pearson correlations also carry the scipy p-value. Counts of every parse kind and of
+    replies without an answer are rows too, so refusals and misses are always reported.
+    """
+    need = [c for c in ("model", "strategy", "problem_id", "injected", "verbalized",
+                        "parse_kind", "correct", "answer", "internal_conf_mean",
+                        "internal_conf_min") if c not in scored.columns]
+    if need:
+        raise KeyError(f"scored table lacks columns {need}; use score_generations output "
+                       "and add the model's role, e.g. .with_columns(model=pl.lit('base'))")
+    rows = []
+    for (model, strategy), g in scored.group_by(["model", "strategy"], maintain_order=True):
+        for r in _estimates_for_group(g, settings):
+            rows.append({"model": model, "strategy": strategy, **r})
+    df = pl.DataFrame(rows, schema=METRICS_SCHEMA)
+    # NaN (undefined, e.g. constant input) and null (not applicable) both mean "no value".
+    return df.with_columns(pl.col(c).fill_nan(None) for c in ("value", "lo", "hi", "p_value"))
+
+
+HEADLINE_METRICS = ("rho", "bias_pp", "compliance", "accuracy", "parse_rate",
+                    "mean_verbalized", "internal_r_correct", "internal_r_correct_p",
+                    "internal_r_signal", "internal_r_signal_p")
+"""Metrics that go into the headline, per model x strategy."""
+
+
+def headline_key(model: str, strategy: str, metric: str) -> str:
+    """``{metric}_{model}_{strategy}``, e.g. ``rho_instruct_command``."""
+    return f"{metric}_{model}_{strategy}"
+
+
+def headline_keys(models: Sequence[str] = ("base", "instruct"),
+                  strategies: Sequence[str] = ("command", "conversational", "control"),
+                  signal: Mapping[str, bool] | None = None) -> dict[str, str]:
+    """Every headline key for these models and strategies, with a one-line description.
+
+    ``signal`` says which strategies inject a confidence (default: all but ``control``);
+    the others have no rho, bias, compliance or internal_r_signal.
+    """
+    out = {}
+    for model in models:
+        for st in strategies:
+            has_signal = (signal or {}).get(st, st != "control")
+            for metric in HEADLINE_METRICS:
+                if not has_signal and metric in ("rho", "bias_pp", "compliance",
+                                                 "internal_r_signal", "internal_r_signal_p"):
+                    continue
+                base = metric.removesuffix("_p")
+                desc = (f"p-value (scipy.stats.pearsonr, two-sided) of {base}"
+                        if metric.endswith("_p") else METRICS[metric])
+                out[headline_key(model, st, metric)] = f"{model}, {st} prompts: {desc}"
+    return out
+
+
+HEADLINE_KEYS: dict[str, str] = headline_keys()
+"""Headline keys for the default pair roles (base, instruct) and the shipped strategies."""
+
+
+def headline(scored: pl.DataFrame, settings: CalibrationSettings = CalibrationSettings()
+             ) -> dict[str, Estimate]:
+    """Headline numbers per model x strategy, keyed by :func:`headline_key` (descriptions
+    in :func:`headline_keys`; :data:`HEADLINE_KEYS` for base/instruct and the shipped
+    strategies). p-values are Estimates with a NaN interval and unit ``p``.
+    """
+    for col in ("model", "strategy"):
+        if col in scored.columns:
+            bad = sorted({v for v in scored[col].unique().to_list() if not _NAME.match(str(v))})
+            if bad:
+                raise ValueError(f"{col} values {bad} are not snake_case; headline keys are "
+                                 f"built from them (use e.g. 'base' / 'instruct')")
+    table = metrics(scored, settings)
+    nan = float("nan")
+
+    def val(x):
+        return nan if x is None else float(x)
+
+    out: dict[str, Estimate] = {}
+    for r in table.iter_rows(named=True):
+        if r["metric"] in HEADLINE_METRICS:
+            out[headline_key(r["model"], r["strategy"], r["metric"])] = Estimate(
+                val(r["value"]), val(r["lo"]), val(r["hi"]), int(r["n"]), r["unit"],
+                r["method"])
+        if r["p_value"] is not None and f"{r['metric']}_p" in HEADLINE_METRICS:
+            out[headline_key(r["model"], r["strategy"], r["metric"] + "_p")] = Estimate(
+                float(r["p_value"]), nan, nan, int(r["n_rows"]), "p",
+                "scipy.stats.pearsonr, two-sided")
+    return out
+
+
+def level_summary(scored: pl.DataFrame, settings: CalibrationSettings = CalibrationSettings()
+                  ) -> pl.DataFrame:
+    """Mean verbalized confidence per model x strategy x injected level (null level for
+    no-signal strategies), for the figure.
+
+    Columns: model, strategy, injected (Float64, 0-1, null for no signal), mean_verbalized,
+    lo, hi (0-1, 95% percentile bootstrap over replies), n_parsed, n_items.
+    """
+    rows = []
+    keys = ["model", "strategy", "injected"]
+    for (model, strategy, inj), g in scored.sort(keys, nulls_last=True).group_by(
+            keys, maintain_order=True):
+        v = g["verbalized"].drop_nulls().to_numpy().astype(float)
+        est = bootstrap(np.mean, v, n_boot=settings.n_boot, seed=settings.seed)
+        rows.append({"model": model, "strategy": strategy, "injected": inj,
+                     "mean_verbalized": est.value, "lo": est.lo, "hi": est.hi,
+                     "n_parsed": len(v), "n_items": g.height})
+    schema = {"model": pl.String, "strategy": pl.String, "injected": pl.Float64,
+              "mean_verbalized": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
+              "n_parsed": pl.Int64, "n_items": pl.Int64}
+    return pl.DataFrame(rows, schema=schema).with_columns(
+        pl.col(c).fill_nan(None) for c in ("mean_verbalized", "lo", "hi"))
+
+
+def plot_verbalized_vs_injected(summary: pl.DataFrame, png_path: str | Path) -> None:
+    """One panel per model: mean verbalized vs injected confidence (%) per strategy with 95%
+    intervals, the identity line (perfect copying), and no-signal strategies as a
+    horizontal band. ``summary`` is :func:`level_summary` output. Writes PNG and PDF."""
+    from rlhf_audit.plotting import new_figure, save_figure
+
+    models = list(dict.fromkeys(summary["model"].to_list()))
+    if not models:
+        raise ValueError("level summary is empty: nothing to plot")
+    strategies = list(dict.fromkeys(summary["strategy"].to_list()))
+    colours = {s: f"C{i}" for i, s in enumerate(strategies)}
+    fig, axes = new_figure(ncols=len(models), width=4.2, height=3.8)
+    for ax, model in zip(axes[0], models, strict=True):
+        ax.plot([0, 100], [0, 100], ls="--", lw=0.8, color="0.5", label="identity (copies signal)")
+        sub = summary.filter(pl.col("model") == model)
+        for st in strategies:
+            d = sub.filter((pl.col("strategy") == st) & pl.col("mean_verbalized").is_not_null())
+            if d.is_empty():
+                continue
+            sig = d.filter(pl.col("injected").is_not_null()).sort("injected")
+            if sig.height:
+                x = 100 * sig["injected"].to_numpy()
+                y = 100 * sig["mean_verbalized"].to_numpy()
+                lo = 100 * sig["lo"].fill_null(float("nan")).to_numpy()
+                hi = 100 * sig["hi"].fill_null(float("nan")).to_numpy()
+                yerr = np.vstack([np.nan_to_num(y - lo), np.nan_to_num(hi - y)])
+                ax.errorbar(x, y, yerr=yerr, marker="o", ms=4, capsize=2, color=colours[st],
+                            label=st)
+            for r in d.filter(pl.col("injected").is_null()).iter_rows(named=True):
+                ax.axhline(100 * r["mean_verbalized"], color=colours[st], lw=1.2,
+                           label=f"{st} (no signal)")
+                if r["lo"] is not None and r["hi"] is not None:
+                    ax.axhspan(100 * r["lo"], 100 * r["hi"], color=colours[st], alpha=0.15)
+        ax.set(xlim=(-2, 102), ylim=(-2, 102), title=model,
+               xlabel="injected confidence (%)", ylabel="verbalized confidence (%)")
+        ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, png_path)
