@@ -1,0 +1,910 @@
+"""Partisan geometry of a base/instruct model pair ("The Neutral Mask", claims 1-2).
+
+Per layer, from residual-stream activations of the SAME prompts in both models
+(``X_base``, ``X_instruct``: ``[n_prompts, d_model]``, rows in the same order):
+
+* **Partisan direction.** A unit vector in the raw activation space pointing from
+  left-labelled towards right-labelled prompts (neutral prompts never enter a
+  fit). Two estimators: ``diffmean`` (difference of class means, raw space) and
+  ``logreg`` (L2 logistic regression on standardised features; its weights are
+  divided by the feature scales so the direction lives in the raw space).
+* **Probe quality.** Out-of-fold (OOF) scores from folds grouped by policy issue
+  (no issue is in both the training and the test part of a fold), so a probe
+  cannot score well by recognising topics. Each prompt's score is its projection
+  on the fold's unit direction minus the fold's decision threshold (activation
+  units; > 0 means "right"), which keeps scores of different folds on one scale
+  before they are pooled. AUC, accuracy and Cohen's d (right minus left) are
+  computed on the pooled OOF scores of the partisan (left/right) prompts.
+* **Transfer.** The base model's fold directions applied to the instruct model's
+  held-out activations and the reverse (AUC; thresholds do not transfer between
+  models, so transfer scores are centred on the target model's training-fold
+  mean projection, which uses no labels). Cosine similarity between the two
+  models' full-data directions.
+* **Variance compression.** Each prompt (all labels, neutral included) is
+  projected on its model's OWN unit direction (the paper-like choice) and, as a
+  check, on the BASE direction. By default projections are out-of-fold (the
+  direction was fitted without the prompt's issue, so fitting noise does not
+  inflate the spread) and centred on the training-fold mean projection (0 = the
+  average prompt): ranges are therefore comparable in width, not in endpoints,
+  with the paper's uncentred ranges. Reported: SD, min, max, range, the variance
+  ratio instruct/base (paired: the same prompts are resampled in both models)
+  and the partisan share of variance (variance along the direction / total
+  variance = trace of the activation covariance).
+
+Uncertainty. Every number is an :class:`~rlhf_audit.stats.Estimate` with a 95%
+interval from a cluster bootstrap over policy issues (prompts of one issue are
+resampled together; ``n`` = number of issues), because prompts on one issue
+share wording and topic and are not independent. Prompts without an issue are
+their own cluster. The bootstrap resamples the fixed OOF scores/projections (no
+refitting), which keeps it cheap; the fold-to-fold variability of the fitted
+direction is therefore not in those intervals. The cosine between the models'
+directions, which needs refits, gets a delete-one-fold jackknife interval
+instead (the K training-fold fits are exactly the K leave-one-fold-out fits).
+
+Known biases (both conservative for the paper's claims). (1) A fitted direction carries
+estimation noise; held-out prompts projected on it pick up orthogonal variance through
+that noise, so variance along an estimated direction is inflated, most in the model whose
+partisan signal is weak relative to the rest of its variance (after compression, the
+instruct model): the variance ratio is biased towards 1 when prompts are few relative to
+d_model. The base-direction ratio is less affected when the base signal is strong.
+(2) Under no signal, pooled cross-validated AUC sits slightly below 0.5 (a training part's
+class difference is anti-correlated with its test part's).
+
+Selection. The best layer is the one with the highest base OOF AUC for
+``headline_method`` (ties go to the shallower layer); its own interval comes
+from re-selecting the layer in each bootstrap replicate. Numbers reported at the
+best layer are optimistically selected among layers; the interval does not
+account for that selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.ticker import MaxNLocator
+from scipy import stats as sps
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+
+from rlhf_audit.plotting import new_figure, save_figure
+from rlhf_audit.stats import Estimate, bootstrap, cohens_d
+
+log = logging.getLogger(__name__)
+
+LABELS = ("left", "right", "neutral")
+"""Allowed prompt labels."""
+METHODS = ("diffmean", "logreg")
+"""Direction estimators."""
+MODELS = ("base", "instruct")
+"""Roles in a model pair."""
+PROJECTIONS = ("out_of_fold", "full")
+"""How prompts are projected for the variance analysis (see :class:`PartisanSettings`)."""
+JACKKNIFE_METHOD = "delete-one-fold jackknife (issue-grouped folds), t 95%"
+"""``Estimate.method`` of the cosine intervals."""
+BOOT_METHOD = "cluster bootstrap over policy issues, percentile 95%"
+"""``Estimate.method`` of every bootstrap interval in this module."""
+
+HEADLINE_KEYS: dict[str, str] = {
+    "best_layer": "Layer (0-based block output) with the highest base out-of-fold AUC; "
+    "interval from re-selecting the layer in each bootstrap replicate",
+    "auc_base": "Out-of-fold AUC (right vs left) of the base model's partisan probe at the "
+    "best layer",
+    "auc_instruct": "Out-of-fold AUC of the instruct model's own partisan probe at the best layer",
+    "accuracy_base": "Out-of-fold accuracy (right vs left) of the base probe at the best layer",
+    "accuracy_instruct": "Out-of-fold accuracy of the instruct probe at the best layer",
+    "cohens_d_base": "Cohen's d (right minus left) of base out-of-fold projections at the "
+    "best layer",
+    "cohens_d_instruct": "Cohen's d of instruct out-of-fold projections at the best layer",
+    "sd_base": "SD of all prompts' projections on the base direction, base model "
+    "(activation units)",
+    "sd_instruct": "SD of all prompts' projections on the instruct model's own direction "
+    "(activation units)",
+    "range_base": "Range (max - min) of base projections on the base direction (activation units)",
+    "range_instruct": "Range of instruct projections on the instruct direction (activation units)",
+    "variance_ratio": "Variance of projections instruct/base, each on its own direction "
+    "(paired bootstrap; < 1 = compression)",
+    "sd_ratio": "SD of projections instruct/base, each on its own direction",
+    "variance_ratio_base_direction": "Variance ratio instruct/base with both models projected "
+    "on the base direction",
+    "partisan_share_base": "Share of the base model's total activation variance lying along "
+    "its partisan direction",
+    "partisan_share_instruct": "Share of the instruct model's total activation variance lying "
+    "along its partisan direction",
+    "transfer_auc_base_to_instruct": "AUC of the base direction applied to instruct "
+    "activations (out-of-fold)",
+    "transfer_auc_instruct_to_base": "AUC of the instruct direction applied to base "
+    "activations (out-of-fold)",
+    "cosine_base_instruct": "Cosine similarity of the base and instruct partisan directions "
+    "(jackknife interval)",
+}
+"""Headline keys returned by :func:`headline` (per model pair), with a description each."""
+
+
+@dataclass(frozen=True)
+class PartisanSettings:
+    """How partisan directions are fitted, evaluated and bootstrapped."""
+
+    methods: tuple[str, ...] = ("diffmean", "logreg")
+    """Direction estimators to run: "diffmean" and/or "logreg"."""
+    headline_method: str = "diffmean"
+    """Estimator behind the headline numbers and the best-layer choice; the difference of
+    means is the partisan axis itself (no hyperparameter); logreg is reported as a check."""
+    n_folds: int = 5
+    """Folds of the issue-grouped cross-validation (capped at the number of issues)."""
+    C: float = 1.0
+    """Inverse L2 strength of the logistic regression (on standardised features)."""
+    standardize: bool = True
+    """Standardise features (per-dimension z-score on the training fold) before logreg."""
+    max_iter: int = 1000
+    """Maximum lbfgs iterations of the logistic regression."""
+    projection: str = "out_of_fold"
+    """Projections for the variance analysis: "out_of_fold" (each prompt on the direction
+    fitted without its issue, centred on the training-fold mean) or "full" (all prompts on
+    the full-data direction, centred on their mean)."""
+    n_boot: int = 1000
+    """Bootstrap replicates of every interval."""
+    seed: int = 0
+    """Seed of the fold assignment and of the bootstrap."""
+
+    def __post_init__(self):
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(
+                f"partisan methods {list(self.methods)}: each must be one of {METHODS}"
+            )
+        if self.headline_method not in self.methods:
+            raise ValueError(
+                f"partisan headline_method {self.headline_method!r} is not in methods "
+                f"{list(self.methods)}; add it to methods or pick one of them"
+            )
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"partisan projection {self.projection!r}: use one of {PROJECTIONS}")
+        if self.n_folds < 2:
+            raise ValueError(f"partisan n_folds={self.n_folds}: need at least 2")
+        if not self.C > 0:
+            raise ValueError(f"partisan C={self.C}: must be > 0")
+        if self.n_boot < 1:
+            raise ValueError(f"partisan n_boot={self.n_boot}: must be >= 1")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerResult:
+    """Everything measured at one layer of one model pair (see module docstring).
+
+    Keys of the dicts: ``probe[(model, method, metric)]`` with metric in auc/accuracy/
+    cohens_d; ``transfer[(method, metric)]``; ``variance[(model, method, direction,
+    metric)]`` with model in base/instruct/instruct_over_base and direction in own/base.
+    """
+
+    layer: int
+    """Layer index (0-based block output)."""
+    prompt_ids: np.ndarray
+    """``[n_prompts]`` prompt ids, in input order."""
+    labels: np.ndarray
+    """``[n_prompts]`` left/right/neutral."""
+    groups: np.ndarray
+    """``[n_prompts]`` bootstrap/fold cluster of each prompt (its issue)."""
+    folds: np.ndarray
+    """``[n_prompts]`` test fold of each prompt."""
+    probe: dict[tuple[str, str, str], Estimate] = field(default_factory=dict)
+    transfer: dict[tuple[str, str], Estimate] = field(default_factory=dict)
+    variance: dict[tuple[str, str, str, str], Estimate] = field(default_factory=dict)
+    directions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    """``(model, method) -> [d_model]`` unit direction fitted on all partisan prompts."""
+    thresholds: dict[tuple[str, str], float] = field(default_factory=dict)
+    """``(model, method) ->`` decision threshold on the projection (activation units)."""
+    oof_scores: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    """``(model, method) -> [n_prompts]`` out-of-fold projection minus fold threshold."""
+    projections: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
+    """``(model, method, direction) -> [n_prompts]`` centred projections (activation units)."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_str_array(values, name: str, n: int) -> np.ndarray:
+    arr = np.asarray(list(values), dtype=object)
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{name} has {arr.shape[0] if arr.ndim else 0} entries, expected one per prompt ({n})"
+        )
+    return arr
+
+
+def _validate(X_base, X_instruct, labels, issues, prompt_ids):
+    Xb = np.asarray(X_base)
+    Xi = np.asarray(X_instruct)
+    for name, X in (("X_base", Xb), ("X_instruct", Xi)):
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be [n_prompts, d_model], got shape {X.shape}")
+    if Xb.shape != Xi.shape:
+        raise ValueError(
+            f"X_base {Xb.shape} and X_instruct {Xi.shape} differ: both models must "
+            "be given the same prompts in the same order"
+        )
+    n = Xb.shape[0]
+    lab = _as_str_array(labels, "labels", n)
+    bad = [i for i, v in enumerate(lab) if v not in LABELS]
+    if bad:
+        raise ValueError(
+            f"labels row {bad[0]} is {lab[bad[0]]!r} ({len(bad)} bad rows): every "
+            f"partisan prompt needs a label in {LABELS}"
+        )
+    if prompt_ids is None:
+        pid = np.array([str(i) for i in range(n)], dtype=object)
+    else:
+        pid = _as_str_array(prompt_ids, "prompt_ids", n).astype(str).astype(object)
+        uniq, counts = np.unique(pid, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(
+                f"prompt_ids are not unique (e.g. {uniq[counts > 1][0]!r}); "
+                "deduplicate the prompt file"
+            )
+    if issues is None:
+        log.warning(
+            "no policy issues given: every prompt is its own cluster, so the folds "
+            "cannot rule out topic memorisation"
+        )
+        iss = np.array([None] * n, dtype=object)
+    else:
+        iss = _as_str_array(issues, "issues", n)
+    groups = np.array(
+        [
+            f"__prompt__{pid[i]}"
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v == ""
+            else str(v)
+            for i, v in enumerate(iss)
+        ],
+        dtype=object,
+    )
+    for name, X in (("X_base", Xb), ("X_instruct", Xi)):
+        finite = np.isfinite(X).all(axis=1)
+        if not finite.all():
+            r = int(np.flatnonzero(~finite)[0])
+            raise ValueError(
+                f"{name} row {r} (prompt_id {pid[r]!r}) has non-finite values; "
+                "re-extract the activations (fp16 overflow? use dtype float32)"
+            )
+    n_left, n_right = int((lab == "left").sum()), int((lab == "right").sum())
+    if n_left < 2 or n_right < 2:
+        raise ValueError(
+            f"need at least 2 left and 2 right prompts, got {n_left} left and {n_right} right"
+        )
+    return Xb.astype(np.float64), Xi.astype(np.float64), lab, groups, pid
+
+
+# ------------------------------------------------------------------------- estimators
+
+
+def issue_folds(labels: Sequence[str], groups: Sequence, n_folds: int, seed: int) -> np.ndarray:
+    """Test-fold index ``[n_prompts]`` of each prompt; all prompts of one group share a fold.
+
+    Stratified by label (left/right/neutral) as far as the groups allow. ``n_folds`` is capped
+    at the number of groups; every training part must hold both left and right prompts.
+    """
+    lab = np.asarray(labels, dtype=object)
+    g = np.asarray(groups, dtype=object)
+    n_groups = len(np.unique(g.astype(str)))
+    if n_groups < 2:
+        raise ValueError(
+            "all prompts share one policy issue: issue-grouped folds need >= 2 "
+            "issues (give more issues, or none to split by prompt)"
+        )
+    k = min(n_folds, n_groups)
+    if k < n_folds:
+        log.warning("only %d issues: using %d folds instead of %d", n_groups, k, n_folds)
+    y = np.array([LABELS.index(v) for v in lab])
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = np.full(len(lab), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # A label with fewer prompts than folds is legal here (e.g. few neutral prompts).
+        warnings.filterwarnings("ignore", message="The least populated class")
+        for f, (_, test) in enumerate(splitter.split(np.zeros(len(lab)), y, g.astype(str))):
+            folds[test] = f
+    for f in range(k):
+        train = lab[folds != f]
+        if (train == "left").sum() < 1 or (train == "right").sum() < 1:
+            raise ValueError(
+                f"fold {f}: training part lacks left or right prompts; the issues "
+                "are too few or too one-sided for issue-grouped folds"
+            )
+    return folds
+
+
+def fit_direction(
+    X: np.ndarray, y: np.ndarray, method: str, settings: PartisanSettings
+) -> tuple[np.ndarray, float]:
+    """Fit a partisan direction on partisan prompts.
+
+    ``X``: ``[n, d_model]`` activations; ``y``: ``[n]`` 1 = right, 0 = left. Returns
+    ``(u, b)``: ``u`` ``[d_model]`` unit vector in the raw activation space pointing to
+    "right", ``b`` the decision threshold on ``X @ u`` (activation units): predict right
+    where ``X @ u > b``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    if method == "diffmean":
+        m_right, m_left = X[y].mean(0), X[~y].mean(0)
+        w = m_right - m_left
+        norm = np.linalg.norm(w)
+        if norm == 0:
+            raise ValueError("left and right prompts have identical mean activations")
+        u = w / norm
+        return u, float(0.5 * (m_right + m_left) @ u)
+    if method == "logreg":
+        if settings.standardize:
+            mu = X.mean(0)
+            sd = X.std(0)
+            sd = np.where(sd > 0, sd, 1.0)  # constant features carry no signal
+        else:
+            mu, sd = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        Z = ((X - mu) / sd).astype(np.float32)
+        clf = LogisticRegression(C=settings.C, max_iter=settings.max_iter)
+        clf.fit(Z, y.astype(int))
+        if clf.n_iter_[0] >= settings.max_iter:
+            log.warning("logistic regression hit max_iter=%d", settings.max_iter)
+        coef = clf.coef_[0].astype(np.float64)
+        # decision = ((x - mu)/sd) @ coef + c = x @ (coef/sd) + (c - (mu/sd) @ coef)
+        w = coef / sd
+        c = float(clf.intercept_[0]) - float((mu / sd) @ coef)
+        norm = np.linalg.norm(w)
+        if norm == 0:
+            raise ValueError("logistic regression returned zero weights (C too small?)")
+        return w / norm, -c / norm
+    raise ValueError(f"unknown partisan method {method!r}: use one of {METHODS}")
+
+
+def auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for ``y`` (bool, positive = right); ties count half.
+
+    The Mann-Whitney form: for each positive, the negatives below it plus half those equal.
+    """
+    y = np.asarray(y, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = scores[y], np.sort(scores[~y])
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")
+    below_or_equal = np.searchsorted(neg, pos, side="right")
+    return float((below + below_or_equal).sum() / (2.0 * len(pos) * len(neg)))
+
+
+def _accuracy(scores, y):
+    return float(np.mean((np.asarray(scores) > 0) == np.asarray(y, dtype=bool)))
+
+
+def _d(scores, y):
+    y = np.asarray(y, dtype=bool)
+    return cohens_d(scores[y], scores[~y])
+
+
+def _clusters(groups: np.ndarray) -> np.ndarray | None:
+    """``groups`` for :func:`bootstrap`, or None when every row is its own cluster (the row
+    bootstrap is then the same resampling, without per-cluster bookkeeping)."""
+    g = np.asarray(groups).astype(str)
+    return None if len(np.unique(g)) == len(g) else g
+
+
+def _boot(stat, arrays, groups, settings, unit):
+    est = bootstrap(
+        stat,
+        *arrays,
+        n_boot=settings.n_boot,
+        seed=settings.seed,
+        groups=_clusters(groups),
+        unit=unit,
+    )
+    return Estimate(est.value, est.lo, est.hi, est.n, unit, BOOT_METHOD)
+
+
+def _jackknife_interval(full: float, per_fold: np.ndarray, n_units: int, unit: str) -> Estimate:
+    k = len(per_fold)
+    if k < 2:
+        return Estimate(full, math.nan, math.nan, n_units, unit, JACKKNIFE_METHOD)
+    se = math.sqrt((k - 1) / k * float(((per_fold - per_fold.mean()) ** 2).sum()))
+    t = float(sps.t.ppf(0.975, k - 1))
+    return Estimate(
+        full, max(-1.0, full - t * se), min(1.0, full + t * se), n_units, unit, JACKKNIFE_METHOD
+    )
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def analyse_layer(
+    X_base: np.ndarray,
+    X_instruct: np.ndarray,
+    labels: Sequence[str],
+    issues: Sequence[str | None] | None,
+    *,
+    layer: int,
+    prompt_ids: Sequence[str] | None = None,
+    settings: PartisanSettings | None = None,
+) -> LayerResult:
+    """Probe, transfer and variance analysis of one layer of one model pair.
+
+    ``X_base``, ``X_instruct``: ``[n_prompts, d_model]`` activations of the same prompts in
+    the same order; ``labels``: ``[n_prompts]`` left/right/neutral; ``issues``:
+    ``[n_prompts]`` policy-issue id (None = own cluster) or None for all.
+    """
+    settings = settings or PartisanSettings()
+    Xs = {}
+    Xs["base"], Xs["instruct"], lab, groups, pid = _validate(
+        X_base, X_instruct, labels, issues, prompt_ids
+    )
+    n = len(lab)
+    folds = issue_folds(lab, groups, settings.n_folds, settings.seed)
+    k = int(folds.max()) + 1
+    part = lab != "neutral"
+    y_all = lab == "right"
+    g_part = groups[part]
+    n_groups = len(np.unique(groups.astype(str)))
+    res = LayerResult(layer=int(layer), prompt_ids=pid, labels=lab, groups=groups, folds=folds)
+
+    # Row norms about the full-sample mean: the bootstrap's total variance (trace of the
+    # covariance) is their mean over a resample, exact up to an O(1/n) term, without the
+    # O(n^2 d) Gram matrix an exact resampled trace would need.
+    sq_dev = {m: ((X - X.mean(0)) ** 2).sum(1) for m, X in Xs.items()}
+
+    for method in settings.methods:
+        fold_u = {m: np.zeros((k, Xs[m].shape[1])) for m in MODELS}
+        scores = {m: np.zeros(n) for m in MODELS}
+        oof_proj = {m: np.zeros(n) for m in MODELS}
+        transfer_scores = {m: np.zeros(n) for m in MODELS}  # keyed by target model
+        for f in range(k):
+            test = folds == f
+            train = ~test
+            fit_rows = train & part
+            for m in MODELS:
+                u, b = fit_direction(Xs[m][fit_rows], y_all[fit_rows], method, settings)
+                fold_u[m][f] = u
+                p_train = Xs[m][train] @ u
+                p_test = Xs[m][test] @ u
+                scores[m][test] = p_test - b
+                oof_proj[m][test] = p_test - p_train.mean()
+                other = "instruct" if m == "base" else "base"
+                q_test = Xs[other][test] @ u
+                q_train = Xs[other][train] @ u
+                transfer_scores[other][test] = q_test - q_train.mean()
+
+        for m in MODELS:
+            u, b = fit_direction(Xs[m][part], y_all[part], method, settings)
+            res.directions[(m, method)] = u.astype(np.float32)
+            res.thresholds[(m, method)] = float(b)
+            res.oof_scores[(m, method)] = scores[m]
+            s, yy = scores[m][part], y_all[part]
+            res.probe[(m, method, "auc")] = _boot(auc, (s, yy), g_part, settings, "AUC")
+            res.probe[(m, method, "accuracy")] = _boot(
+                _accuracy, (s, yy), g_part, settings, "fraction"
+            )
+            res.probe[(m, method, "cohens_d")] = _boot(_d, (s, yy), g_part, settings, "SD")
+
+        for src, tgt in (("base", "instruct"), ("instruct", "base")):
+            res.transfer[(method, f"transfer_auc_{src}_to_{tgt}")] = _boot(
+                auc, (transfer_scores[tgt][part], y_all[part]), g_part, settings, "AUC"
+            )
+        cos_full = float(
+            res.directions[("base", method)].astype(np.float64)
+            @ res.directions[("instruct", method)]
+        )
+        cos_folds = np.einsum("kd,kd->k", fold_u["base"], fold_u["instruct"])
+        res.transfer[(method, "cosine_base_instruct")] = _jackknife_interval(
+            cos_full, cos_folds, n_groups, "cosine"
+        )
+
+        if settings.projection == "full":
+            own = {m: Xs[m] @ res.directions[(m, method)].astype(np.float64) for m in MODELS}
+            own = {m: p - p.mean() for m, p in own.items()}
+            on_base = Xs["instruct"] @ res.directions[("base", method)].astype(np.float64)
+            on_base = on_base - on_base.mean()
+        else:
+            own = oof_proj
+            on_base = transfer_scores["instruct"]
+        proj = {
+            ("base", "own"): own["base"],
+            ("instruct", "own"): own["instruct"],
+            ("base", "base"): own["base"],
+            ("instruct", "base"): on_base,
+        }
+        for (m, direction), p in proj.items():
+            res.projections[(m, method, direction)] = p
+        _variance_estimates(res, method, proj, sq_dev, groups, settings)
+
+    log.info(
+        "layer %d: %s",
+        layer,
+        ", ".join(
+            f"{m}/{meth} AUC {res.probe[(m, meth, 'auc')].value:.3f}"
+            for meth in settings.methods
+            for m in MODELS
+        ),
+    )
+    return res
+
+
+def _variance_estimates(res, method, proj, sq_dev, groups, settings):
+    idx = np.arange(len(groups))
+    for (m, direction), p in proj.items():
+        if m == "base" and direction == "base":
+            continue  # identical to the own-direction rows; added below without recomputation
+        key = (m, method, direction)
+        res.variance[key + ("sd",)] = _boot(
+            lambda i, p=p: float(np.std(p[i], ddof=1)), (idx,), groups, settings, "activation units"
+        )
+        res.variance[key + ("min",)] = _boot(
+            lambda i, p=p: float(p[i].min()), (idx,), groups, settings, "activation units"
+        )
+        res.variance[key + ("max",)] = _boot(
+            lambda i, p=p: float(p[i].max()), (idx,), groups, settings, "activation units"
+        )
+        res.variance[key + ("range",)] = _boot(
+            lambda i, p=p: float(np.ptp(p[i])), (idx,), groups, settings, "activation units"
+        )
+        q = sq_dev[m]
+        res.variance[key + ("partisan_share",)] = _boot(
+            lambda i, p=p, q=q: float(np.var(p[i], ddof=1) / (q[i].sum() / (len(i) - 1))),
+            (idx,),
+            groups,
+            settings,
+            "fraction",
+        )
+    for metric in ("sd", "min", "max", "range", "partisan_share"):
+        res.variance[("base", method, "base", metric)] = res.variance[
+            ("base", method, "own", metric)
+        ]
+    for direction in ("own", "base"):
+        pb, pi = proj[("base", direction)], proj[("instruct", direction)]
+        res.variance[("instruct_over_base", method, direction, "variance_ratio")] = _boot(
+            lambda i, pb=pb, pi=pi: float(np.var(pi[i], ddof=1) / np.var(pb[i], ddof=1)),
+            (idx,),
+            groups,
+            settings,
+            "ratio",
+        )
+        res.variance[("instruct_over_base", method, direction, "sd_ratio")] = _boot(
+            lambda i, pb=pb, pi=pi: float(np.std(pi[i], ddof=1) / np.std(pb[i], ddof=1)),
+            (idx,),
+            groups,
+            settings,
+            "ratio",
+        )
+
+
+def analyse_layers(
+    layers: Iterable[tuple[int, np.ndarray, np.ndarray]],
+    labels: Sequence[str],
+    issues: Sequence[str | None] | None,
+    *,
+    prompt_ids: Sequence[str] | None = None,
+    settings: PartisanSettings | None = None,
+) -> list[LayerResult]:
+    """:func:`analyse_layer` over ``(layer, X_base, X_instruct)`` items (e.g. a generator
+    that reads one layer at a time, so only one layer's activations are in memory)."""
+    settings = settings or PartisanSettings()
+    out = [
+        analyse_layer(Xb, Xi, labels, issues, layer=L, prompt_ids=prompt_ids, settings=settings)
+        for L, Xb, Xi in layers
+    ]
+    if not out:
+        raise ValueError("no layers to analyse")
+    if len({r.layer for r in out}) != len(out):
+        raise ValueError(f"duplicate layers: {[r.layer for r in out]}")
+    return sorted(out, key=lambda r: r.layer)
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def _est_row(e: Estimate) -> dict:
+    return {"value": float(e.value), "lo": float(e.lo), "hi": float(e.hi), "n": int(e.n)}
+
+
+def probe_table(results: Sequence[LayerResult]) -> pl.DataFrame:
+    """Per-layer probe quality: columns model, layer, method, metric (auc/accuracy/cohens_d),
+    value, lo, hi, n (n = issues)."""
+    rows = [
+        {"model": m, "layer": r.layer, "method": meth, "metric": metric, **_est_row(e)}
+        for r in results
+        for (m, meth, metric), e in r.probe.items()
+    ]
+    return pl.DataFrame(rows, schema=_schema(["model"], ["method", "metric"]))
+
+
+def transfer_table(results: Sequence[LayerResult]) -> pl.DataFrame:
+    """Per-layer transfer: columns layer, method, metric (transfer_auc_base_to_instruct,
+    transfer_auc_instruct_to_base, cosine_base_instruct), value, lo, hi, n, interval."""
+    rows = [
+        {"layer": r.layer, "method": meth, "metric": metric, **_est_row(e), "interval": e.method}
+        for r in results
+        for (meth, metric), e in r.transfer.items()
+    ]
+    schema = {
+        "layer": pl.Int64,
+        "method": pl.String,
+        "metric": pl.String,
+        "value": pl.Float64,
+        "lo": pl.Float64,
+        "hi": pl.Float64,
+        "n": pl.Int64,
+        "interval": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def variance_table(results: Sequence[LayerResult]) -> pl.DataFrame:
+    """Per-layer variance compression: columns model (base/instruct/instruct_over_base), layer,
+    method, direction (own/base), metric (sd/min/max/range/partisan_share for a model;
+    variance_ratio/sd_ratio for instruct_over_base), value, lo, hi, n."""
+    rows = [
+        {
+            "model": m,
+            "layer": r.layer,
+            "method": meth,
+            "direction": d,
+            "metric": metric,
+            **_est_row(e),
+        }
+        for r in results
+        for (m, meth, d, metric), e in r.variance.items()
+    ]
+    return pl.DataFrame(rows, schema=_schema(["model"], ["method", "direction", "metric"]))
+
+
+def _schema(before: list[str], after: list[str]) -> dict:
+    s = {c: pl.String for c in before}
+    s["layer"] = pl.Int64
+    s.update({c: pl.String for c in after})
+    s.update({"value": pl.Float64, "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64})
+    return s
+
+
+def projections_table(result: LayerResult) -> pl.DataFrame:
+    """Every prompt's centred projection at one layer: columns prompt_id, model, layer, label,
+    issue (null if none), method, direction (own/base), projection (activation units).
+    The base model's rows appear under both directions (they are the same numbers)."""
+    issue = [None if str(g).startswith("__prompt__") else str(g) for g in result.groups]
+    frames = []
+    for (m, meth, d), p in result.projections.items():
+        frames.append(
+            pl.DataFrame(
+                {
+                    "prompt_id": result.prompt_ids.astype(str),
+                    "model": m,
+                    "layer": result.layer,
+                    "label": result.labels.astype(str),
+                    "issue": pl.Series(issue, dtype=pl.String),
+                    "method": meth,
+                    "direction": d,
+                    "projection": p.astype(np.float64),
+                }
+            )
+        )
+    return pl.concat(frames).with_columns(pl.col("layer").cast(pl.Int64))
+
+
+def directions_table(results: Sequence[LayerResult]) -> pl.DataFrame:
+    """Full-data unit directions for later stages (e.g. steering): columns model, layer,
+    method, threshold (activation units), direction (list[float32], length d_model, raw
+    activation space, pointing left -> right)."""
+    rows = [
+        {
+            "model": m,
+            "layer": r.layer,
+            "method": meth,
+            "threshold": r.thresholds[(m, meth)],
+            "direction": u.tolist(),
+        }
+        for r in results
+        for (m, meth), u in r.directions.items()
+    ]
+    return pl.DataFrame(
+        rows,
+        schema={
+            "model": pl.String,
+            "layer": pl.Int64,
+            "method": pl.String,
+            "threshold": pl.Float64,
+            "direction": pl.List(pl.Float32),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- headline
+
+
+def best_layer(probe: pl.DataFrame, method: str) -> int:
+    """Layer with the highest base out-of-fold AUC for ``method``; ties go to the shallower
+    layer. ``probe`` is :func:`probe_table`'s output."""
+    sub = probe.filter(
+        (pl.col("model") == "base") & (pl.col("method") == method) & (pl.col("metric") == "auc")
+    ).sort("layer")
+    if sub.height == 0:
+        raise ValueError(f"probe table has no base AUC rows for method {method!r}")
+    vals = sub["value"].fill_nan(-np.inf).to_numpy()
+    return int(sub["layer"][int(np.argmax(vals))])
+
+
+def _best_layer_estimate(
+    results: Sequence[LayerResult], method: str, settings: PartisanSettings
+) -> Estimate:
+    ref = results[0]
+    for r in results[1:]:
+        if not np.array_equal(r.prompt_ids, ref.prompt_ids):
+            raise ValueError(
+                f"layer {r.layer} has different prompts (or order) than layer "
+                f"{ref.layer}; read every layer with the same prompts"
+            )
+    part = ref.labels != "neutral"
+    y = ref.labels[part] == "right"
+    S = np.stack([r.oof_scores[("base", method)][part] for r in results])  # [n_layers, n]
+    layers = np.array([r.layer for r in results])
+
+    def pick(i):
+        a = np.array([auc(s[i], y[i]) for s in S])
+        return float(layers[int(np.argmax(np.where(np.isnan(a), -np.inf, a)))])
+
+    est = bootstrap(
+        pick,
+        np.arange(part.sum()),
+        n_boot=settings.n_boot,
+        seed=settings.seed,
+        groups=_clusters(ref.groups[part]),
+        unit="layer",
+    )
+    return Estimate(est.value, est.lo, est.hi, est.n, "layer", BOOT_METHOD + " (re-selected)")
+
+
+def headline(
+    results: Sequence[LayerResult], settings: PartisanSettings | None = None
+) -> dict[str, Estimate]:
+    """Headline numbers of one model pair at the best layer (keys: :data:`HEADLINE_KEYS`)."""
+    settings = settings or PartisanSettings()
+    results = sorted(results, key=lambda r: r.layer)
+    method = settings.headline_method
+    L = best_layer(probe_table(results), method)
+    r = next(x for x in results if x.layer == L)
+    out = {"best_layer": _best_layer_estimate(results, method, settings)}
+    for m in MODELS:
+        for metric in ("auc", "accuracy", "cohens_d"):
+            out[f"{metric}_{m}"] = r.probe[(m, method, metric)]
+        out[f"sd_{m}"] = r.variance[(m, method, "own", "sd")]
+        out[f"range_{m}"] = r.variance[(m, method, "own", "range")]
+        out[f"partisan_share_{m}"] = r.variance[(m, method, "own", "partisan_share")]
+    out["variance_ratio"] = r.variance[("instruct_over_base", method, "own", "variance_ratio")]
+    out["sd_ratio"] = r.variance[("instruct_over_base", method, "own", "sd_ratio")]
+    out["variance_ratio_base_direction"] = r.variance[
+        ("instruct_over_base", method, "base", "variance_ratio")
+    ]
+    for metric in (
+        "transfer_auc_base_to_instruct",
+        "transfer_auc_instruct_to_base",
+        "cosine_base_instruct",
+    ):
+        out[metric] = r.transfer[(method, metric)]
+    missing = set(HEADLINE_KEYS) ^ set(out)
+    assert not missing, missing  # HEADLINE_KEYS and this function must agree
+    return {k: out[k] for k in HEADLINE_KEYS}
+
+
+# ----------------------------------------------------------------------------- figures
+
+_COLORS = {
+    "base": "#4c72b0",
+    "instruct": "#dd8452",
+    "left": "#3b6fb6",
+    "right": "#c0392b",
+    "neutral": "#8c8c8c",
+}
+
+
+def plot_auc_by_layer(probe: pl.DataFrame, png_path: str | Path, metric: str = "auc") -> None:
+    """Out-of-fold ``metric`` by layer for base and instruct (95% bands), one panel per
+    method; writes ``png_path`` and the PDF beside it."""
+    methods = [m for m in METHODS if m in set(probe["method"].to_list())]
+    if not methods:
+        raise ValueError("probe table is empty")
+    fig, axes = new_figure(ncols=len(methods))
+    for ax, meth in zip(axes[0], methods, strict=True):
+        for m in MODELS:
+            sub = probe.filter(
+                (pl.col("model") == m) & (pl.col("method") == meth) & (pl.col("metric") == metric)
+            ).sort("layer")
+            x = sub["layer"].to_numpy()
+            ax.plot(x, sub["value"].to_numpy(), marker="o", ms=3, color=_COLORS[m], label=m)
+            ax.fill_between(
+                x, sub["lo"].to_numpy(), sub["hi"].to_numpy(), color=_COLORS[m], alpha=0.2, lw=0
+            )
+        if metric == "auc":
+            ax.axhline(0.5, color="k", lw=0.8, ls=":")
+            ax.set_ylim(min(0.4, ax.get_ylim()[0]), 1.02)
+        ax.set_xlabel("layer (block output)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"out-of-fold {metric.replace('_', ' ')}")
+        ax.set_title(meth)
+        ax.legend(frameon=False)
+    save_figure(fig, png_path)
+
+
+def plot_projections(
+    projections: pl.DataFrame,
+    png_path: str | Path,
+    method: str | None = None,
+    direction: str = "own",
+) -> None:
+    """Histograms of projections by label, base (top) and instruct (bottom) on a shared
+    x axis so compression is visible; ``projections`` is :func:`projections_table`'s output."""
+    if method is None:
+        method = projections["method"][0]
+    sub = projections.filter((pl.col("method") == method) & (pl.col("direction") == direction))
+    if sub.height == 0:
+        raise ValueError(f"no projections for method {method!r}, direction {direction!r}")
+    vals = sub["projection"].to_numpy()
+    bins = np.linspace(vals.min(), vals.max(), 41)
+    fig, axes = new_figure(nrows=2, height=2.2)
+    for ax, m in zip(axes[:, 0], MODELS, strict=True):
+        for lab in LABELS:
+            p = sub.filter((pl.col("model") == m) & (pl.col("label") == lab))["projection"]
+            if len(p):
+                ax.hist(
+                    p.to_numpy(),
+                    bins=bins,
+                    histtype="step",
+                    lw=1.4,
+                    color=_COLORS[lab],
+                    label=f"{lab} (n={len(p)})",
+                )
+        sd = float(np.std(sub.filter(pl.col("model") == m)["projection"].to_numpy(), ddof=1))
+        ax.set_title(f"{m}: SD {sd:.3g}", fontsize=9)
+        ax.set_ylabel("prompts")
+        ax.legend(frameon=False, fontsize=7)
+    axes[1, 0].set_xlabel(
+        f"centred projection on {direction} {method} direction (layer {sub['layer'][0]})"
+    )
+    axes[0, 0].sharex(axes[1, 0])
+    save_figure(fig, png_path)
+
+
+def plot_variance_ratio(variance: pl.DataFrame, png_path: str | Path) -> None:
+    """Variance ratio instruct/base by layer (95% bands, log scale; 1 = no compression), each
+    method on its own direction (solid) and on the base direction (dashed)."""
+    sub = variance.filter(
+        (pl.col("model") == "instruct_over_base") & (pl.col("metric") == "variance_ratio")
+    )
+    if sub.height == 0:
+        raise ValueError("variance table has no variance_ratio rows")
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    colors = {"diffmean": "#55a868", "logreg": "#8172b3"}
+    for meth in [m for m in METHODS if m in set(sub["method"].to_list())]:
+        for d, ls in (("own", "-"), ("base", "--")):
+            s = sub.filter((pl.col("method") == meth) & (pl.col("direction") == d)).sort("layer")
+            x = s["layer"].to_numpy()
+            ax.plot(
+                x,
+                s["value"].to_numpy(),
+                ls=ls,
+                marker="o",
+                ms=3,
+                color=colors[meth],
+                label=f"{meth}, {d} direction",
+            )
+            ax.fill_between(
+                x, s["lo"].to_numpy(), s["hi"].to_numpy(), color=colors[meth], alpha=0.15, lw=0
+            )
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (block output)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("variance ratio instruct / base")
+    ax.legend(frameon=False, fontsize=7)
+    save_figure(fig, png_path)
