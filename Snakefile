@@ -7,7 +7,13 @@ from snakemake.utils import min_version, validate
 min_version("9.27")
 
 
-configfile: "config.yaml"
+# The embedded default, unless the user names config files (--configfile): those
+# replace it rather than merge into it, so configs/paper.yaml never inherits the
+# organism's dataset paths.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
 
 
 include: "workflow/rules/common.smk"
@@ -26,7 +32,12 @@ if config["organism"]["enabled"]:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/partisan.smk"
+include: "workflow/rules/sae.smk"
+include: "workflow/rules/steering.smk"
+include: "workflow/rules/calibration.smk"
 include: "workflow/rules/reward.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

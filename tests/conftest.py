@@ -8,6 +8,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The SLURM executor plugin runs `scontrol show config` at every snakemake start;
+# with slurm-client installed and no cluster that stalls. Tests that talk to
+# their own cluster unset this for those commands.
+os.environ.setdefault("SLURM_CONF", os.devnull)
 
 import torch  # noqa: E402
 

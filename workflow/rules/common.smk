@@ -79,17 +79,8 @@ def normalised(name):
 
 
 def all_targets():
-    targets = []
-    if config["organism"]["enabled"]:
-        targets.append(f"{ORGANISM_DIR}/checks.json")
-    ds = config["extract"]["dataset"]
-    for pair in pairs_for("partisan"):
-        for role, model in pair_models(pair).items():
-            targets.append(f"results/activations/{model}/{ds}/manifest.json")
-    for rpair in reward_pairs():
-        targets += [f"results/reward/{rpair}/headline.json",
-                    f"results/figures/reward/{rpair}/imprint.png"]
-    return targets
+    """Everything a full run makes: the headline, the claims table and every figure."""
+    return ["results/headline.json", *figure_targets()]
 
 
 def dataset_params(wildcards):
@@ -280,3 +271,243 @@ def seal_settings(wildcards):
     return {"features": list(r["features"]), "target_features": list(r["target_features"]),
             "spoiler_features": list(r["spoiler_features"]), "n_boot": r["n_boot"],
             "seed": r["seed"]}
+
+
+# ---- partisan
+
+
+def activation_set(model, dataset=None):
+    ds = dataset or config["extract"]["dataset"]
+    return {"manifest": f"results/activations/{model}/{ds}/manifest.json",
+            "shards": shard_paths(model, ds)}
+
+
+def pair_activation_inputs(wildcards):
+    out = {"prompts": normalised(config["extract"]["dataset"])}
+    for role, model in pair_models(wildcards.pair).items():
+        a = activation_set(model)
+        out[f"{role}_manifest"] = a["manifest"]
+        out[f"{role}_shards"] = a["shards"]
+    return out
+
+
+def partisan_settings(wildcards):
+    p = config["partisan"]
+    return {"methods": list(p["methods"]), "headline_method": p["methods"][0],
+            "n_folds": p["n_folds"], "C": p["C"], "n_boot": p["n_boot"], "seed": p["seed"]}
+
+
+# ---- SAE
+
+
+def sae_is_organism(name):
+    return str(config["sae"]["saes"][name].get("path", "")).startswith(ORGANISM_DIR + "/")
+
+
+def sae_files(name):
+    s = config["sae"]["saes"][name]
+    if "path" not in s:
+        return []
+    if sae_is_organism(name):
+        return [f"{s['path']}/cfg.json"]
+    return [str(p) for p in sorted(Path(s["path"]).glob("*"))]
+
+
+def organism_base_model():
+    for name, spec in config["models"].items():
+        if spec.get("path") == f"{ORGANISM_DIR}/base":
+            return name
+    raise WorkflowError(f"an SAE under {ORGANISM_DIR}/ needs the organism base model "
+                        f"({{path: {ORGANISM_DIR}/base}}) under 'models'")
+
+
+def organism_sae_inputs(wildcards):
+    return {"shards": activation_set(organism_base_model())["shards"]}
+
+
+def organism_sae_settings(wildcards):
+    layer = next(s["layer"] for n, s in config["sae"]["saes"].items() if sae_is_organism(n))
+    t = config["sae"]["train"]
+    return {"layer": layer, "d_sae": t["d_sae"], "k": t["k"],
+            "training_tokens": t["training_tokens"], "seed": config["sae"]["seed"]}
+
+
+def sae_params(wildcards):
+    s = dict(config["sae"]["saes"][wildcards.sae])
+    return {"name": wildcards.sae, **s}
+
+
+def sae_scan_inputs(wildcards):
+    model = pair_models(wildcards.pair)[wildcards.role]
+    return {"shards": activation_set(model)["shards"], "sae": sae_files(wildcards.sae)}
+
+
+def sae_analysis_settings(wildcards):
+    s = config["sae"]
+    return {"q": s["fdr_q"], "min_firing_rate": s["min_firing_rate"],
+            "top_k_prompts": s["top_prompts"], "n_boot": s["n_boot"], "seed": s["seed"]}
+
+
+# ---- steering
+
+
+STEERING_SCORERS = ("projection", "judge")
+
+
+def steering_sae():
+    """The first configured SAE at the steering layer (its policy features give the
+    feature-level vector), or None."""
+    for name, s in config["sae"]["saes"].items():
+        if s["layer"] == config["steering"]["layer"]:
+            return name
+    return None
+
+
+def steering_model_params(wildcards):
+    model = pair_models(wildcards.pair)[wildcards.role]
+    return {"name": model, "role": wildcards.role, "spec": model_spec(model),
+            "device": config["device"], "dtype": config["dtype"],
+            "chat": bool(config["extract"]["chat_template"][wildcards.role])}
+
+
+def steering_settings(wildcards):
+    s = config["steering"]
+    return {"layer": s["layer"], "alphas": list(s["alphas"]), "positions": s["positions"],
+            "max_new_tokens": s["max_new_tokens"], "samples": s["samples"],
+            "do_sample": s["do_sample"], "temperature": s["temperature"], "seed": s["seed"],
+            "random_vector_seed": s["seed"], "n_boot": s["n_boot"],
+            "n_questions": s["n_questions"], "n_sae_features": s["n_sae_features"],
+            "method": config["partisan"]["methods"][0], "sae_spec": steering_sae_spec()}
+
+
+def steering_sae_spec():
+    sae = steering_sae()
+    if sae is None:
+        return None
+    return {k: v for k, v in config["sae"]["saes"][sae].items() if k in ("release", "id", "path")}
+
+
+def steering_generation_inputs(wildcards):
+    model = pair_models(wildcards.pair)[wildcards.role]
+    out = {"model": model_files(model), "questions": config["steering"]["questions"],
+           "directions": f"results/partisan/{wildcards.pair}/directions.parquet",
+           "shards": activation_set(model)["shards"]}
+    sae = steering_sae()
+    if sae:
+        out["policy_features"] = f"results/sae/{wildcards.pair}/{sae}/policy_features.parquet"
+        out["sae"] = sae_files(sae)
+    return out
+
+
+def steering_scorer_params(wildcards):
+    base = pair_models(wildcards.pair)["base"]
+    out = {"scorer": wildcards.scorer, "device": config["device"], "dtype": config["dtype"]}
+    if wildcards.scorer == "projection":
+        out["base"] = {"name": base, "spec": model_spec(base)}
+    else:
+        j = dict(config["steering"]["judge"])
+        if j["kind"] == "hf":
+            j["spec"] = model_spec(j["model"])
+        out["judge"] = j
+    sae = steering_sae()
+    out["sae"] = {"name": sae, **config["sae"]["saes"][sae]} if sae else None
+    return out
+
+
+def steering_score_inputs(wildcards):
+    out = {"sweep": f"results/steering/{wildcards.pair}/{wildcards.role}/sweep.parquet",
+           "primes": f"results/steering/{wildcards.pair}/{wildcards.role}/primes.parquet"}
+    if wildcards.scorer == "projection":
+        base = pair_models(wildcards.pair)["base"]
+        out["model"] = model_files(base)
+        out["directions"] = f"results/partisan/{wildcards.pair}/directions.parquet"
+    elif config["steering"]["judge"]["kind"] == "hf":
+        out["model"] = model_files(config["steering"]["judge"]["model"])
+    return out
+
+
+def steering_analysis_inputs(wildcards):
+    out = {}
+    for role in ("base", "instruct"):
+        d = f"results/steering/{wildcards.pair}/{role}"
+        out[f"{role}_sweep"] = f"{d}/sweep.parquet"
+        out[f"{role}_primes"] = f"{d}/primes.parquet"
+        for scorer in STEERING_SCORERS:
+            out[f"{role}_sweep_{scorer}"] = f"{d}/sweep_scores_{scorer}.parquet"
+            out[f"{role}_primes_{scorer}"] = f"{d}/primes_scores_{scorer}.parquet"
+    return out
+
+
+# ---- calibration
+
+
+def calibration_settings(wildcards):
+    c = config["calibration"]
+    return {"levels": list(c["levels"]), "strategies": list(c["strategies"]),
+            "templates": c["templates"], "max_new_tokens": c["max_new_tokens"],
+            "batch_size": c["batch_size"], "n_boot": c["n_boot"], "seed": c["seed"]}
+
+
+def calibration_generation_inputs(wildcards):
+    model = pair_models(wildcards.pair)[wildcards.role]
+    return {"model": model_files(model), "problems": normalised(config["calibration"]["dataset"]),
+            "templates": config["calibration"]["templates"]}
+
+
+def calibration_models(wildcards):
+    return {role: {"name": m, "spec": model_spec(m)} for role, m in
+            pair_models(wildcards.pair).items()}
+
+
+def calibration_score_inputs(wildcards):
+    out = {}
+    for role, model in pair_models(wildcards.pair).items():
+        out[role] = f"results/calibration/{wildcards.pair}/{role}/generations.parquet"
+        out[f"{role}_model"] = model_files(model)
+    return out
+
+
+# ---- report
+
+
+def _fragments():
+    """(study, pair label) -> headline fragment path, for every stage this config runs."""
+    out = {}
+    if config["organism"]["enabled"]:
+        out[("organism", "organism")] = f"{ORGANISM_DIR}/checks.json"
+    for pair in pairs_for("partisan"):
+        out[("partisan", pair)] = f"results/partisan/{pair}/headline.json"
+    for pair in pairs_for("sae"):
+        for sae in config["sae"]["saes"]:
+            out[("sae", f"{pair}.{sae}")] = f"results/sae/{pair}/{sae}/headline.json"
+    for pair in pairs_for("steering"):
+        out[("steering", pair)] = f"results/steering/{pair}/headline.json"
+    for pair in pairs_for("calibration"):
+        out[("calibration", pair)] = f"results/calibration/{pair}/headline.json"
+    for rpair in reward_pairs():
+        out[("reward", rpair)] = f"results/reward/{rpair}/headline.json"
+    return out
+
+
+def headline_fragments(wildcards):
+    return {f"{s}|{p}": path for (s, p), path in _fragments().items()}
+
+
+def headline_fragment_names(wildcards):
+    return sorted(f"{s}|{p}" for s, p in _fragments())
+
+
+def figure_targets():
+    out = []
+    for pair in pairs_for("partisan"):
+        out.append(f"results/figures/partisan/{pair}/auc_by_layer.png")
+    for pair in pairs_for("sae"):
+        out += [f"results/figures/sae/{pair}/{sae}/policy_firing.png"
+                for sae in config["sae"]["saes"]]
+    for pair in pairs_for("steering"):
+        out.append(f"results/figures/steering/{pair}/dose_response_projection.png")
+    for pair in pairs_for("calibration"):
+        out.append(f"results/figures/calibration/{pair}/verbalized_vs_injected.png")
+    for rpair in reward_pairs():
+        out.append(f"results/figures/reward/{rpair}/imprint.png")
+    return out

@@ -1,0 +1,55 @@
+"""Dose-response, disconnect statistic, identity-prime effect (rule analyse_steering)."""
+
+import polars as pl
+
+from rlhf_audit.headline import write_fragment
+from rlhf_audit.io import write_table
+from rlhf_audit.runtime import provenance, setup
+from rlhf_audit.steering import (
+    HEADLINE_KEYS,
+    degeneration_table,
+    dose_response,
+    dose_slopes,
+    headline,
+    prime_effects,
+    prime_means,
+)
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+log = setup(sm.log[0])
+p = sm.params.settings
+inp = sm.input
+SCORERS = ("projection", "judge")
+
+
+def scored(kind):
+    """Generations of both models with every scorer's columns beside them (same row order)."""
+    parts = []
+    for role in ("base", "instruct"):
+        gens = pl.read_parquet(inp[f"{role}_{kind}"])
+        cols = [pl.read_parquet(inp[f"{role}_{kind}_{s}"]) for s in SCORERS]
+        for c in cols:
+            if c.height != gens.height:
+                raise ValueError(f"{role} {kind}: scores have {c.height} rows for "
+                                 f"{gens.height} generations; rerun score_steering")
+        parts.append(pl.concat([gens, *cols], how="horizontal"))
+    return pl.concat(parts)
+
+
+steer, primes = scored("sweep"), scored("primes")
+kw = {"n_boot": p["n_boot"], "seed": p["seed"]}
+dose = pl.concat([dose_response(steer, s, **kw) for s in SCORERS])
+slopes = pl.concat([dose_slopes(steer, s, **kw) for s in SCORERS])
+effects = pl.concat([prime_effects(primes, s, **kw) for s in SCORERS])
+means = pl.concat([prime_means(primes, s, **kw) for s in SCORERS])
+est = headline(steer, primes, "base", "instruct", **kw)
+prov = provenance(sm.rule, params=dict(p), n_generations=steer.height,
+                  n_primed=primes.height)
+out = sm.output
+write_table(dose, out.dose, prov)
+write_table(slopes, out.slopes, prov)
+write_table(effects, out.primes, prov)
+write_table(means, out.prime_means, prov)
+write_table(degeneration_table(steer), out.degeneration, prov)
+write_fragment(est, HEADLINE_KEYS, out.headline)
+log.info("steering: %d headline numbers", len(est))

@@ -1,0 +1,191 @@
+"""The claims table: each published claim beside the number this run reproduced.
+
+Published numbers come from ../shared/PAPERS.md (the three studies). A claim
+names a headline key template ({pair} filled per pair of the run); the table
+says whether the published value lies inside this run's 95% interval. On the
+organism run the table is labelled as organism results: they say the pipeline
+works, not what Llama does.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One published claim and where this run's number for it lives."""
+
+    study: str
+    """Headline study section: partisan, sae, steering, calibration or reward."""
+    claim: str
+    """What the paper says, in our words."""
+    key: str
+    """Headline key within the study, e.g. ``auc_base`` (the pair is filled in)."""
+    published: float | None
+    """The published number (None for a qualitative claim)."""
+    expectation: str = ""
+    """For a qualitative claim: the sign or bound it implies, e.g. '> 0.5'."""
+    source: str = ""
+    """Where the number is from."""
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("partisan", "A linear partisan direction exists in the base model (probe AUC)",
+          "auc_base", 0.945, source="Neutral Mask, claim 1 (companion paper, layer 18)"),
+    Claim("partisan", "Base projections separate the parties (Cohen's d)", "cohens_d_base", 1.94,
+          source="Neutral Mask, claim 1 (companion paper)"),
+    Claim("partisan", "The direction is still present in instruct (base direction read on "
+          "instruct activations)", "transfer_auc_base_to_instruct", None, "> 0.5",
+          "Neutral Mask, claim 1"),
+    Claim("partisan", "SD of partisan projections, base", "sd_base", 0.234,
+          source="Neutral Mask, claim 2"),
+    Claim("partisan", "SD of partisan projections, instruct", "sd_instruct", 0.070,
+          source="Neutral Mask, claim 2"),
+    Claim("partisan", "Variance ratio instruct/base (~11x compression)", "variance_ratio",
+          (0.070 / 0.234) ** 2, source="Neutral Mask, claim 2 (0.070^2 / 0.234^2)"),
+    Claim("sae", "Policy features that fire in base are completely inactive in instruct",
+          "share_inactive_in_instruct", 1.0, source="Neutral Mask, claim 3"),
+    Claim("steering", "Feature-level steering moves instruct output far less than base "
+          "(instruct/base slope ratio)", "disconnect_ratio_feature_projection", None, "< 1",
+          "Neutral Mask, claim 4"),
+    Claim("steering", "The partisan direction still steers instruct", 
+          "steering_slope_instruct_direction_projection", None, "> 0", "Neutral Mask, claim 4"),
+    Claim("steering", "Identity primes reactivate partisan output in instruct (right minus "
+          "left prime)", "prime_effect_instruct_projection", None, "> 0",
+          "Neutral Mask, claim 5"),
+    Claim("calibration", "Base model follows the injected confidence", "rho_base_command", 1.0,
+          source="Resisting Correction"),
+    Claim("calibration", "Instruct follows it when commanded (Spearman rho)",
+          "rho_instruct_command", 0.926, source="Resisting Correction"),
+    Claim("calibration", "Instruct + command: no bias (pp)", "bias_pp_instruct_command", 0.0,
+          source="Resisting Correction"),
+    Claim("calibration", "Instruct ignores it in conversation (Spearman rho)",
+          "rho_instruct_conversational", 0.036, source="Resisting Correction"),
+    Claim("calibration", "Instruct + conversation: overconfident by ~40 pp",
+          "bias_pp_instruct_conversational", 40.0, source="Resisting Correction"),
+    Claim("calibration", "Internal token-level confidence barely tracks the signal (Pearson r)",
+          "internal_r_signal_instruct_conversational", 0.035, source="Resisting Correction"),
+    Claim("reward", "Agreement with human preference, pre RM", "agreement_pre", 0.57,
+          source="SEAL"),
+    Claim("reward", "Agreement with human preference, post RM", "agreement_post", 0.74,
+          source="SEAL"),
+    Claim("reward", "Regime: stayed aligned", "regime_stayed_aligned", 0.483, source="SEAL"),
+    Claim("reward", "Regime: got aligned", "regime_got_aligned", 0.258, source="SEAL"),
+    Claim("reward", "Regime: resisted (misaligned both)", "regime_resisted", 0.172,
+          source="SEAL"),
+    Claim("reward", "Regime: reversed", "regime_reversed", 0.087, source="SEAL"),
+    Claim("reward", "Alignment resistance (share the trained RM still gets wrong)",
+          "alignment_resistance", 0.26, source="SEAL"),
+    Claim("reward", "Post agreement after meaning-preserving rewrites", "agreement_post_rewritten",
+          0.701, source="SEAL robustness"),
+    Claim("reward", "Pre agreement after rewrites", "agreement_pre_rewritten", 0.548,
+          source="SEAL robustness"),
+    Claim("reward", "Original vs rewritten rewards (Pearson r)", "rewrite_reward_r", 0.958,
+          source="SEAL robustness"),
+    Claim("reward", "Rewrites keep their meaning (embedding cosine)", "rewrite_similarity", 0.96,
+          source="SEAL robustness"),
+)
+
+
+def _check(expectation: str, lo: float | None, hi: float | None) -> str:
+    """'yes' if the whole interval satisfies the expectation, 'no' if none of it does."""
+    if lo is None or hi is None or not expectation:
+        return "n/a"
+    op, bound = expectation.split()
+    bound = float(bound)
+    if op == ">":
+        return "yes" if lo > bound else ("no" if hi <= bound else "undecided")
+    if op == "<":
+        return "yes" if hi < bound else ("no" if lo >= bound else "undecided")
+    raise ValueError(f"unknown expectation {expectation!r}")
+
+
+def _finite(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def claims_table(headline: dict) -> pl.DataFrame:
+    """One row per claim x pair present in ``headline`` (the merged document)."""
+    numbers = headline["numbers"]
+    rows = []
+    for c in CLAIMS:
+        prefix = f"{c.study}."
+        matches = sorted(k for k in numbers if k.startswith(prefix) and k.endswith(f".{c.key}"))
+        if not matches:
+            rows.append({"study": c.study, "claim": c.claim, "pair": None, "key": c.key,
+                         "published": c.published, "expectation": c.expectation,
+                         "reproduced": None, "lo": None, "hi": None, "n": None,
+                         "published_in_interval": "not run", "source": c.source})
+            continue
+        for k in matches:
+            rec = numbers[k]
+            lo, hi = _finite(rec.get("lo")), _finite(rec.get("hi"))
+            if c.published is not None:
+                inside = ("n/a" if lo is None or hi is None
+                          else "yes" if lo <= c.published <= hi else "no")
+            else:
+                inside = _check(c.expectation, lo, hi)
+            pair = k[len(prefix):-len(c.key) - 1]
+            rows.append({"study": c.study, "claim": c.claim, "pair": pair, "key": k,
+                         "published": c.published, "expectation": c.expectation,
+                         "reproduced": _finite(rec.get("value")), "lo": lo, "hi": hi,
+                         "n": rec.get("n"), "published_in_interval": inside,
+                         "source": c.source})
+    return pl.DataFrame(rows, schema={
+        "study": pl.String, "claim": pl.String, "pair": pl.String, "key": pl.String,
+        "published": pl.Float64, "expectation": pl.String, "reproduced": pl.Float64,
+        "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64, "published_in_interval": pl.String,
+        "source": pl.String})
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}"
+
+
+def _title(run_label: str) -> tuple[str, str]:
+    if run_label == "organism":
+        return ("Claims table — ORGANISM RESULTS",
+                "These numbers come from the self-trained model organism (config.yaml), not "
+                "from the papers' models. They show the pipeline measuring what the organism "
+                "was built to have; they are not evidence about Llama or OpenAssistant models.")
+    return (f"Claims table — run '{run_label}'",
+            "Published numbers from the three studies beside this run's estimates.")
+
+
+def claims_markdown(table: pl.DataFrame, run_label: str) -> str:
+    title, note = _title(run_label)
+    lines = [f"# {title}", "", note, "",
+             "| study | claim | pair | published | reproduced [95% CI] | n | published inside CI |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table.iter_rows(named=True):
+        pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
+        rep = (f"{_fmt(r['reproduced'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
+               if r["reproduced"] is not None else "–")
+        lines.append(f"| {r['study']} | {r['claim']} | {r['pair'] or '–'} | {pub} | {rep} | "
+                     f"{r['n'] if r['n'] is not None else '–'} | {r['published_in_interval']} |")
+    return "\n".join(lines) + "\n"
+
+
+def claims_html(table: pl.DataFrame, run_label: str) -> str:
+    title, note = _title(run_label)
+    head = ("<tr><th>study</th><th>claim</th><th>pair</th><th>published</th>"
+            "<th>reproduced</th><th>95% CI</th><th>n</th><th>published inside CI</th></tr>")
+    body = []
+    for r in table.iter_rows(named=True):
+        pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
+        ci = f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["reproduced"] is not None else "–"
+        cells = [r["study"], r["claim"], r["pair"] or "–", pub, _fmt(r["reproduced"]), ci,
+                 "–" if r["n"] is None else str(r["n"]), r["published_in_interval"]]
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+            "td,th{border:1px solid #ccc;padding:.3em .5em}table{border-collapse:collapse}"
+            f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>"
+            f"<table>{head}{''.join(body)}</table></body></html>\n")

@@ -1,0 +1,85 @@
+# Stage 6, steering (The Neutral Mask, claims 4-5): generations under direction,
+# SAE-feature and random steering and under identity primes, cached apart from
+# their scores, so adding or changing a scorer rescores without regenerating.
+
+
+rule generate_steering:
+    input:
+        unpack(steering_generation_inputs),
+    output:
+        sweep="results/steering/{pair}/{role}/sweep.parquet",
+        primes="results/steering/{pair}/{role}/primes.parquet",
+        vectors="results/steering/{pair}/{role}/vectors.parquet",
+    wildcard_constraints:
+        role="base|instruct",
+    params:
+        model=steering_model_params,
+        settings=steering_settings,
+        code=script_code("generate_steering.py"),
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+    log:
+        "results/logs/generate_steering/{pair}/{role}.log",
+    benchmark:
+        "results/benchmarks/generate_steering/{pair}/{role}.tsv"
+    script:
+        "../../scripts/generate_steering.py"
+
+
+rule score_steering:
+    input:
+        unpack(steering_score_inputs),
+    output:
+        sweep="results/steering/{pair}/{role}/sweep_scores_{scorer}.parquet",
+        primes="results/steering/{pair}/{role}/primes_scores_{scorer}.parquet",
+    wildcard_constraints:
+        role="base|instruct",
+        scorer="projection|judge",
+    params:
+        scorer=steering_scorer_params,
+        settings=steering_settings,
+        code=script_code("score_steering.py"),
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+    log:
+        "results/logs/score_steering/{pair}/{role}_{scorer}.log",
+    script:
+        "../../scripts/score_steering.py"
+
+
+rule analyse_steering:
+    input:
+        unpack(steering_analysis_inputs),
+    output:
+        dose="results/steering/{pair}/dose_response.parquet",
+        slopes="results/steering/{pair}/slopes.parquet",
+        primes="results/steering/{pair}/prime_effects.parquet",
+        prime_means="results/steering/{pair}/prime_means.parquet",
+        degeneration="results/steering/{pair}/degeneration.parquet",
+        headline="results/steering/{pair}/headline.json",
+    params:
+        settings=steering_settings,
+        code=script_code("analyse_steering.py"),
+    log:
+        "results/logs/analyse_steering/{pair}.log",
+    script:
+        "../../scripts/analyse_steering.py"
+
+
+rule plot_steering:
+    input:
+        dose=rules.analyse_steering.output.dose,
+        prime_means=rules.analyse_steering.output.prime_means,
+        degeneration=rules.analyse_steering.output.degeneration,
+    output:
+        projection=report("results/figures/steering/{pair}/dose_response_projection.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_dose_response.rst", labels={"pair": "{pair}", "figure": "dose response (projection scorer)"}),
+        judge=report("results/figures/steering/{pair}/dose_response_judge.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_dose_response.rst", labels={"pair": "{pair}", "figure": "dose response (judge scorer)"}),
+        degeneration=report("results/figures/steering/{pair}/degeneration.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_degeneration.rst", labels={"pair": "{pair}", "figure": "degeneration"}),
+    params:
+        code=script_code("plot_steering.py"),
+    log:
+        "results/logs/plot_steering/{pair}.log",
+    script:
+        "../../scripts/plot_steering.py"
