@@ -13,6 +13,6 @@ p = sm.params.settings
 settings = organism_settings(p["preset"], seed=p["seed"], n_layers=p["n_layers"])
 data = read_organism_data(Path(sm.input.data).parent, names=("base_corpus", "sft", "rm_post",
                                                               "rm_pre"))
-tok = train_tokenizer(tokenizer_texts(data), settings.vocab_size,
+tok = train_tokenizer(tokenizer_texts(data), getattr(settings, "vocab_size", 4096),
                       Path(sm.output.tokenizer).parent)
 log.info("tokenizer: %d tokens", len(tok))
