@@ -40,6 +40,18 @@ include: "workflow/rules/reward.smk"
 include: "workflow/rules/report.smk"
 
 
+# Bookkeeping and plotting run on the submitting host under a cluster profile.
+localrules:
+    all,
+    write_activation_manifest,
+    plot_partisan,
+    plot_sae,
+    plot_steering,
+    plot_calibration,
+    plot_rewards,
+    collect_headline,
+
+
 rule all:
     default_target: True
     input:
