@@ -16,6 +16,7 @@ from rlhf_audit.seal import (
     headline,
     headline_keys,
     robustness_flip_regression,
+    robustness_summary,
     shift_angle_regression,
 )
 
@@ -53,6 +54,8 @@ write_table(alignment_regimes(pairs, s), out.regimes, prov)
 write_table(alignment_resistance(pairs, s), out.resistance, prov)
 write_table(shift_angle_regression(pairs, s), out.angle, prov)
 write_table(flips, out.flips, prov)
+robustness = ({} if rewritten is None else robustness_summary(pairs, rewritten, s, similarity))
+write_table(estimates_table(robustness, {}), out.robustness, prov)
 write_table(estimates_table(est, descriptions), out.estimates, prov)
 write_fragment(est, descriptions, out.headline)
 log.info("SEAL %s: %d pairs, %d headline numbers", sm.wildcards.rpair, pairs.height, len(est))

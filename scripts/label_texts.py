@@ -5,6 +5,7 @@ import polars as pl
 from rlhf_audit.io import write_table
 from rlhf_audit.labelling import (
     LMLabeller,
+    complete_from_config,
     TableLabeller,
     label_pairs,
     missing_summary,
@@ -18,19 +19,7 @@ pairs = pl.read_parquet(sm.input.pairs)
 if lab["kind"] in ("ground_truth", "file"):
     labeller = TableLabeller.from_file(lab["path"], features)
 else:
-    from rlhf_audit.labelling import ChatCompletionsClient, EndpointSettings, hf_complete
-
-    lm = lab["lm"]
-    if lm["kind"] == "hf":
-        from rlhf_audit.models import load_causal_lm
-
-        model, tok = load_causal_lm(lab["lm_spec"], device=sm.params.device)
-        complete = hf_complete(model, tok, max_new_tokens=lm["max_new_tokens"])
-    else:
-        complete = ChatCompletionsClient(EndpointSettings(
-            base_url=lm["base_url"], model=lm["model"], api_key_env=lm["api_key_env"],
-            timeout_s=lm["timeout_s"], max_retries=lm["max_retries"],
-            max_tokens=lm["max_new_tokens"]))
+    complete = complete_from_config(lab["lm"], lab.get("lm_spec"), sm.params.device)
     labeller = LMLabeller(complete, features)
 labels = label_pairs(labeller, pairs)
 missing = missing_summary(labels)

@@ -10,6 +10,9 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup(sm.log[0])
 plot_imprint(pl.read_parquet(sm.input.imprint), sm.output.imprint)
 plot_regimes(pl.read_parquet(sm.input.regimes), sm.output.regimes)
-est = {r["key"]: Estimate(r["value"], r["lo"], r["hi"], r["n"], r["unit"] or "")
-       for r in pl.read_parquet(sm.input.estimates).iter_rows(named=True)}
+nan = float("nan")
+est = {r["key"]: Estimate(nan if r["value"] is None else r["value"],
+                          nan if r["lo"] is None else r["lo"], nan if r["hi"] is None else r["hi"],
+                          r["n"], r["unit"] or "")
+       for r in pl.read_parquet(sm.input.robustness).iter_rows(named=True)}
 plot_robustness(est, sm.output.robustness)

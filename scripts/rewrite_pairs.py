@@ -22,20 +22,10 @@ if r["kind"] == "organism":
         raise ValueError(f"{sm.input.organism_rewrites}: no re-rendering for pairs {missing[:5]}")
     rewritten = rewritten.select("pair_id", "chosen", "rejected")
 else:
-    from rlhf_audit.labelling import ChatCompletionsClient, EndpointSettings, hf_complete
+    from rlhf_audit.labelling import complete_from_config
     from rlhf_audit.rewrite import lm_rewrite_pairs
 
-    lm = r["lm"]
-    if lm["kind"] == "hf":
-        from rlhf_audit.models import load_causal_lm
-
-        model, tok = load_causal_lm(r["lm_spec"], device=sm.params.device)
-        complete = hf_complete(model, tok, max_new_tokens=lm["max_new_tokens"])
-    else:
-        complete = ChatCompletionsClient(EndpointSettings(
-            base_url=lm["base_url"], model=lm["model"], api_key_env=lm["api_key_env"],
-            timeout_s=lm["timeout_s"], max_retries=lm["max_retries"],
-            max_tokens=lm["max_new_tokens"], json_mode=False))
+    complete = complete_from_config(r["lm"], r.get("lm_spec"), sm.params.device, json_mode=False)
     rewritten, failures = lm_rewrite_pairs(complete, selected.select("pair_id", "chosen",
                                                                       "rejected"))
 if r.get("embedder"):

@@ -632,3 +632,23 @@ def missing_summary(labels: pl.DataFrame) -> dict[str, int]:
     bad = labels.filter(~pl.col("label_ok"))
     return {"n_texts": n, "n_missing": bad.height,
             "n_pairs_with_missing": bad.select("pair_id").n_unique() if bad.height else 0}
+
+
+def complete_from_config(endpoint: Mapping, spec: Mapping | None = None, device: str = "auto",
+                         json_mode: bool = True) -> Complete:
+    """A ``complete`` callable for an endpoint config (workflow key ``{kind: hf|openai, ...}``).
+
+    ``spec`` is the model spec of an ``hf`` endpoint's model (a key of ``models``).
+    """
+    if endpoint["kind"] == "hf":
+        from rlhf_audit.models import load_causal_lm
+
+        if spec is None:
+            raise ValueError("an 'hf' endpoint needs the spec of its model")
+        model, tok = load_causal_lm(spec, device=device)
+        return hf_complete(model, tok, max_new_tokens=endpoint.get("max_new_tokens", 256))
+    return ChatCompletionsClient(EndpointSettings(
+        base_url=endpoint["base_url"], model=endpoint["model"],
+        api_key_env=endpoint.get("api_key_env", "OPENAI_API_KEY"),
+        timeout_s=endpoint.get("timeout_s", 60), max_retries=endpoint.get("max_retries", 3),
+        max_tokens=endpoint.get("max_new_tokens", 256), json_mode=json_mode))

@@ -33,6 +33,14 @@ def setup(log_path: str | None = None, threads: int = 1) -> logging.Logger:
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=logging.INFO, force=True, handlers=handlers,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    previous_hook = sys.excepthook
+
+    def log_uncaught(kind, value, tb):
+        # The rule's log must say why the job failed, not only the terminal.
+        logging.getLogger("rlhf_audit").critical("job failed", exc_info=(kind, value, tb))
+        previous_hook(kind, value, tb)
+
+    sys.excepthook = log_uncaught
     import torch
 
     torch.set_num_threads(max(1, int(threads)))

@@ -998,6 +998,13 @@ def plot_robustness(robustness: Mapping[str, Estimate], png_path: str | os.PathL
 
     fig, axes = new_figure(width=4.2)
     ax = axes[0][0]
+    if not robustness:
+        # Say so in the figure rather than leave a hole in the report.
+        ax.text(0.5, 0.5, "robustness not run:\nno rewrites configured (reward.rewrite.kind)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        save_figure(fig, png_path)
+        return
     w = 0.38
     for k, (version, col) in enumerate((("original", "#1f77b4"), ("rewritten", "#ff7f0e"))):
         es = [robustness[f"agreement_{rm}_{version}"] for rm in ("pre", "post")]

@@ -6,6 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+# Polars sums floats across threads in a varying order; one thread makes every
+# table bit-for-bit reproducible (jobs inherit this environment).
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
+
 from snakemake.exceptions import WorkflowError
 
 from rlhf_audit.codehash import code_hash

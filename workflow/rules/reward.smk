@@ -76,6 +76,7 @@ rule analyse_rewards:
         resistance="results/reward/{rpair}/resistance.parquet",
         angle="results/reward/{rpair}/shift_angle_regression.parquet",
         flips="results/reward/{rpair}/robustness_flips.parquet",
+        robustness="results/reward/{rpair}/robustness.parquet",
         estimates="results/reward/{rpair}/estimates.parquet",
         headline="results/reward/{rpair}/headline.json",
     params:
@@ -91,7 +92,7 @@ rule plot_rewards:
     input:
         imprint=rules.analyse_rewards.output.imprint,
         regimes=rules.analyse_rewards.output.regimes,
-        estimates=rules.analyse_rewards.output.estimates,
+        robustness=rules.analyse_rewards.output.robustness,
     output:
         imprint=report("results/figures/reward/{rpair}/imprint.png", category="3. SEAL (reward models)", subcategory="{rpair}", caption="../report/reward_imprint.rst", labels={"pair": "{rpair}", "figure": "feature imprint"}),
         regimes=report("results/figures/reward/{rpair}/regimes.png", category="3. SEAL (reward models)", subcategory="{rpair}", caption="../report/reward_regimes.rst", labels={"pair": "{rpair}", "figure": "alignment regimes"}),
