@@ -4,20 +4,27 @@ import polars as pl
 
 from rlhf_audit.extract import ExtractSettings, extract_shard
 from rlhf_audit.models import load_causal_lm
+from rlhf_audit.cache import run_job_cached
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
-m, s, sh = sm.params.model, dict(sm.params.settings), sm.params.shard
-if s["token_layers"]:
-    s["positions"] = [*s["positions"], "token"]
-settings = ExtractSettings(**s)
 
-prompts = pl.read_parquet(sm.input.prompts)
-lo = sh["index"] * prompts.height // sh["n_shards"]
-hi = (sh["index"] + 1) * prompts.height // sh["n_shards"]
-model, tok = load_causal_lm(m["spec"], device=m["device"], dtype=m["dtype"])
-stats = extract_shard(model, tok, prompts.slice(lo, hi - lo), settings, sm.output.shard,
-                      provenance=provenance(sm.rule, params={"model": m, "settings": s,
-                                                             "shard": sh, "rows": [lo, hi]}))
-log.info("shard %s of %s: prompts %d-%d, %s", sh["index"], m["name"], lo, hi, stats)
+
+def compute():
+    m, s, sh = sm.params.model, dict(sm.params.settings), sm.params.shard
+    if s["token_layers"]:
+        s["positions"] = [*s["positions"], "token"]
+    settings = ExtractSettings(**s)
+
+    prompts = pl.read_parquet(sm.input.prompts)
+    lo = sh["index"] * prompts.height // sh["n_shards"]
+    hi = (sh["index"] + 1) * prompts.height // sh["n_shards"]
+    model, tok = load_causal_lm(m["spec"], device=m["device"], dtype=m["dtype"])
+    stats = extract_shard(model, tok, prompts.slice(lo, hi - lo), settings, sm.output.shard,
+                          provenance=provenance(sm.rule, params={"model": m, "settings": s,
+                                                                 "shard": sh, "rows": [lo, hi]}))
+    log.info("shard %s of %s: prompts %d-%d, %s", sh["index"], m["name"], lo, hi, stats)
+
+
+run_job_cached(sm, compute)

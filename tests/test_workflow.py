@@ -251,3 +251,18 @@ def test_two_runs_from_scratch_are_identical_bit_for_bit(tiny_run, tmp_path):
     h1 = json.loads((code1 / "results/headline.json").read_text())["numbers"]
     h2 = json.loads((code2 / "results/headline.json").read_text())["numbers"]
     assert h1 == h2
+
+
+def test_switching_a_value_back_restores_gpu_stages_from_the_cache(tiny_run):
+    """A -> B -> A: on the way back, generation is restored by content, not recomputed."""
+    code, cfg = tiny_run
+    b = override(code, "switch", {"steering": {"alphas": [0.5, 1.0]}})
+    snakemake(code, "--cores", "2", "--configfile", str(cfg), b)
+    t = time.perf_counter()
+    snakemake(code, "--cores", "2", "--configfile", str(cfg))  # back to A
+    took = time.perf_counter() - t
+    for role in ("base", "instruct"):
+        log = (code / f"results/logs/generate_steering/tiny/{role}.log").read_text()
+        assert "restored" in log and "from the cache" in log, log[-2000:]
+    (code / "switch_back_seconds.txt").write_text(f"{took:.1f}\n")
+    assert plan(code, "--configfile", str(cfg)) == {}
