@@ -359,3 +359,15 @@ def test_pair_items_and_label_pairs_cover_both_sides():
         ("b", "rejected", "r2")]
     out = L.label_pairs(L.LMLabeller(lambda ps: [json.dumps(VALID)] * len(ps), FEATS), pairs)
     assert out.height == 4 and out["label_ok"].all()
+
+
+def test_complete_from_config_builds_each_backend():
+    from rlhf_audit.labelling import ChatCompletionsClient, complete_from_config
+
+    client = complete_from_config({"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                   "model": "m", "api_key_env": "NO_SUCH_KEY_VAR",
+                                   "timeout_s": 1, "max_retries": 0, "max_new_tokens": 8})
+    assert isinstance(client, ChatCompletionsClient)
+    assert client.settings.model == "m" and client.settings.max_tokens == 8
+    with pytest.raises(ValueError, match="needs the spec"):
+        complete_from_config({"kind": "hf", "model": "x"})
