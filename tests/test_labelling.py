@@ -361,9 +361,10 @@ def test_pair_items_and_label_pairs_cover_both_sides():
     assert out.height == 4 and out["label_ok"].all()
 
 
-def test_complete_from_config_builds_each_backend():
+def test_complete_from_config_builds_each_backend(monkeypatch):
     from rlhf_audit.labelling import ChatCompletionsClient, complete_from_config
 
+    monkeypatch.setenv("NO_SUCH_KEY_VAR", "sk-test")
     client = complete_from_config({"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
                                    "model": "m", "api_key_env": "NO_SUCH_KEY_VAR",
                                    "timeout_s": 1, "max_retries": 0, "max_new_tokens": 8})
