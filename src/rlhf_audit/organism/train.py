@@ -1,0 +1,1109 @@
+"""Train the model organism on CPU: base LM, aligned "instruct" LM, two reward models.
+
+Each step is one function that reads its inputs (data lists, a tokenizer or
+model directory) and writes one self-contained Hugging Face directory
+(safetensors weights + tokenizer + ``training_summary.json``), so the workflow
+runs them as separate rules:
+
+- :func:`train_base`: a small LlamaForCausalLM pretrained on the base corpus
+  (trl SFTTrainer on plain text).
+- :func:`train_instruct`: SFT on chat data (assistant-only loss), then DPO
+  (balanced chosen over partisan rejected) against a frozen copy of the SFT model.
+- :func:`train_reward_model`: a sequence-classification reward model (DeBERTa-v2
+  as SEAL's OpenAssistant models, or Llama) trained with trl RewardTrainer on
+  (prefix, last assistant turn) text pairs.
+
+Also here: the behavioural checks that say whether the organism came out as
+intended (:func:`partisan_preference`, :func:`math_accuracy`,
+:func:`rm_pairwise_accuracy`), so the workflow can report them.
+
+All randomness is seeded; on CPU a seed gives identical weights run to run.
+Trainer scratch output goes to a temporary folder inside ``out_dir`` that is
+removed afterwards: nothing is written outside ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from rlhf_audit.stats import Estimate, bootstrap
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "training_summary.json"
+"""Name of the JSON file each training step writes into its model directory."""
+
+RM_ARCHS = ("deberta", "llama")
+
+
+@dataclass(frozen=True)
+class OrganismSettings:
+    """Sizes, steps and learning rates of the organism's training (CPU, minutes)."""
+
+    seed: int = 0
+    """Seed for weight init, data order and dropout; same seed -> same weights on CPU."""
+    threads: int = 2
+    """Torch CPU threads during training (on a busy machine 1 thread can beat 2 by 3-7x)."""
+    use_cpu: bool = True
+    """Train on CPU even when a GPU is present (keeps the organism bit-reproducible)."""
+    vocab_size: int = 2048
+    """BPE vocabulary size asked of the tokenizer (special tokens and 256 bytes included)."""
+    max_length: int = 256
+    """Longest SFT/DPO/RM sequence in tokens (RM pairs lose the start of the prefix first)."""
+    hidden_size: int = 192
+    """Residual-stream width d_model of the LMs."""
+    n_layers: int = 4
+    """Transformer blocks of the LMs (layers 0..n_layers-1 in the shared layer numbering)."""
+    n_heads: int = 4
+    """Attention heads of the LMs (must divide hidden_size)."""
+    intermediate_size: int = 512
+    """MLP width of the LMs."""
+    base_steps: int = 200
+    """Optimizer steps of base-LM pretraining."""
+    base_batch_size: int = 16
+    """Packed blocks per base-LM step."""
+    base_block_size: int = 128
+    """Tokens per packed pretraining block."""
+    base_lr: float = 3e-3
+    """Peak learning rate of base-LM pretraining (cosine decay, 5% warmup)."""
+    sft_epochs: float = 2.0
+    """Passes over the SFT chat data."""
+    sft_batch_size: int = 16
+    """Conversations per SFT step."""
+    sft_lr: float = 1e-3
+    """Peak learning rate of SFT."""
+    dpo_epochs: float = 1.0
+    """Passes over the DPO preference data."""
+    dpo_batch_size: int = 8
+    """Preference pairs per DPO step."""
+    dpo_lr: float = 5e-5
+    """DPO learning rate (5e-4 collapsed into repetition)."""
+    dpo_beta: float = 0.1
+    """DPO inverse temperature beta."""
+    dpo_sft_weight: float = 1.0
+    """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
+    rm_arch: str = "deberta"
+    """Reward-model architecture: "deberta" (DebertaV2, like SEAL's RMs) or "llama"."""
+    rm_hidden_size: int = 128
+    """Width of the reward models."""
+    rm_layers: int = 2
+    """Transformer blocks of the reward models."""
+    rm_heads: int = 4
+    """Attention heads of the reward models."""
+    rm_intermediate_size: int = 256
+    """MLP width of the reward models."""
+    rm_epochs: float = 2.0
+    """Passes over the reward-model preference pairs."""
+    rm_batch_size: int = 16
+    """Preference pairs per reward-model step."""
+    rm_lr: float = 1e-3
+    """Peak learning rate of reward-model training."""
+
+    def __post_init__(self):
+        if self.hidden_size % self.n_heads:
+            raise ValueError(
+                f"OrganismSettings: hidden_size={self.hidden_size} is not divisible by "
+                f"n_heads={self.n_heads}"
+            )
+        if self.rm_hidden_size % self.rm_heads:
+            raise ValueError(
+                f"OrganismSettings: rm_hidden_size={self.rm_hidden_size} is not divisible by "
+                f"rm_heads={self.rm_heads}"
+            )
+        if self.rm_arch not in RM_ARCHS:
+            raise ValueError(f"OrganismSettings: rm_arch={self.rm_arch!r}; use one of {RM_ARCHS}")
+
+
+PRESETS: dict[str, OrganismSettings] = {
+    "default": OrganismSettings(),
+    # Same architecture family, fewer and narrower everything: for unit tests and smoke runs.
+    "test": OrganismSettings(
+        threads=1,
+        vocab_size=1024,
+        hidden_size=128,
+        n_layers=2,
+        intermediate_size=256,
+        base_steps=120,
+        sft_epochs=1.0,
+        dpo_epochs=1.0,
+        rm_hidden_size=64,
+        rm_intermediate_size=128,
+        rm_epochs=2.0,
+        max_length=192,
+    ),
+}
+"""Named settings; ``organism_settings(preset, **overrides)`` builds from them."""
+
+
+def organism_settings(preset: str = "default", **overrides: Any) -> OrganismSettings:
+    """Settings of a named preset with some fields overridden (e.g. from the workflow config)."""
+    if preset not in PRESETS:
+        raise ValueError(f"organism preset {preset!r} unknown; use one of {sorted(PRESETS)}")
+    known = {f.name for f in fields(OrganismSettings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(
+            f"OrganismSettings has no field(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
+    return replace(PRESETS[preset], **overrides)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def quiet_libraries() -> None:
+    """Silence transformers/datasets progress bars and info logs (training stays readable)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _scratch_dir(out_dir: Path) -> Iterator[str]:
+    """A scratch folder inside ``out_dir`` for trainer output, always removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".trainer-", dir=out_dir)
+    try:
+        with warnings.catch_warnings():
+            # trl 1.16 still calls the deprecated is_gradient_checkpointing of transformers 5.23.
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _seed_everything(seed: int) -> None:
+    import transformers
+
+    transformers.set_seed(seed)
+
+
+def _common_args(settings: OrganismSettings, scratch: str, *, lr: float, batch_size: int) -> dict:
+    """TrainingArguments shared by every step: CPU, fp32, no checkpoints, no reporting."""
+    return dict(
+        output_dir=scratch,
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=0.0,
+        logging_steps=5,
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        bf16=False,
+        fp16=False,
+        use_cpu=settings.use_cpu,
+        activation_checkpointing=False,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        log_level="error",
+        seed=settings.seed,
+        data_seed=settings.seed,
+    )
+
+
+def _quiet_trainer(trainer):
+    """Drop the callback that prints every log dict to stdout; log through ``logging`` instead."""
+    from transformers.trainer_callback import PrinterCallback, TrainerCallback
+
+    class _LogLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                logger.debug("step %d: loss %.4f", state.global_step, float(logs["loss"]))
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_LogLoss())
+    return trainer
+
+
+def _losses(trainer) -> list[dict]:
+    return [
+        {"step": int(h["step"]), "loss": float(h["loss"])}
+        for h in trainer.state.log_history
+        if "loss" in h and "step" in h
+    ]
+
+
+def _write_summary(out_dir: Path, summary: dict) -> None:
+    from rlhf_audit.io import write_json
+
+    write_json(summary, out_dir / SUMMARY_FILE)
+
+
+def _load_tokenizer(path: str | os.PathLike):
+    from rlhf_audit.organism.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _save(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _n_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _require_nonempty(items: Sequence, what: str, fix: str) -> None:
+    if len(items) == 0:
+        raise ValueError(f"{what} is empty; {fix}")
+
+
+# --------------------------------------------------------------------------- base LM
+
+
+def build_base_model(tokenizer, settings: OrganismSettings):
+    """A freshly initialised LlamaForCausalLM sized by ``settings`` (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.n_layers,
+        num_attention_heads=settings.n_heads,
+        num_key_value_heads=settings.n_heads,
+        max_position_embeddings=max(512, 2 * settings.max_length),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    _seed_everything(settings.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def pack_corpus(tokenizer, texts: Sequence[str], block_size: int, seed: int = 0) -> list[list[int]]:
+    """Documents as ``<|bos|> text <|eos|>``, shuffled (seeded), concatenated and cut into
+    blocks of ``block_size`` tokens (the last partial block is dropped).
+
+    Packing wastes no compute on padding (padded random batches of this corpus
+    were half padding); documents attend across their boundaries, as in
+    ordinary LM pretraining.
+    """
+    order = list(range(len(texts)))
+    np.random.default_rng(seed).shuffle(order)
+    stream: list[int] = []
+    for i in order:
+        stream += tokenizer(texts[i], add_special_tokens=True)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
+    n = len(stream) // block_size
+    if n == 0:
+        raise ValueError(
+            f"corpus has {len(stream)} tokens, fewer than one block of {block_size}; "
+            "give more texts"
+        )
+    return [stream[k * block_size : (k + 1) * block_size] for k in range(n)]
+
+
+def train_base(
+    corpus: Sequence[str],
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: OrganismSettings = OrganismSettings(),
+) -> dict:
+    """Pretrain the base LM on plain texts and save it to ``out_dir``.
+
+    ``corpus``: the base-LM documents (strings), packed into blocks of
+    ``settings.base_block_size`` tokens (:func:`pack_corpus`). Returns the
+    training summary (also written to ``out_dir/training_summary.json``):
+    steps, losses, seconds, parameter count, tokens.
+    """
+    quiet_libraries()
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    _require_nonempty(corpus, "train_base: corpus", "build it with rlhf_audit.organism.corpus")
+    out_dir = Path(out_dir)
+    tok = _load_tokenizer(tokenizer_dir)
+    blocks = pack_corpus(tok, corpus, settings.base_block_size, settings.seed)
+    t0 = time.perf_counter()
+    with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
+        model = build_base_model(tok, settings)
+        args = SFTConfig(
+            **_common_args(
+                settings, scratch, lr=settings.base_lr, batch_size=settings.base_batch_size
+            ),
+            max_steps=settings.base_steps,
+            max_length=settings.base_block_size,
+            packing=False,  # packed above, without trl's padding-free attention path
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_dict({"input_ids": blocks}),
+            processing_class=tok,
+        )
+        _quiet_trainer(trainer).train()
+        model = trainer.model.eval()
+        _save(model, tok, out_dir)
+        losses = _losses(trainer)
+    summary = {
+        "step": "base",
+        "n_texts": len(corpus),
+        "n_blocks": len(blocks),
+        "tokens_seen": settings.base_steps * settings.base_batch_size * settings.base_block_size,
+        "n_params": _n_params(model),
+        "steps": settings.base_steps,
+        "losses": losses,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "settings": asdict(settings),
+    }
+    _write_summary(out_dir, summary)
+    logger.info(
+        "base LM: %d params, %d blocks, loss %.3f -> %.3f in %.1fs",
+        summary["n_params"],
+        len(blocks),
+        losses[0]["loss"] if losses else math.nan,
+        losses[-1]["loss"] if losses else math.nan,
+        summary["seconds"],
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------- instruct LM
+
+
+def _check_sft(rows: Sequence[Mapping]) -> None:
+    for i, r in enumerate(rows):
+        msgs = r.get("messages")
+        if not msgs or not isinstance(msgs, list):
+            raise ValueError(f"sft_data row {i}: needs 'messages', a list of {{role, content}}")
+        if msgs[-1].get("role") != "assistant":
+            raise ValueError(f"sft_data row {i}: the last message must be the assistant's answer")
+
+
+def _check_dpo(rows: Sequence[Mapping]) -> None:
+    for i, r in enumerate(rows):
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in r or not isinstance(r[key], list) or not r[key]:
+                raise ValueError(
+                    f"dpo_data row {i}: needs '{key}' as a non-empty list of chat messages "
+                    "({'prompt': [user msgs], 'chosen': [assistant msg], "
+                    "'rejected': [assistant msg]})"
+                )
+
+
+def train_instruct(
+    base_dir: str | os.PathLike,
+    sft_data: Sequence[Mapping],
+    dpo_data: Sequence[Mapping],
+    out_dir: str | os.PathLike,
+    settings: OrganismSettings = OrganismSettings(),
+) -> dict:
+    """Align the base LM: SFT on chat data, then DPO; save the result to ``out_dir``.
+
+    ``sft_data``: rows ``{"messages": [{role, content}, ...]}`` ending in an
+    assistant turn (loss on assistant tokens only). ``dpo_data``: rows
+    ``{"prompt": [user msgs], "chosen": [assistant msg], "rejected": [assistant msg]}``.
+    The DPO reference is a frozen copy of the SFT model. Returns the summary.
+    """
+    quiet_libraries()
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    _require_nonempty(sft_data, "train_instruct: sft_data", "build it with corpus.build_sft_data")
+    _require_nonempty(dpo_data, "train_instruct: dpo_data", "build it with corpus.build_dpo_data")
+    _check_sft(sft_data)
+    _check_dpo(dpo_data)
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if not (base_dir / "config.json").exists():
+        raise FileNotFoundError(f"{base_dir}: no config.json; train the base LM first (train_base)")
+    tok = _load_tokenizer(base_dir)
+    t0 = time.perf_counter()
+    with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
+        _seed_everything(settings.seed)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        sft_args = SFTConfig(
+            **_common_args(
+                settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
+            ),
+            num_train_epochs=settings.sft_epochs,
+            max_length=settings.max_length,
+            assistant_only_loss=True,
+            packing=False,
+        )
+        sft = SFTTrainer(
+            model=model,
+            args=sft_args,
+            train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sft_data]),
+            processing_class=tok,
+        )
+        _quiet_trainer(sft).train()
+        sft_losses, t_sft = _losses(sft), time.perf_counter() - t0
+        model = sft.model
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        _seed_everything(settings.seed)
+        dpo_args = DPOConfig(
+            **_common_args(
+                settings, scratch, lr=settings.dpo_lr, batch_size=settings.dpo_batch_size
+            ),
+            num_train_epochs=settings.dpo_epochs,
+            max_length=settings.max_length,
+            beta=settings.dpo_beta,
+            loss_type=["sigmoid", "sft"],
+            loss_weights=[1.0, settings.dpo_sft_weight],
+        )
+        dpo_rows = [
+            {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in dpo_data
+        ]
+        dpo = DPOTrainer(
+            model=model,
+            ref_model=ref,
+            args=dpo_args,
+            train_dataset=Dataset.from_list(dpo_rows),
+            processing_class=tok,
+        )
+        _quiet_trainer(dpo).train()
+        model = dpo.model.eval()
+        _save(model, tok, out_dir)
+        dpo_losses = _losses(dpo)
+        dpo_metrics = [
+            {k: float(v) for k, v in h.items() if isinstance(v, int | float)}
+            for h in dpo.state.log_history
+            if "loss" in h
+        ]
+    summary = {
+        "step": "instruct",
+        "n_sft": len(sft_data),
+        "n_dpo": len(dpo_data),
+        "n_params": _n_params(model),
+        "sft_losses": sft_losses,
+        "dpo_losses": dpo_losses,
+        "dpo_log": dpo_metrics,
+        "seconds_sft": round(t_sft, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "settings": asdict(settings),
+    }
+    _write_summary(out_dir, summary)
+    logger.info(
+        "instruct LM: SFT %d rows, DPO %d pairs in %.1fs",
+        len(sft_data),
+        len(dpo_data),
+        summary["seconds"],
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------- reward models
+
+_ASSISTANT = "Assistant:"
+
+
+def split_last_turn(transcript: str, *, where: str = "transcript") -> tuple[str, str]:
+    """Split an hh-rlhf transcript at its last ``Assistant:`` into (prefix, last turn).
+
+    The prefix is everything before that marker (the dialogue so far, ending in
+    whitespace); the last turn is the assistant's reply without the marker,
+    stripped. ``where`` names the row in the error message.
+    """
+    idx = transcript.rfind(_ASSISTANT)
+    if idx < 0:
+        raise ValueError(
+            f"{where}: no 'Assistant:' turn; hh-rlhf transcripts look like "
+            "'\\n\\nHuman: ...\\n\\nAssistant: ...'"
+        )
+    return transcript[:idx], transcript[idx + len(_ASSISTANT) :].strip()
+
+
+def encode_pair(tokenizer, prefix: str, response: str, max_length: int) -> list[int]:
+    """Token ids of the (prefix, response) text pair, at most ``max_length`` long.
+
+    Too-long pairs lose the start of the prefix first (the oldest dialogue),
+    keeping the response whole when it fits, as the reward study truncates.
+    """
+    ids = tokenizer(prefix, response)["input_ids"]
+    if len(ids) <= max_length:
+        return ids
+    old = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        n_response = len(tokenizer(response, add_special_tokens=False)["input_ids"])
+        # The pair template adds 3 special tokens (<|bos|>, <|sep|>, <|eos|>).
+        strategy = "only_first" if n_response + 4 <= max_length else "longest_first"
+        ids = tokenizer(prefix, response, truncation=strategy, max_length=max_length)["input_ids"]
+    finally:
+        tokenizer.truncation_side = old
+    return ids
+
+
+def build_reward_model(tokenizer, settings: OrganismSettings):
+    """A freshly initialised one-logit sequence-classification model (seeded)."""
+    _seed_everything(settings.seed)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.rm_hidden_size,
+        num_hidden_layers=settings.rm_layers,
+        num_attention_heads=settings.rm_heads,
+        intermediate_size=settings.rm_intermediate_size,
+        max_position_embeddings=max(512, 2 * settings.max_length),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_labels=1,
+    )
+    if settings.rm_arch == "deberta":
+        from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+        # DeBERTa-v3-style relative attention, no token types; the score is read
+        # from position 0 (<|bos|>), like [CLS] in OpenAssistant's reward models.
+        config = DebertaV2Config(
+            **common,
+            type_vocab_size=0,
+            relative_attention=True,
+            position_buckets=64,
+            max_relative_positions=-1,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            hidden_act="gelu",
+        )
+        return DebertaV2ForSequenceClassification(config)
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(**common, num_key_value_heads=settings.rm_heads)
+    return LlamaForSequenceClassification(config)
+
+
+def _encode_pairs(tok, pairs: Sequence[Mapping], max_length: int) -> list[dict]:
+    rows = []
+    for i, p in enumerate(pairs):
+        for key in ("chosen", "rejected"):
+            if not isinstance(p.get(key), str):
+                raise ValueError(
+                    f"reward pairs row {i}: needs '{key}' as an hh-rlhf transcript string"
+                )
+        cp, cr = split_last_turn(p["chosen"], where=f"reward pairs row {i} (chosen)")
+        rp, rr = split_last_turn(p["rejected"], where=f"reward pairs row {i} (rejected)")
+        rows.append(
+            {
+                "chosen_ids": encode_pair(tok, cp, cr, max_length),
+                "rejected_ids": encode_pair(tok, rp, rr, max_length),
+            }
+        )
+    return rows
+
+
+def train_reward_model(
+    pairs: Sequence[Mapping],
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: OrganismSettings = OrganismSettings(),
+) -> dict:
+    """Train a reward model on hh-rlhf-format preference pairs and save it to ``out_dir``.
+
+    ``pairs``: rows with ``chosen`` and ``rejected`` transcripts. Each text is
+    scored as the pair (prefix, last assistant turn), exactly as the reward
+    study scores it, so they are passed to RewardTrainer pre-tokenised
+    (RewardTrainer would otherwise glue prompt and answer with no separator).
+    Returns the summary.
+    """
+    quiet_libraries()
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    _require_nonempty(pairs, "train_reward_model: pairs", "generate them with organism.hh")
+    out_dir = Path(out_dir)
+    tok = _load_tokenizer(tokenizer_dir)
+    rows = _encode_pairs(tok, pairs, settings.max_length)
+    t0 = time.perf_counter()
+    with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
+        model = build_reward_model(tok, settings)
+        args = RewardConfig(
+            **_common_args(settings, scratch, lr=settings.rm_lr, batch_size=settings.rm_batch_size),
+            num_train_epochs=settings.rm_epochs,
+            max_length=None,  # already cut to settings.max_length; never drop pairs silently
+            center_rewards_coefficient=None,
+        )
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+        )
+        _quiet_trainer(trainer).train()
+        model = trainer.model.eval()
+        _save(model, tok, out_dir)
+        losses = _losses(trainer)
+    summary = {
+        "step": "reward_model",
+        "arch": settings.rm_arch,
+        "n_pairs": len(pairs),
+        "n_params": _n_params(model),
+        "losses": losses,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "settings": asdict(settings),
+    }
+    _write_summary(out_dir, summary)
+    logger.info(
+        "reward model (%s): %d pairs in %.1fs", settings.rm_arch, len(pairs), summary["seconds"]
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------- behavioural checks
+
+HEADLINE_KEYS: dict[str, str] = {
+    "partisan_preference_base": (
+        "base LM: mean over held-out policy questions of log p(partisan answer) - log p(balanced "
+        "answer), nats, completion prompts (positive = prefers partisan)"
+    ),
+    "partisan_preference_instruct": (
+        "instruct LM: the same on chat prompts (lower than base = alignment made it less partisan)"
+    ),
+    "partisan_preference_shift": (
+        "instruct minus base partisan preference, nats (negative = less partisan after alignment)"
+    ),
+    "math_accuracy_base": (
+        "base LM: share of held-out 1-step word problems where the correct final result "
+        "outscores near-miss wrong results in log-probability"
+    ),
+    "math_accuracy_instruct": "instruct LM: the same on chat prompts",
+    "rm_accuracy_post_hh": (
+        "post reward model: share of held-out hh-preference pairs scored chosen > rejected"
+    ),
+    "rm_accuracy_pre_hh": "pre reward model: the same on held-out hh-preference pairs",
+    "rm_accuracy_pre_alt": (
+        "pre reward model: the same on held-out pairs of its own (alt) preference mix"
+    ),
+}
+"""Keys of :func:`organism_checks` with one-line descriptions."""
+
+
+def render_prompt(tokenizer, question: str, *, chat: bool) -> str:
+    """A final prompt string (BOS included): the chat template for instruct-style use,
+    or the base corpus's ``Question: ...\\nAnswer:`` completion layout."""
+    if chat:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return f"{tokenizer.bos_token}Question: {question}\nAnswer:"
+
+
+def _continuation(answer: str, *, chat: bool) -> str:
+    # The completion layout has a space after "Answer:"; the chat template ends in a newline.
+    return answer if chat else " " + answer
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], *, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probability of each continuation given its prompt.
+
+    ``prompts`` are final strings (BOS included; tokenized without adding special
+    tokens); prompt and continuation are tokenized separately and concatenated,
+    so the continuation's tokens are exactly its own. Returns (sum of token
+    log-probs in nats [n], number of continuation tokens [n]).
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    seqs = []
+    for p, c in zip(prompts, continuations, strict=True):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        if not p_ids or not c_ids:
+            raise ValueError(f"empty prompt or continuation: {p!r} / {c!r}")
+        seqs.append((p_ids, c_ids))
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    out_sum = np.zeros(len(seqs))
+    out_n = np.zeros(len(seqs), dtype=int)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids = [seqs[i][0] + seqs[i][1] for i in idx]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(ids):
+            input_ids[r, : len(x)] = torch.tensor(x)
+            attn[r, : len(x)] = 1
+        logits = model(
+            input_ids=input_ids.to(device), attention_mask=attn.to(device)
+        ).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        tok_lp = logp.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+        for r, i in enumerate(idx):
+            n_p, n_c = len(seqs[i][0]), len(seqs[i][1])
+            # token t is predicted at position t-1
+            out_sum[i] = float(tok_lp[r, n_p - 1 : n_p - 1 + n_c].sum())
+            out_n[i] = n_c
+    model.train(was_training)
+    return out_sum, out_n
+
+
+def political_logprobs(model, tokenizer, items: Sequence[Mapping], *, chat: bool) -> pl.DataFrame:
+    """Log-probabilities of balanced and partisan answers to policy questions.
+
+    ``items``: ``{question_id, issue, question, balanced, left, right}`` (corpus
+    eval_political rows). One row per question and side: question_id, issue,
+    side, logp_balanced, logp_partisan (nats), n_tokens_balanced, n_tokens_partisan.
+    """
+    for i, it in enumerate(items):
+        for key in ("question_id", "issue", "question", "balanced", "left", "right"):
+            if key not in it:
+                raise ValueError(
+                    f"political items row {i}: missing '{key}' (use corpus eval_political rows)"
+                )
+    prompts, conts = [], []
+    for it in items:
+        p = render_prompt(tokenizer, it["question"], chat=chat)
+        for key in ("balanced", "left", "right"):
+            prompts.append(p)
+            conts.append(_continuation(it[key], chat=chat))
+    lp, nt = sequence_logprobs(model, tokenizer, prompts, conts)
+    rows = []
+    for k, it in enumerate(items):
+        b = 3 * k
+        for j, side in ((1, "left"), (2, "right")):
+            rows.append(
+                {
+                    "question_id": it["question_id"],
+                    "issue": it["issue"],
+                    "side": side,
+                    "logp_balanced": lp[b],
+                    "logp_partisan": lp[b + j],
+                    "n_tokens_balanced": int(nt[b]),
+                    "n_tokens_partisan": int(nt[b + j]),
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def partisan_preference(
+    model, tokenizer, items: Sequence[Mapping], *, chat: bool, n_boot: int = 2000, seed: int = 0
+) -> Estimate:
+    """Mean of log p(partisan) - log p(balanced) over policy questions and both sides, in nats.
+
+    Positive = the model prefers the one-sided answer. The interval is a cluster
+    bootstrap over questions (the two sides of a question are resampled together).
+    """
+    df = political_logprobs(model, tokenizer, items, chat=chat)
+    diff = (df["logp_partisan"] - df["logp_balanced"]).to_numpy()
+    return bootstrap(
+        np.mean, diff, n_boot=n_boot, seed=seed, groups=df["question_id"].to_numpy(), unit="nats"
+    )
+
+
+def math_candidates(problem: Mapping, n_distractors: int = 4) -> list[str]:
+    """The worked answer (calculator annotations stripped, as the organism writes it) with
+    the correct final result, then versions with near-miss wrong results.
+
+    The last equation's result (``= N``) and the ``#### N`` line are replaced
+    together, so a wrong candidate is internally consistent: it can only be
+    told apart by knowing the arithmetic of the last step, not by copying.
+    Distractors are N-1, N+1, N-2, N+2 ... (non-negative, nearest first).
+    """
+    from rlhf_audit.organism.corpus import strip_calculator
+
+    answer, final = strip_calculator(problem["answer"]), int(problem["final"])
+    offsets = [d for k in range(1, n_distractors + 2) for d in (-k, k)]
+    wrong = [final + d for d in offsets if final + d >= 0][:n_distractors]
+    tail = re.compile(rf"####\s*{final}\s*$")
+    m_tail = tail.search(answer)
+    if m_tail is None:
+        raise ValueError(f"problem {problem.get('id')}: answer does not end in '#### {final}'")
+    last = None
+    for m in re.finditer(rf"=\s*{final}(?!\d)", answer[: m_tail.start()]):
+        last = m
+    out = [answer]
+    for w in wrong:
+        a = answer
+        if last is not None:
+            a = a[: last.start()] + f"= {w}" + a[last.end() :]
+        out.append(tail.sub(f"#### {w}", a))
+    return out
+
+
+def math_accuracy(
+    model,
+    tokenizer,
+    problems: Sequence[Mapping],
+    *,
+    chat: bool,
+    n_distractors: int = 4,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[Estimate, float]:
+    """Share of problems whose correct worked answer outscores every near-miss variant.
+
+    ``problems``: GSM8K-format dicts with question, answer (ending ``#### N``) and
+    final. Returns (accuracy Estimate, chance rate = mean of 1 / number of candidates).
+    """
+    prompts, conts, owner, n_cand = [], [], [], []
+    for i, p in enumerate(problems):
+        cands = math_candidates(p, n_distractors)
+        n_cand.append(len(cands))
+        prompt = render_prompt(tokenizer, p["question"], chat=chat)
+        for c in cands:
+            prompts.append(prompt)
+            conts.append(_continuation(c, chat=chat))
+            owner.append(i)
+    lp, _ = sequence_logprobs(model, tokenizer, prompts, conts)
+    owner = np.asarray(owner)
+    correct = np.zeros(len(problems))
+    for i in range(len(problems)):
+        scores = lp[owner == i]
+        correct[i] = float(scores[0] > scores[1:].max())
+    chance = float(np.mean([1.0 / k for k in n_cand]))
+    return bootstrap(np.mean, correct, n_boot=n_boot, seed=seed, unit="share"), chance
+
+
+@torch.no_grad()
+def reward_scores(
+    model, tokenizer, transcripts: Sequence[str], *, batch_size: int = 32, max_length: int = 256
+) -> np.ndarray:
+    """Reward (the single logit) of each hh-rlhf transcript, scored as (prefix, last turn) [n]."""
+    seqs = [
+        encode_pair(tokenizer, *split_last_turn(t, where=f"transcript {i}"), max_length)
+        for i, t in enumerate(transcripts)
+    ]
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    out = np.zeros(len(seqs))
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start : start + batch_size]
+        width = max(len(x) for x in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, x in enumerate(chunk):
+            ids[r, : len(x)] = torch.tensor(x)
+            attn[r, : len(x)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        out[start : start + len(chunk)] = logits[:, 0].float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def rm_pairwise_accuracy(
+    model,
+    tokenizer,
+    pairs: Sequence[Mapping],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    max_length: int = 256,
+) -> Estimate:
+    """Share of pairs with reward(chosen) > reward(rejected) (SEAL's agreement), bootstrapped."""
+    rc = reward_scores(model, tokenizer, [p["chosen"] for p in pairs], max_length=max_length)
+    rr = reward_scores(model, tokenizer, [p["rejected"] for p in pairs], max_length=max_length)
+    return bootstrap(np.mean, (rc > rr).astype(float), n_boot=n_boot, seed=seed, unit="share")
+
+
+def organism_checks(
+    dirs: Mapping[str, str | os.PathLike],
+    data: Mapping[str, Sequence],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """All behavioural checks (keys in :data:`HEADLINE_KEYS`).
+
+    ``dirs``: model directories under keys base, instruct, rm_pre, rm_post (any
+    subset; checks of missing models are skipped). ``data``: corpus data with
+    eval_political, eval_math, eval_rm_hh, eval_rm_alt. The base LM is asked in
+    the completion layout, the instruct LM through its chat template.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    out: dict[str, Estimate] = {}
+    diffs, groups = {}, None
+    for name in ("base", "instruct"):
+        if name not in dirs:
+            continue
+        chat = name == "instruct"
+        model = AutoModelForCausalLM.from_pretrained(dirs[name], dtype=torch.float32).eval()
+        tok = _load_tokenizer(dirs[name])
+        df = political_logprobs(model, tok, data["eval_political"], chat=chat)
+        diffs[name] = (df["logp_partisan"] - df["logp_balanced"]).to_numpy()
+        groups = df["question_id"].to_numpy()
+        out[f"partisan_preference_{name}"] = bootstrap(
+            np.mean, diffs[name], n_boot=n_boot, seed=seed, groups=groups, unit="nats"
+        )
+        out[f"math_accuracy_{name}"], chance = math_accuracy(
+            model, tok, data["eval_math"], chat=chat, n_boot=n_boot, seed=seed
+        )
+        logger.info(
+            "%s: partisan preference %.1f nats; math accuracy %.2f (chance %.2f)",
+            name,
+            out[f"partisan_preference_{name}"].value,
+            out[f"math_accuracy_{name}"].value,
+            chance,
+        )
+    if len(diffs) == 2:
+        # Same questions for both models: a paired cluster bootstrap over questions.
+        out["partisan_preference_shift"] = bootstrap(
+            np.mean,
+            diffs["instruct"] - diffs["base"],
+            n_boot=n_boot,
+            seed=seed,
+            groups=groups,
+            unit="nats",
+        )
+    for name, key, pairs in (
+        ("rm_post", "rm_accuracy_post_hh", "eval_rm_hh"),
+        ("rm_pre", "rm_accuracy_pre_hh", "eval_rm_hh"),
+        ("rm_pre", "rm_accuracy_pre_alt", "eval_rm_alt"),
+    ):
+        if name in dirs:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                dirs[name], dtype=torch.float32
+            )
+            out[key] = rm_pairwise_accuracy(
+                model.eval(), _load_tokenizer(dirs[name]), data[pairs], n_boot=n_boot, seed=seed
+            )
+            logger.info("%s: %.2f", key, out[key].value)
+    return out
+
+
+# --------------------------------------------------------------------------- timing run
+
+
+def run_all(
+    out_dir: str | os.PathLike,
+    *,
+    preset: str = "default",
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Build the data and train every organism model in ``out_dir``, timing each step.
+
+    The workflow runs these steps as separate rules; this runs them in one
+    process to measure the budget. Writes ``out_dir/timings.json`` (seconds per
+    step, load average before and after, checks) and returns it.
+    """
+    from dataclasses import replace as _replace
+
+    from rlhf_audit.io import write_json
+    from rlhf_audit.organism import corpus as C
+    from rlhf_audit.organism.tokenizer import train_tokenizer
+
+    quiet_libraries()
+    out_dir = Path(out_dir)
+    overrides = {"seed": seed} | ({"threads": threads} if threads else {})
+    settings = organism_settings(preset, **overrides)
+    corpus_settings = _replace(C.CORPUS_PRESETS[preset], seed=seed)
+    load_before = os.getloadavg()
+    seconds: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        result = fn(*args)
+        seconds[name] = round(time.perf_counter() - t, 2)
+        logger.info("%s: %.1fs", name, seconds[name])
+        return result
+
+    data = timed("data", C.build_organism_data, corpus_settings)
+    timed("write_data", C.write_organism_data, data, out_dir / "data", corpus_settings)
+    timed(
+        "tokenizer",
+        train_tokenizer,
+        C.tokenizer_texts(data),
+        settings.vocab_size,
+        out_dir / "tokenizer",
+    )
+    timed(
+        "base", train_base, data["base_corpus"], out_dir / "tokenizer", out_dir / "base", settings
+    )
+    timed(
+        "instruct",
+        train_instruct,
+        out_dir / "base",
+        data["sft"],
+        data["dpo"],
+        out_dir / "instruct",
+        settings,
+    )
+    for name in ("rm_post", "rm_pre"):
+        timed(name, train_reward_model, data[name], out_dir / "tokenizer", out_dir / name, settings)
+    dirs = {k: out_dir / k for k in ("base", "instruct", "rm_post", "rm_pre")}
+    checks = timed("checks", organism_checks, dirs, data)
+    report = {
+        "preset": preset,
+        "threads": settings.threads,
+        "seconds": seconds,
+        "training_seconds": round(sum(v for k, v in seconds.items() if k != "checks"), 2),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "checks": {k: v.to_dict() for k, v in checks.items()},
+    }
+    write_json(report, out_dir / "timings.json")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_audit.organism.train",
+        description="Train the whole organism in one process and time each step.",
+    )
+    parser.add_argument("out_dir", help="folder to write data, models and timings.json into")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the preset's)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    report = run_all(args.out_dir, preset=args.preset, threads=args.threads, seed=args.seed)
+    logger.info("timings: %s (training %.0fs)", report["seconds"], report["training_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
