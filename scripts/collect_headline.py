@@ -11,14 +11,15 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
 fragments = {tuple(name.split("|")): sm.input[name] for name in sm.params.fragments}
 doc = merge(fragments, sm.params.run_label)
-prov = provenance(sm.rule, params={"run_label": sm.params.run_label},
+prov = provenance(sm.rule, params={"run_label": sm.params.run_label,
+                                   "models": sm.params.models},
                   inputs={name: sm.input[name] for name in sm.params.fragments})
 doc["provenance"] = prov
 write_json(doc, sm.output.headline)
 table = claims_table(doc)
 write_table(table, sm.output.claims, prov)
 for path, text in ((sm.output.claims_md, claims_markdown(table, sm.params.run_label)),
-                   (sm.output.claims_html, claims_html(table, sm.params.run_label))):
+                   (sm.output.claims_html, claims_html(table, sm.params.run_label, prov))):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 log.info("%d headline numbers, %d claim rows", doc["n_numbers"], table.height)

@@ -55,3 +55,11 @@ def test_documented_keys_including_feature_templates():
     assert documented_key("reward.oa.imprint_post_helpful")
     assert documented_key("sae.llama.llama_scope.share_inactive_in_instruct")
     assert not documented_key("partisan.llama.made_up_number")
+
+
+def test_html_shows_provenance():
+    from rlhf_audit.report import claims_html
+
+    t = claims_table(doc_with({}))
+    page = claims_html(t, "paper", {"git_commit": "abc123", "models": {"m": {"hf": "x/y"}}})
+    assert "Provenance" in page and "abc123" in page and "x/y" in page

@@ -174,7 +174,10 @@ def claims_markdown(table: pl.DataFrame, run_label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def claims_html(table: pl.DataFrame, run_label: str) -> str:
+def claims_html(table: pl.DataFrame, run_label: str, provenance: dict | None = None) -> str:
+    """The claims table as one HTML page, with what produced it (``provenance``) below."""
+    import json
+
     title, note = _title(run_label)
     head = ("<tr><th>study</th><th>claim</th><th>pair</th><th>published</th>"
             "<th>reproduced</th><th>95% CI</th><th>n</th><th>published inside CI</th></tr>")
@@ -189,7 +192,12 @@ def claims_html(table: pl.DataFrame, run_label: str) -> str:
             "</title><style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
             "td,th{border:1px solid #ccc;padding:.3em .5em}table{border-collapse:collapse}"
             f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>"
-            f"<table>{head}{''.join(body)}</table></body></html>\n")
+            f"<table>{head}{''.join(body)}</table>"
+            + ("" if not provenance else
+               "<h2>Provenance</h2><p>Models, data hashes, code version and libraries behind "
+               "these numbers (every table also carries its own in its Parquet metadata).</p>"
+               f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>")
+            + "</body></html>\n")
 
 
 # --------------------------------------------------------------------------- key documentation

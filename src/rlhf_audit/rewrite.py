@@ -54,7 +54,8 @@ def lm_rewrite_pairs(complete: Callable[[list[str]], list[str | None]], pairs: p
             failures.append({"pair_id": pid, "side": side,
                              "reason": "no reply" if not reply else "reply too short"})
             continue
-        out.setdefault(pid, {})[side] = f"{prefix}\n\nAssistant: {reply}"
+        # split_transcript leaves the turn separator at the end of the prefix
+        out.setdefault(pid, {})[side] = f"{prefix}Assistant: {reply}"
     bad = {f["pair_id"] for f in failures}
     rows = [{"pair_id": pid, **sides} for pid, sides in out.items() if pid not in bad]
     if failures:

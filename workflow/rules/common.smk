@@ -515,3 +515,9 @@ def figure_targets():
     for rpair in reward_pairs():
         out.append(f"results/figures/reward/{rpair}/imprint.png")
     return out
+
+
+def report_models(wildcards):
+    """Every model and SAE the run names, for the report's provenance section."""
+    return {"models": config["models"], "reward_models": config["reward_models"],
+            "saes": config["sae"]["saes"]}

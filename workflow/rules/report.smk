@@ -13,6 +13,7 @@ rule collect_headline:
     params:
         run_label=config["run_label"],
         fragments=headline_fragment_names,
+        models=report_models,
         code=script_code("collect_headline.py"),
     log:
         "results/logs/collect_headline.log",
