@@ -3,10 +3,10 @@
 import numpy as np
 import polars as pl
 
+from rlhf_audit.cache import run_job_cached
 from rlhf_audit.extract import read_vectors
 from rlhf_audit.io import write_table
 from rlhf_audit.models import load_causal_lm
-from rlhf_audit.cache import run_job_cached
 from rlhf_audit.runtime import provenance, setup
 from rlhf_audit.steering import (
     SteeringSettings,

@@ -5,8 +5,8 @@ import polars as pl
 from rlhf_audit.io import write_table
 from rlhf_audit.labelling import (
     LMLabeller,
-    complete_from_config,
     TableLabeller,
+    complete_from_config,
     label_pairs,
     missing_summary,
 )

@@ -29,9 +29,10 @@ else:
     rewritten, failures = lm_rewrite_pairs(complete, selected.select("pair_id", "chosen",
                                                                       "rejected"))
 if r.get("embedder"):
+    from transformers import AutoModel
+
     from rlhf_audit.models import ModelSpec, load_tokenizer, resolve_device
     from rlhf_audit.rewrite import rewrite_similarity
-    from transformers import AutoModel
 
     spec = ModelSpec.from_config(r["embedder"])
     enc = AutoModel.from_pretrained(spec.source, use_safetensors=True, trust_remote_code=False,

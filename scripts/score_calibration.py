@@ -15,7 +15,7 @@ from rlhf_audit.calibration import (
 from rlhf_audit.generation import Generation
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
-from rlhf_audit.models import load_tokenizer, ModelSpec
+from rlhf_audit.models import ModelSpec, load_tokenizer
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

@@ -2,9 +2,9 @@
 
 import polars as pl
 
+from rlhf_audit.cache import run_job_cached
 from rlhf_audit.io import write_table
 from rlhf_audit.models import load_reward_model, weights_hash
-from rlhf_audit.cache import run_job_cached
 from rlhf_audit.runtime import provenance, setup
 from rlhf_audit.seal import ScoringSettings, score_pairs
 

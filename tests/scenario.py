@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from tiny import save_tiny_llama, save_tiny_reward_model
 
 

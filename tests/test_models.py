@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny import save_tiny_llama, save_tiny_reward_model
 
 from rlhf_audit.models import (
     ModelLoadError,
@@ -11,7 +12,6 @@ from rlhf_audit.models import (
     resolve_dtype,
     weights_hash,
 )
-from tiny import save_tiny_llama, save_tiny_reward_model
 
 
 @pytest.fixture(scope="module")

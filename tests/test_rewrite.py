@@ -3,9 +3,9 @@
 import numpy as np
 import polars as pl
 import pytest
+from tiny import save_tiny_llama
 
 from rlhf_audit.rewrite import embed_texts, lm_rewrite_pairs, rewrite_similarity
-from tiny import save_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("steering", "Feature-level steering moves instruct output far less than base "
           "(instruct/base slope ratio)", "disconnect_ratio_feature_projection", None, "< 1",
           "Neutral Mask, claim 4"),
-    Claim("steering", "The partisan direction still steers instruct", 
+    Claim("steering", "The partisan direction still steers instruct",
           "steering_slope_instruct_direction_projection", None, "> 0", "Neutral Mask, claim 4"),
     Claim("steering", "Identity primes reactivate partisan output in instruct (right minus "
           "left prime)", "prime_effect_instruct_projection", None, "> 0",
