@@ -36,12 +36,20 @@ def scored(kind):
     return pl.concat(parts)
 
 
+def per_scorer(table_fn, table):
+    """One table over every scorer; a scorer with no valid score (e.g. a judge whose
+    replies all failed, counted in judge_failure_rate) adds no rows."""
+    parts = [table_fn(table, s, **kw) for s in SCORERS]
+    kept = [t for t in parts if t.width]
+    return pl.concat(kept) if kept else parts[0]
+
+
 steer, primes = scored("sweep"), scored("primes")
 kw = {"n_boot": p["n_boot"], "seed": p["seed"]}
-dose = pl.concat([dose_response(steer, s, **kw) for s in SCORERS])
-slopes = pl.concat([dose_slopes(steer, s, **kw) for s in SCORERS])
-effects = pl.concat([prime_effects(primes, s, **kw) for s in SCORERS])
-means = pl.concat([prime_means(primes, s, **kw) for s in SCORERS])
+dose = per_scorer(dose_response, steer)
+slopes = per_scorer(dose_slopes, steer)
+effects = per_scorer(prime_effects, primes)
+means = per_scorer(prime_means, primes)
 est = headline(steer, primes, "base", "instruct", **kw)
 prov = provenance(sm.rule, params=dict(p), n_generations=steer.height,
                   n_primed=primes.height)
