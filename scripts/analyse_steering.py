@@ -37,11 +37,8 @@ def scored(kind):
 
 
 def per_scorer(table_fn, table):
-    """One table over every scorer; a scorer with no valid score (e.g. a judge whose
-    replies all failed, counted in judge_failure_rate) adds no rows."""
-    parts = [table_fn(table, s, **kw) for s in SCORERS]
-    kept = [t for t in parts if t.width]
-    return pl.concat(kept) if kept else parts[0]
+    """One table over every scorer (a scorer with no valid score adds no rows)."""
+    return pl.concat([table_fn(table, s, **kw) for s in SCORERS])
 
 
 steer, primes = scored("sweep"), scored("primes")

@@ -503,3 +503,23 @@ def test_headline_keys_and_figures(tmp_path):
     plot_degeneration(degeneration_table(df), tmp_path / "degen.png")
     for name in ("steer.png", "steer.pdf", "degen.png", "degen.pdf"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_tables_of_a_score_with_no_valid_rows_keep_their_columns():
+    """A judge that failed on every text must not break the per-scorer tables."""
+    import polars as pl
+
+    from rlhf_audit.steering import dose_response, dose_slopes, prime_effects, prime_means
+
+    steer = pl.DataFrame({"model": ["base"] * 2, "vector": ["direction"] * 2,
+                          "alpha": [0.0, 1.0], "question_id": ["q1", "q2"],
+                          "projection": [0.1, 0.5], "judge": [None, None],
+                          "judge_ok": [False, False]},
+                         schema_overrides={"judge": pl.Float64})
+    primes = steer.rename({"vector": "condition"}).with_columns(
+        pl.Series("condition", ["left", "right"]))
+    for fn, table in ((dose_response, steer), (dose_slopes, steer), (prime_means, primes),
+                      (prime_effects, primes)):
+        empty = fn(table, "judge", n_boot=100)
+        assert empty.height == 0 and empty.width > 0
+        assert pl.concat([fn(table, "projection", n_boot=100), empty]).columns == empty.columns

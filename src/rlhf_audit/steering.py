@@ -690,6 +690,25 @@ def _valid(df: pl.DataFrame, score: str) -> pl.DataFrame:
     return df.filter(pl.col(score).is_not_null() & pl.col(score).is_finite())
 
 
+_F, _S, _I = pl.Float64, pl.String, pl.Int64
+_TABLE_SCHEMAS = {
+    "dose": {"model": _S, "vector": _S, "alpha": _F, "score": _S, "mean": _F, "lo": _F,
+             "hi": _F, "n": _I, "n_rows": _I},
+    "slopes": {"model": _S, "vector": _S, "score": _S, "slope": _F, "lo": _F, "hi": _F, "n": _I},
+    "prime_means": {"model": _S, "condition": _S, "score": _S, "mean": _F, "lo": _F, "hi": _F,
+                    "n": _I},
+    "prime_effects": {"model": _S, "score": _S, "effect": _F, "effect_lo": _F, "effect_hi": _F,
+                      "cohens_d": _F, "d_lo": _F, "d_hi": _F, "n": _I},
+}
+
+
+def _table(rows: list[dict], kind: str, sort: list[str] | None = None) -> pl.DataFrame:
+    """Rows as a table with a fixed schema, so a score with no valid rows (e.g. a judge
+    that failed on everything) still gives a table that concatenates with the others."""
+    df = pl.DataFrame(rows, schema=_TABLE_SCHEMAS[kind])
+    return df.sort(sort) if sort else df
+
+
 def dose_response(
     scores: pl.DataFrame, score: str = "projection", *, n_boot: int = 2000, seed: int = 0
 ) -> pl.DataFrame:
@@ -720,7 +739,7 @@ def dose_response(
                 "n_rows": g.height,
             }
         )
-    return pl.DataFrame(rows).sort(["model", "vector", "alpha"]) if rows else pl.DataFrame()
+    return _table(rows, "dose", ["model", "vector", "alpha"])
 
 
 def slope_estimate(
@@ -770,7 +789,7 @@ def dose_slopes(
                 "n": est.n,
             }
         )
-    return pl.DataFrame(rows).sort(["model", "vector"]) if rows else pl.DataFrame()
+    return _table(rows, "slopes", ["model", "vector"])
 
 
 def _ratio_stat(is_inst, alpha, score):
@@ -864,7 +883,7 @@ def prime_means(
                 "n": est.n,
             }
         )
-    return pl.DataFrame(rows).sort(["model", "condition"]) if rows else pl.DataFrame()
+    return _table(rows, "prime_means", ["model", "condition"])
 
 
 def _prime_arrays(primes, model, score):
@@ -928,7 +947,7 @@ def prime_effects(
                 "n": eff.n,
             }
         )
-    return pl.DataFrame(rows)
+    return _table(rows, "prime_effects")
 
 
 def degeneration_table(scores: pl.DataFrame) -> pl.DataFrame:
