@@ -1147,6 +1147,37 @@ def code_hash() -> str:
     return hash_files([__file__])
 
 
+def resolved_revision(hf: str | None, revision: str | None) -> str | None:
+    """The commit sha of the locally cached snapshot of hub model ``hf`` at ``revision``
+    (a branch, tag or sha; None = main), or None for a local model or an uncached one.
+
+    A branch such as ``main`` moves; the manifest records this sha so that a run says
+    which weights it read. Logs a warning when ``revision`` is not itself a commit sha.
+    """
+    if not hf:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            hf, revision=revision, allow_patterns=["config.json"], local_files_only=True
+        )
+    except Exception as err:  # noqa: BLE001 - any lookup failure only loses the record
+        log.warning("cannot resolve the cached snapshot of %s@%s: %s", hf, revision, err)
+        return None
+    sha = Path(folder).name
+    if not (revision and len(revision) == 40 and revision == sha):
+        log.warning(
+            "model %s is named by revision %r, which can move; this run read commit %s: pin "
+            "it with revision: %s in the config",
+            hf,
+            revision or "main",
+            sha,
+            sha,
+        )
+    return sha
+
+
 def shard_entry(path: str | os.PathLike) -> dict:
     """Name, rows, bytes and sha256 of one written shard, for the manifest."""
     p = Path(path)
@@ -1249,6 +1280,7 @@ __all__ = [
     "plan_shards",
     "read_spans",
     "read_vectors",
+    "resolved_revision",
     "resolve_layers",
     "run_with_backoff",
     "shard_entry",

@@ -1032,6 +1032,24 @@ def directions_table(results: Sequence[LayerResult]) -> pl.DataFrame:
 # ---------------------------------------------------------------------------- headline
 
 
+MANIFEST_KEYS = ("model", "resolved_revision", "weight_hash", "data_hash", "pool_over",
+                 "compute_dtype")
+"""Activation-manifest entries the partisan tables carry in their provenance."""
+
+
+def check_same_pooling(manifests: dict[str, dict]) -> None:
+    """Both models' activations must pool the same tokens (``pool_over``): otherwise one
+    model's vectors average template tokens the other's do not, and every variance
+    comparison is off. ``manifests``: role -> activation manifest."""
+    rules = {role: m.get("pool_over", "all (written before pool_over existed)")
+             for role, m in manifests.items()}
+    if len(set(rules.values())) > 1:
+        raise ValueError(
+            f"the activation sets were pooled differently ({rules}); re-extract both with the "
+            "same extract.pool_over (content pools the user's text only)"
+        )
+
+
 def best_layer(probe: pl.DataFrame, method: str) -> int:
     """Layer with the highest base out-of-fold AUC for ``method``; ties go to the shallower
     layer. ``probe`` is :func:`probe_table`'s output."""
