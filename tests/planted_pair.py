@@ -107,7 +107,7 @@ def planted_embeddings(d: int = 64, n_issues: int = 24, seed: int = 0):
     return E_base.astype(np.float32), E_inst.astype(np.float32), u
 
 
-def planted_model(E: np.ndarray, n_layers: int = 2):
+def planted_model(E: np.ndarray, n_layers: int = 3):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab, d = E.shape
