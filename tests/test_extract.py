@@ -599,3 +599,20 @@ def test_statement_that_the_template_rewrites_is_a_clear_error(model, prompts, t
     assert not (tmp_path / "x.parquet").exists()
     with pytest.raises(ValueError, match="pool_over"):
         ExtractSettings(pool_over="statement")
+
+
+def test_statement_tokens_are_identical_with_and_without_the_organism_template(tmp_path):
+    # Byte-level BPE with the organism's chat template ("<|user|>\n{text}\n<|assistant|>\n"):
+    # the located span holds exactly the tokens the base model sees (compare like with like).
+    from pathlib import Path
+
+    from rlhf_audit.organism.tokenizer import train_tokenizer
+
+    path = Path(__file__).resolve().parents[1] / "resources/prompts/partisan_statements.jsonl"
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines()[::8]]
+    tok = train_tokenizer(texts, 400, tmp_path / "tok")
+    chat, spans = ex.tokenize_with_spans(tok, texts, ExtractSettings(chat_template=True))
+    bare, bare_spans = ex.tokenize_with_spans(tok, texts, ExtractSettings())
+    for t, (a, b), bt, (ba, bb) in zip(chat, spans, bare, bare_spans, strict=True):
+        assert len(t) > len(bt) and (ba, bb) == (1, len(bt))
+        np.testing.assert_array_equal(t[a:b], bt[ba:bb])
