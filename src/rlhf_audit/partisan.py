@@ -462,6 +462,8 @@ def _jackknife_interval(full: float, per_fold: np.ndarray, n_units: int, unit: s
 
 # ------------------------------------------------------------------ split-half geometry
 
+MAX_SPLIT_UNITS = 200
+"""Most resampling units of the split-half estimates (clusters beyond are pooled)."""
 SPLIT_HALF_STATS = (
     "partisan_variance_base",
     "partisan_variance_instruct",
@@ -642,7 +644,20 @@ def split_half_analysis(
     the one-sided permutation p-value of the instruct partisan variance.
     """
     right = np.asarray(right, dtype=bool)
-    cs = ClusterSums.build({"base": Xb, "instruct": Xi}, right, clusters)
+    orig = np.asarray(clusters).astype(str)
+    names, orig_inv = np.unique(orig, return_inverse=True)
+    # Labels move within issues; without issues (every prompt its own cluster) globally.
+    perm_groups = orig_inv if np.bincount(orig_inv).max() > 1 else np.zeros_like(orig_inv)
+    unit_of = orig
+    if len(names) > MAX_SPLIT_UNITS:
+        # Many small clusters (e.g. no issues given): whole clusters are pooled into
+        # MAX_SPLIT_UNITS random blocks, still independent units, so the bootstrap and
+        # the splits stay O(blocks^2) instead of O(prompts^2).
+        block = np.random.default_rng([settings.seed, 1]).permutation(len(names))
+        unit_of = np.array([f"block{b % MAX_SPLIT_UNITS:04d}" for b in block])[orig_inv]
+        log.info("%d clusters pooled into %d random blocks for the split-half estimates",
+                 len(names), MAX_SPLIT_UNITS)
+    cs = ClusterSums.build({"base": Xb, "instruct": Xi}, right, unit_of)
     K = len(cs.clusters)
     rng = np.random.default_rng(settings.seed)
     ones = np.ones(K)
@@ -674,11 +689,8 @@ def split_half_analysis(
             lo, hi = (float(x) for x in np.quantile(finite, [0.025, 0.975]))
         out[k] = Estimate(float(point[k]), lo, hi, K, units[k], SPLIT_METHOD)
 
-    # Null: no partisan separation in instruct, same issues, same noise. Labels move
-    # within issues; without issues (every prompt its own cluster) they move globally.
-    inv = _cluster_index(cs, clusters)
-    sizes = cs.n_right + cs.n_left
-    perm_groups = inv if (sizes > 1).any() else np.zeros_like(inv)
+    # Null: no partisan separation in instruct, same issues, same noise.
+    inv = _cluster_index(cs, unit_of)
     Xic = Xi - Xi.mean(0)
     c_bb = 4 * point["partisan_variance_base"]
     c_ii = 4 * point["partisan_variance_instruct"]
