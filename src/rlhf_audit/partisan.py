@@ -225,7 +225,9 @@ class LayerResult:
 
     Keys of the dicts: ``probe[(model, method, metric)]`` with metric in auc/accuracy/
     cohens_d; ``transfer[(method, metric)]``; ``variance[(model, method, direction,
-    metric)]`` with model in base/instruct/instruct_over_base and direction in own/base.
+    metric)]`` with model in base/instruct/instruct_over_base and direction in own/base
+    (projections) or split_half (cross-product estimates, method diffmean); see
+    :func:`variance_table` for the metrics.
     """
 
     layer: int
