@@ -112,7 +112,9 @@ DESCRIPTIVE_METHOD = "descriptive: no interval (a bootstrap interval is not vali
 
 HEADLINE_KEYS: dict[str, str] = {
     "best_layer": "Layer (0-based block output) with the highest base out-of-fold AUC; "
-    "interval from re-selecting the layer in each bootstrap replicate",
+    "interval from re-selecting the layer in each bootstrap replicate. Every partisan key "
+    "reads vectors pooled over the statement's own tokens (extract.pool_over: content; "
+    "since issue 16, before which instruct vectors also pooled the chat template's tokens)",
     "auc_base": "Out-of-fold AUC (right vs left) of the base model's partisan probe at the "
     "best layer",
     "auc_instruct": "Out-of-fold AUC of the instruct model's own partisan probe at the best layer",
@@ -130,10 +132,11 @@ HEADLINE_KEYS: dict[str, str] = {
     "a percentile interval was given)",
     "range_instruct": "Descriptive, raw activation units: width (max - min) of instruct "
     "projections on its own direction; no interval",
-    "variance_ratio": "Partisan variance instruct/base: the between-party variance |Delta|^2/4 "
-    "along each model's partisan direction, each |Delta|^2 estimated without bias by the "
-    "cross product of right-minus-left mean differences fitted on two disjoint halves of the "
-    "issues (averaged over random splits); interval: issue bootstrap that refits; < 1 = "
+    "variance_ratio": "Partisan variance instruct/base: the between-party variance D.D/4 "
+    "along each model's partisan direction (D: right-minus-left mean difference), each D.D "
+    "estimated without bias by the dot product of the mean differences of two disjoint "
+    "halves of the issues (averaged over random splits); interval: issue bootstrap that "
+    "refits; < 1 = "
     "compression. Since issue 16 (was: variance of own-direction projections, biased towards 1 "
     "when noise is uneven across dimensions)",
     "sd_ratio": "Square root of variance_ratio (split-half; since issue 16)",
@@ -141,7 +144,7 @@ HEADLINE_KEYS: dict[str, str] = {
     "instruct/base ratio after permuting left/right labels within each issue of the instruct "
     "model (a model with no partisan separation reaches this by chance); no interval",
     "variance_ratio_base_direction": "Variance ratio instruct/base along the base direction: "
-    "(Delta_i . Delta_b)^2 / |Delta_b|^4 from split-half cross products (since issue 16; was: "
+    "(D_i.D_b)^2 / (D_b.D_b)^2 from split-half cross products (since issue 16; was: "
     "projection variance on the base direction)",
     "partisan_share_base": "Share of the base model's total variance (trace of the covariance "
     "of the partisan prompts) that is between-party variance along its partisan direction, "
@@ -153,7 +156,7 @@ HEADLINE_KEYS: dict[str, str] = {
     "transfer_auc_instruct_to_base": "AUC of the instruct direction applied to base "
     "activations (out-of-fold)",
     "cosine_base_instruct": "Disattenuated cosine of the base and instruct partisan "
-    "directions: (Delta_b . Delta_i) / (|Delta_b| |Delta_i|), every product from opposite "
+    "directions: D_b.D_i / sqrt(D_b.D_b D_i.D_i), every product from opposite "
     "issue halves, so estimation noise does not shrink it; issue bootstrap that refits "
     "(since issue 16; was: raw cosine of the fitted directions with a jackknife interval)",
 }
