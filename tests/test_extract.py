@@ -616,3 +616,21 @@ def test_statement_tokens_are_identical_with_and_without_the_organism_template(t
     for t, (a, b), bt, (ba, bb) in zip(chat, spans, bare, bare_spans, strict=True):
         assert len(t) > len(bt) and (ba, bb) == (1, len(bt))
         np.testing.assert_array_equal(t[a:b], bt[ba:bb])
+
+
+def test_resolved_revision_reads_the_cached_snapshot_commit(tmp_path, caplog):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert ex.resolved_revision("org/tiny", "main", cache_dir=tmp_path) == sha
+    assert "can move" in caplog.text and sha in caplog.text  # main is not a pin
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert ex.resolved_revision("org/tiny", sha, cache_dir=tmp_path) == sha
+    assert "can move" not in caplog.text
+    assert ex.resolved_revision(None, None) is None  # a local {path: DIR} model
+    assert ex.resolved_revision("org/absent", "main", cache_dir=tmp_path) is None

@@ -1147,7 +1147,9 @@ def code_hash() -> str:
     return hash_files([__file__])
 
 
-def resolved_revision(hf: str | None, revision: str | None) -> str | None:
+def resolved_revision(
+    hf: str | None, revision: str | None, *, cache_dir: str | os.PathLike | None = None
+) -> str | None:
     """The commit sha of the locally cached snapshot of hub model ``hf`` at ``revision``
     (a branch, tag or sha; None = main), or None for a local model or an uncached one.
 
@@ -1160,7 +1162,11 @@ def resolved_revision(hf: str | None, revision: str | None) -> str | None:
 
     try:
         folder = snapshot_download(
-            hf, revision=revision, allow_patterns=["config.json"], local_files_only=True
+            hf,
+            revision=revision,
+            allow_patterns=["config.json"],
+            local_files_only=True,
+            cache_dir=cache_dir,
         )
     except Exception as err:  # noqa: BLE001 - any lookup failure only loses the record
         log.warning("cannot resolve the cached snapshot of %s@%s: %s", hf, revision, err)
