@@ -1,4 +1,4 @@
-"""Partisan probes, transfer and variance compression for one model pair (rule fit_partisan_probes)."""
+"""Partisan probes, transfer and compression for one model pair (rule fit_partisan_probes)."""
 
 import json
 
@@ -9,9 +9,11 @@ from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.partisan import (
     HEADLINE_KEYS,
+    MANIFEST_KEYS,
     PartisanSettings,
     analyse_layers,
     best_layer,
+    check_same_pooling,
     directions_table,
     headline,
     probe_table,
@@ -28,6 +30,7 @@ settings = PartisanSettings(**s)
 position = sm.params.position
 prompts = pl.read_parquet(sm.input.prompts)
 manifests = {r: json.load(open(sm.input[f"{r}_manifest"])) for r in ("base", "instruct")}
+check_same_pooling(manifests)
 layers = sorted(set(manifests["base"]["layers"]) & set(manifests["instruct"]["layers"]))
 order = prompts.select(pl.col("id").alias("prompt_id"))
 
@@ -56,10 +59,10 @@ probes = probe_table(results)
 best = best_layer(probes, settings.headline_method)
 prov = provenance(sm.rule, params={**sm.params.settings, "position": position},
                   inputs={"prompts": sm.input.prompts,
-                          "base_manifest": {k: manifests["base"][k] for k in
-                                            ("model", "weight_hash", "data_hash")},
-                          "instruct_manifest": {k: manifests["instruct"][k] for k in
-                                                ("model", "weight_hash", "data_hash")}},
+                          "base_manifest": {k: manifests["base"].get(k) for k in
+                                            MANIFEST_KEYS},
+                          "instruct_manifest": {k: manifests["instruct"].get(k) for k in
+                                                MANIFEST_KEYS}},
                   best_layer=best)
 out = sm.output
 write_table(probes, out.probes, prov)

@@ -2,7 +2,13 @@
 
 import json
 
-from rlhf_audit.extract import ExtractSettings, build_manifest, tokenizer_hash, write_manifest
+from rlhf_audit.extract import (
+    ExtractSettings,
+    build_manifest,
+    resolved_revision,
+    tokenizer_hash,
+    write_manifest,
+)
 from rlhf_audit.io import read_provenance
 from rlhf_audit.models import ModelSpec, load_tokenizer, weights_hash
 from rlhf_audit.runtime import setup
@@ -24,6 +30,9 @@ manifest = build_manifest(
     tokenizer_hash=tokenizer_hash(load_tokenizer(spec)),
     data_hash=read_provenance(sm.input.prompts)["content_sha256"],
     settings=ExtractSettings(**s), n_layers=cfg["num_hidden_layers"],
-    shards=list(sm.input.shards), d_model=cfg["hidden_size"])
+    shards=list(sm.input.shards), d_model=cfg["hidden_size"],
+    resolved_revision=resolved_revision(spec.hf, spec.revision))
 write_manifest(manifest, sm.output.manifest)
-log.info("%s: %d shards, %d rows", m["name"], manifest["n_shards"], manifest["n_rows"])
+log.info("%s: %d shards, %d rows, computed in %s, pooled over %s", m["name"],
+         manifest["n_shards"], manifest["n_rows"], manifest["compute_dtype"],
+         manifest["pool_over"])

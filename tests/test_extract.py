@@ -194,7 +194,8 @@ def test_rows_match_reference_forward(model, prompts, tmp_path, padding_side, dt
     _check_against_reference(model, tok, prompts, out, settings)
 
 
-def test_chat_template_rows_match_reference(model, prompts, tmp_path):
+@pytest.mark.parametrize("pool_over", ["content", "all"])
+def test_chat_template_rows_match_reference(model, prompts, tmp_path, pool_over):
     tok = _tokenizer("left")
     settings = ExtractSettings(
         layers=[0, 2],
@@ -203,6 +204,7 @@ def test_chat_template_rows_match_reference(model, prompts, tmp_path):
         dtype="float32",
         batch_size=3,
         chat_template=True,
+        pool_over=pool_over,
     )
     out = tmp_path / "chat.parquet"
     extract_shard(model, tok, prompts, settings, out)
@@ -212,13 +214,34 @@ def test_chat_template_rows_match_reference(model, prompts, tmp_path):
     for _, ids in refs.values():
         assert ids.count(tok.bos_token_id) == 1
         assert ids[-1] == tok.convert_tokens_to_ids("assistant")
+    # "<s> user {text} </s> assistant": the statement is tokens 2 .. n-2.
+    span = {
+        pid: (2, len(ids) - 2) if pool_over == "content" else (1, len(ids))
+        for pid, (_, ids) in refs.items()
+    }
     for L in (0, 2):
-        meta, X = read_vectors(out, L, "last")
+        meta, X = read_vectors(out, L, "last", extra_columns=ex.SPAN_COLUMNS)
         for row, pid in enumerate(meta["prompt_id"]):
-            np.testing.assert_allclose(X[row], refs[pid][0][L][-1], rtol=1e-4, atol=1e-5)
+            a, b = span[pid]
+            assert (meta["span_start"][row], meta["span_stop"][row]) == (a, b)
+            assert meta["token_index"][row] == b - 1
+            np.testing.assert_allclose(X[row], refs[pid][0][L][b - 1], rtol=1e-4, atol=1e-5)
+        meta, X = read_vectors(out, L, "mean")
+        for row, pid in enumerate(meta["prompt_id"]):
+            a, b = span[pid]
+            np.testing.assert_allclose(
+                X[row], refs[pid][0][L][a:b].mean(0), rtol=1e-4, atol=1e-5
+            )
     meta, X = read_vectors(out, 1, "token")
+    want = {(pid, t) for pid, (a, b) in span.items() for t in range(a, b)}
+    assert set(zip(meta["prompt_id"], meta["token_index"], strict=True)) == want
+    assert len(meta) == len(want)
     for row, (pid, ti) in enumerate(zip(meta["prompt_id"], meta["token_index"], strict=True)):
         np.testing.assert_allclose(X[row], refs[pid][0][1][ti], rtol=1e-4, atol=1e-5)
+    # The SAE scan's reader streams exactly these rows.
+    streamed = pl.concat([m for m, _ in iter_token_batches(out, 1, 5)])
+    assert set(zip(streamed["prompt_id"], streamed["token_index"], strict=True)) == want
+    assert ex.read_spans(out).height == prompts.height
     with pytest.raises(ValueError, match=r"available \(layer, position\)"):
         read_vectors(out, 1, "last")  # layer 1 has token rows only
     with pytest.raises(ValueError, match="no tokens besides BOS|exceed|chat template"):
@@ -462,6 +485,21 @@ def test_hashes_and_manifest(model, prompts, tmp_path):
         d_model=32,
     )
     assert man["layers"] == [1, 2] and man["positions"] == ["last", "mean"]
+    # The resolved compute dtype (never "auto") and the pooling rule are recorded.
+    assert settings.compute_dtype == "auto" and man["compute_dtype"] == "float32"
+    assert man["device"] == "cpu"
+    assert man["pool_over"] == "content" and "statement tokens only" in man["pooling_rule"]
+    with pytest.raises(ValueError, match="pool_over.*re-extract"):
+        ex.build_manifest(
+            model={"path": "tiny"},
+            revision=None,
+            weight_hash="w",
+            tokenizer_hash="t",
+            data_hash="d",
+            settings=ExtractSettings(layers=[1, 2], pool_over="all"),
+            n_layers=N_LAYERS,
+            shards=[shard],
+        )
     assert man["n_rows"] == 2 * 2 * prompts.height == man["shards"][0]["rows"]
     assert {"torch", "transformers", "pyarrow"} <= set(man["library_versions"])
     ex.write_manifest(man, tmp_path / "manifest.json")
@@ -513,3 +551,86 @@ def test_auto_batch_size_on_cpu_uses_a_token_budget(model, prompts, tmp_path):
         for t in ex.tokenize_prompts(_tokenizer(), prompts["text"].to_list(), ExtractSettings())
     )
     assert stats["batch_size"] == min(prompts.height, 64, 4096 // longest)
+
+
+PREAMBLE_TEMPLATE = (
+    "{{ bos_token }}<|system|> the state court rule is the law of the city of the state "
+    "the bank market rule is the trade law the farm is the city </s>"
+    "{% for m in messages %}<|user|> {{ m['content'] | trim }} </s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _special_tokenizer(template: str) -> PreTrainedTokenizerFast:
+    tok = _tokenizer("right")
+    tok.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>",
+                                                         "<|assistant|>"]})
+    tok.chat_template = template
+    return tok
+
+
+def test_statement_span_is_located_inside_any_template(prompts):
+    # A long constant preamble (system header, role markers) before the text, a trimming
+    # filter, a generation cue after it: the span covers exactly the statement's tokens.
+    tok = _special_tokenizer(PREAMBLE_TEMPLATE)
+    plain = ExtractSettings(chat_template=False)
+    texts = [t + "  " for t in prompts["text"]]  # trailing blanks the template trims
+    bare, bare_spans = ex.tokenize_with_spans(tok, texts, plain)
+    chat, spans = ex.tokenize_with_spans(tok, texts, ExtractSettings(chat_template=True))
+    for t, (a, b), bt, (ba, bb) in zip(chat, spans, bare, bare_spans, strict=True):
+        assert (ba, bb) == (1, len(bt))  # without a template: everything after BOS
+        assert a > 25 and b == len(t) - 2  # then </s> and <|assistant|>
+        np.testing.assert_array_equal(t[a:b], bt[1:])
+    # pool_over all keeps the previous rule: every token after BOS.
+    _, all_spans = ex.tokenize_with_spans(
+        tok, texts, ExtractSettings(chat_template=True, pool_over="all")
+    )
+    assert (all_spans[:, 0] == 1).all() and all(
+        b == len(t) for t, (_, b) in zip(chat, all_spans, strict=True)
+    )
+
+
+def test_statement_that_the_template_rewrites_is_a_clear_error(model, prompts, tmp_path):
+    tok = _special_tokenizer("{% for m in messages %}<|user|> {{ m['content'] | upper }}"
+                             "{% endfor %}")
+    with pytest.raises(ValueError, match=r"prompt 'p00': its text cannot be located.*pool_over"):
+        extract_shard(model, tok, prompts, ExtractSettings(chat_template=True),
+                      tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+    with pytest.raises(ValueError, match="pool_over"):
+        ExtractSettings(pool_over="statement")
+
+
+def test_statement_tokens_are_identical_with_and_without_the_organism_template(tmp_path):
+    # Byte-level BPE with the organism's chat template ("<|user|>\n{text}\n<|assistant|>\n"):
+    # the located span holds exactly the tokens the base model sees (compare like with like).
+    from pathlib import Path
+
+    from rlhf_audit.organism.tokenizer import train_tokenizer
+
+    path = Path(__file__).resolve().parents[1] / "resources/prompts/partisan_statements.jsonl"
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines()[::8]]
+    tok = train_tokenizer(texts, 400, tmp_path / "tok")
+    chat, spans = ex.tokenize_with_spans(tok, texts, ExtractSettings(chat_template=True))
+    bare, bare_spans = ex.tokenize_with_spans(tok, texts, ExtractSettings())
+    for t, (a, b), bt, (ba, bb) in zip(chat, spans, bare, bare_spans, strict=True):
+        assert len(t) > len(bt) and (ba, bb) == (1, len(bt))
+        np.testing.assert_array_equal(t[a:b], bt[ba:bb])
+
+
+def test_resolved_revision_reads_the_cached_snapshot_commit(tmp_path, caplog):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert ex.resolved_revision("org/tiny", "main", cache_dir=tmp_path) == sha
+    assert "can move" in caplog.text and sha in caplog.text  # main is not a pin
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert ex.resolved_revision("org/tiny", sha, cache_dir=tmp_path) == sha
+    assert "can move" not in caplog.text
+    assert ex.resolved_revision(None, None) is None  # a local {path: DIR} model
+    assert ex.resolved_revision("org/absent", "main", cache_dir=tmp_path) is None

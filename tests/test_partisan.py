@@ -12,8 +12,9 @@ from threadpoolctl import threadpool_limits
 
 from rlhf_audit import partisan as P
 
-FAST = P.PartisanSettings(n_boot=200, methods=("diffmean",))
-BOTH = P.PartisanSettings(n_boot=200)
+FAST = P.PartisanSettings(n_boot=200, methods=("diffmean",), n_perm=50)
+BOTH = P.PartisanSettings(n_boot=200, n_perm=50)
+SPLIT = ("instruct_over_base", "diffmean", "split_half")
 
 
 @pytest.fixture(autouse=True)
@@ -188,12 +189,13 @@ def test_variance_ratio_interval_covers_planted_ratio():
     for seed in seeds:
         Xb, Xi, lab, iss, _, _ = planted(seed)
         r = P.analyse_layer(Xb, Xi, lab, iss, layer=0, settings=FAST)
-        e = r.variance[("instruct_over_base", "diffmean", "own", "variance_ratio")]
+        e = r.variance[SPLIT + ("variance_ratio",)]
         cover += e.covers(0.09)
         cover_wrong += e.covers(0.3**2 * 1.3)  # a 30% larger ratio must be rejected
         values.append(e.value)
-        sd = r.variance[("instruct_over_base", "diffmean", "own", "sd_ratio")]
+        sd = r.variance[SPLIT + ("sd_ratio",)]
         assert sd.value == pytest.approx(np.sqrt(e.value), rel=1e-9)
+        assert sd.lo == pytest.approx(np.sqrt(e.lo), rel=1e-9)
     assert cover >= 9, values
     assert cover_wrong <= 1, values
     assert np.mean(values) == pytest.approx(0.09, rel=0.05)
@@ -201,23 +203,29 @@ def test_variance_ratio_interval_covers_planted_ratio():
 
 def test_variance_and_share_match_oracle_projection():
     Xb, Xi, lab, iss, u, _ = planted(5)
+    part = lab != "neutral"
     oracle = {}
-    for name, X in (("base", Xb), ("instruct", Xi)):
+    for name, X, sc in (("base", Xb, 1.0), ("instruct", Xi, 0.3)):
         p = X.astype(float) @ u
-        total = np.trace(np.cov(X.astype(float), rowvar=False))
-        oracle[name] = (np.std(p, ddof=1), np.var(p, ddof=1) / total, np.ptp(p))
+        total = np.trace(np.cov(X[part].astype(float), rowvar=False))
+        # between-party variance along u: (|Delta| / 2)^2 = (scale * m)^2 with m = 1
+        oracle[name] = (np.std(p, ddof=1), sc**2, sc**2 / total, np.ptp(p))
     for projection in P.PROJECTIONS:
-        s = P.PartisanSettings(n_boot=100, methods=("diffmean",), projection=projection)
+        s = P.PartisanSettings(
+            n_boot=100, methods=("diffmean",), projection=projection, n_perm=20
+        )
         r = P.analyse_layer(Xb, Xi, lab, iss, layer=0, settings=s)
         for name in P.MODELS:
-            sd, share, rng_ = oracle[name]
+            sd, pvar, share, rng_ = oracle[name]
             assert r.variance[(name, "diffmean", "own", "sd")].value == pytest.approx(sd, rel=0.03)
-            got = r.variance[(name, "diffmean", "own", "partisan_share")]
-            assert got.value == pytest.approx(share, rel=0.05)
+            got = r.variance[(name, "diffmean", "split_half", "partisan_variance")]
+            assert got.lo <= pvar <= got.hi, (name, got, pvar)
+            got = r.variance[(name, "diffmean", "split_half", "partisan_share")]
+            assert got.value == pytest.approx(share, rel=0.1)
             assert got.lo <= got.value <= got.hi
-            assert r.variance[(name, "diffmean", "own", "range")].value == pytest.approx(
-                rng_, rel=0.1
-            )
+            width = r.variance[(name, "diffmean", "own", "range")]
+            assert width.value == pytest.approx(rng_, rel=0.1)
+            assert np.isnan(width.lo) and np.isnan(width.hi)  # descriptive: no interval
             # Projections are centred.
             assert abs(r.projections[(name, "diffmean", "own")].mean()) < 0.02 * sd
 
@@ -274,6 +282,7 @@ def test_tables_headline_and_best_layer(tmp_path):
     assert set(transfer["metric"]) == {
         "transfer_auc_base_to_instruct",
         "transfer_auc_instruct_to_base",
+        "cosine_raw",
         "cosine_base_instruct",
     }
     variance = P.variance_table(results)

@@ -17,11 +17,11 @@ def rec(value, lo, hi, n=100):
 
 def test_published_inside_and_outside_interval():
     doc = doc_with({"partisan.p.auc_base": rec(0.94, 0.93, 0.96),
-                    "partisan.p.sd_base": rec(0.5, 0.45, 0.55)})
+                    "partisan.p.sd_ratio": rec(0.5, 0.45, 0.55)})
     t = claims_table(doc)
     row = {r["key"]: r for r in t.iter_rows(named=True)}
     assert row["partisan.p.auc_base"]["published_in_interval"] == "yes"
-    assert row["partisan.p.sd_base"]["published_in_interval"] == "no"
+    assert row["partisan.p.sd_ratio"]["published_in_interval"] == "no"
     # claims of studies that did not run are listed as such, not dropped
     assert "not run" in t.filter(t["study"] == "reward")["published_in_interval"].to_list()
 

@@ -14,15 +14,27 @@ forward pass. One exception in HF itself: for the *last* block HF's
 ``hidden_states[-1]`` has the final norm applied; here the last layer is, like
 every other, the block's raw output (what SAEs and probes are trained on).
 
+Pooling rule (``pool_over``). A prompt is the user's statement, possibly wrapped
+in a chat template (system header, date line, role markers, generation prompt).
+With ``pool_over="content"`` (the default) extraction locates the statement's
+token span inside the rendered template from the fast tokenizer's offset
+mapping, and every stored row comes from that span only: "mean" averages it,
+"last" is its last token, "token" rows are its tokens. Template tokens never
+enter a row, so base (no template) and instruct (template) rows describe the
+same text. ``pool_over="all"`` is the older rule: every prompt token except BOS.
+
 Shard layout (shared contract), one row per (prompt, layer, position[, token]):
 ``prompt_id`` string, ``label`` string|null, ``issue`` string|null, ``layer``
-int16, ``position`` string ("last" = last prompt token, "mean" = mean over prompt
-tokens excluding BOS and padding, "token" = one row per non-BOS prompt token),
-``token_index`` int32 (index in the unpadded sequence, -1 for "mean"),
-``token_id`` int32 (-1 for "mean"), ``vector`` fixed_size_list<float16|float32>
-[d_model]. Each row group holds one (layer, position) so that readers skip the
-rest by statistics. Within a shard rows are in length-sorted batch order, not
-prompt order: key on ``prompt_id``.
+int16, ``position`` string ("last" = last pooled token, "mean" = mean over the
+pooled tokens, "token" = one row per pooled token), ``token_index`` int32 (index
+in the unpadded sequence, -1 for "mean"), ``token_id`` int32 (-1 for "mean"),
+``vector`` fixed_size_list<float16|float32> [d_model], then ``span_start``,
+``span_stop`` int32: the half-open token range ``[span_start, span_stop)`` of the
+unpadded sequence that was pooled (the statement for ``pool_over="content"``).
+Shards written before the span columns existed lack them; readers ask for them
+only when present. Each row group holds one (layer, position) so that readers
+skip the rest by statistics. Within a shard rows are in length-sorted batch
+order, not prompt order: key on ``prompt_id``.
 """
 
 from __future__ import annotations
@@ -53,8 +65,18 @@ log = logging.getLogger(__name__)
 
 POSITIONS = ("last", "mean", "token")
 """Position kinds, in the order rows are written."""
+POOL_OVER = ("content", "all")
+"""Pooling rules: the statement's tokens only, or every prompt token but BOS."""
 META_COLUMNS = ["prompt_id", "label", "issue", "token_index", "token_id"]
 """Columns of the ``meta`` frame returned by :func:`read_vectors`."""
+SPAN_COLUMNS = ["span_start", "span_stop"]
+"""Per-row columns holding the pooled token range of the row's prompt."""
+POOLING_RULES = {
+    "content": "statement tokens only: the user's text located in the rendered chat template "
+    "by the fast tokenizer's offset mapping; template, BOS and padding tokens excluded",
+    "all": "every prompt token except BOS and padding (template tokens included)",
+}
+"""What each ``pool_over`` value pools, in words (written to the manifest)."""
 EXTRACT_META_KEY = b"rlhf_audit.extract"
 """Schema-metadata key holding the shard's own description (d_model, layers, dtype)."""
 _STORAGE_DTYPES = {
@@ -103,6 +125,9 @@ class ExtractSettings:
     memory of a shard whatever its number of prompts."""
     compression: str = "snappy"
     """Parquet compression codec ("snappy", "zstd", "none")."""
+    pool_over: str = "content"
+    """Which tokens the rows come from: "content" = the user's statement only (located
+    inside the chat template; needs a fast tokenizer), "all" = every token but BOS."""
 
     def __post_init__(self) -> None:
         # Config files give lists; store tuples so the frozen settings stay hashable.
@@ -138,6 +163,10 @@ class ExtractSettings:
                 raise ValueError(f"extract settings: {name} must be a positive int")
         if not self.buffer_mb > 0:
             raise ValueError("extract settings: buffer_mb must be > 0")
+        if self.pool_over not in POOL_OVER:
+            raise ValueError(
+                f"extract settings: pool_over {self.pool_over!r} must be one of {list(POOL_OVER)}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,8 +245,14 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def _resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
     return _COMPUTE_DTYPES[name]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -297,8 +332,8 @@ class _Plan:
 class _BatchState:
     """Per-batch tensors the hooks read, and what they gathered."""
 
-    last_pos: torch.Tensor | None = None  # [B] long
-    content: torch.Tensor | None = None  # [B, T] bool: prompt tokens that are not BOS/padding
+    last_pos: torch.Tensor | None = None  # [B] long: last pooled token (padded coordinates)
+    content: torch.Tensor | None = None  # [B, T] bool: the pooled tokens (see pool_over)
     n_content: torch.Tensor | None = None  # [B] float
     pooled: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> [kinds] x [B, D]
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [n_tok, D]
@@ -338,38 +373,127 @@ def _validate_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.col("text").cast(pl.String))
 
 
-def tokenize_prompts(
+_MARKER = "\ue000rlhf-audit-statement\ue001"
+"""A placeholder the chat template renders in place of the statement (private-use
+characters, which no real prompt contains), to find where the user's text goes."""
+
+
+def _render(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def locate_statement(tokenizer, text: str, rendered: str) -> tuple[int, int] | None:
+    """Character range ``[start, stop)`` of ``text`` inside its chat-template rendering.
+
+    The template is rendered once more with a placeholder instead of the text; the
+    statement starts where the placeholder does. A template that trims the content is
+    allowed (the stripped text is looked for too). If the placeholder does not help
+    (the template inspects the content), a unique occurrence of the text is used.
+    Returns None when the text cannot be found unambiguously.
+    """
+    candidates = [c for c in dict.fromkeys((text, text.strip())) if c]
+    marked = _render(tokenizer, _MARKER)
+    if marked.count(_MARKER) == 1:
+        prefix = marked[: marked.index(_MARKER)]
+        for c in candidates:
+            if rendered.startswith(prefix + c):
+                return len(prefix), len(prefix) + len(c)
+    for c in candidates:
+        if rendered.count(c) == 1:
+            i = rendered.index(c)
+            return i, i + len(c)
+    return None
+
+
+def _span_from_offsets(
+    offsets: Sequence[tuple[int, int]], start: int, stop: int
+) -> tuple[int, int]:
+    """Token range ``[a, b)`` of the tokens whose characters overlap ``[start, stop)``.
+
+    Special tokens the tokenizer adds (BOS) have empty offsets and never overlap.
+    """
+    inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < stop and e > start]
+    if not inside:
+        return -1, -1
+    return inside[0], inside[-1] + 1
+
+
+def tokenize_with_spans(
     tokenizer,
     texts: Sequence[str],
     settings: ExtractSettings,
     ids: Sequence[str] | None = None,
     *,
     chunk: int = 512,
-) -> list[np.ndarray]:
-    """Token ids per prompt as the model will see them (chat template, BOS, length check).
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Token ids per prompt as the model will see them, and the token span that is pooled.
 
-    Returns one int32 array ``[n_tokens]`` per prompt. Texts are tokenised ``chunk`` at
-    a time so the tokenizer's per-token objects never exist for a whole shard at once.
+    Returns ``(tokens, spans)``: one int32 array ``[n_tokens]`` per prompt (chat template,
+    BOS, length check applied) and ``spans`` int64 ``[n_prompts, 2]``, the half-open
+    range of token indices whose rows are stored. With ``pool_over="content"`` that is
+    the statement itself, found from the fast tokenizer's offset mapping (with or
+    without a template); with ``"all"`` it runs from the first non-BOS token to the end.
+    Texts are tokenised ``chunk`` at a time so the tokenizer's per-token objects never
+    exist for a whole shard at once. Raises ValueError naming the prompt whose
+    statement cannot be located.
     """
     if settings.chat_template and getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(
             "chat_template is true but the tokenizer has no chat template; set "
             "chat_template: false for base models"
         )
+    content = settings.pool_over == "content"
+    if content and not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"pool_over: content locates the statement with a fast tokenizer's offset mapping, "
+            f"but {type(tokenizer).__name__} is not a fast tokenizer; install the model's "
+            "tokenizer.json (a fast tokenizer) or set extract.pool_over: all"
+        )
+    bos = tokenizer.bos_token_id
     out: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
     for s in range(0, len(texts), chunk):
         part = list(texts[s : s + chunk])
-        if settings.chat_template:
-            part = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
-                )
-                for t in part
-            ]
+        rendered = [_render(tokenizer, t) for t in part] if settings.chat_template else part
         enc = tokenizer(
-            part, add_special_tokens=not settings.chat_template, return_attention_mask=False
-        )["input_ids"]
-        out.extend(np.asarray(t, dtype=np.int32) for t in enc)
+            rendered,
+            add_special_tokens=not settings.chat_template,
+            return_attention_mask=False,
+            return_offsets_mapping=content,
+        )
+        for j, toks in enumerate(enc["input_ids"]):
+            arr = np.asarray(toks, dtype=np.int32)
+            out.append(arr)
+            if not content:
+                first = 0
+                while first < len(arr) - 1 and bos is not None and arr[first] == bos:
+                    first += 1
+                spans.append((first, len(arr)))
+                continue
+            name = ids[s + j] if ids is not None else s + j
+            where = (
+                locate_statement(tokenizer, part[j], rendered[j])
+                if settings.chat_template
+                else (0, len(part[j]))
+            )
+            span = (-1, -1)
+            if where is not None:
+                span = _span_from_offsets(enc["offset_mapping"][j], *where)
+            if span[0] < 0:
+                what = (
+                    f"its chat-template rendering {rendered[j][:120]!r}"
+                    if settings.chat_template
+                    else "its tokenisation"
+                )
+                raise ValueError(
+                    f"prompt {name!r}: its text cannot be located among the tokens of {what}"
+                    "; the template rewrites the user's text or the tokenizer's offsets are "
+                    "wrong. Fix the template, or set extract.pool_over: all to pool every token "
+                    "(template included)"
+                )
+            spans.append(span)
     too_long = [i for i, t in enumerate(out) if len(t) > settings.max_length]
     if too_long:
         names = [ids[i] if ids is not None else i for i in too_long[:10]]
@@ -386,7 +510,32 @@ def tokenize_prompts(
         )
         for i in too_long:
             out[i] = out[i][: settings.max_length].copy()
-    return out
+            a, b = spans[i]
+            if a >= settings.max_length:
+                name = ids[i] if ids is not None else i
+                raise ValueError(
+                    f"prompt {name!r}: its statement starts at token {a}, beyond "
+                    f"max_length={settings.max_length} once the template is added; raise "
+                    "max_length"
+                )
+            spans[i] = (a, min(b, settings.max_length))
+    return out, np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+
+def tokenize_prompts(
+    tokenizer,
+    texts: Sequence[str],
+    settings: ExtractSettings,
+    ids: Sequence[str] | None = None,
+    *,
+    chunk: int = 512,
+) -> list[np.ndarray]:
+    """Token ids per prompt as the model will see them (chat template, BOS, length check).
+
+    Returns one int32 array ``[n_tokens]`` per prompt; :func:`tokenize_with_spans` also
+    returns the pooled span.
+    """
+    return tokenize_with_spans(tokenizer, texts, settings, ids, chunk=chunk)[0]
 
 
 def _shard_schema(d_model: int, value_type: pa.DataType, metadata: dict[bytes, bytes]) -> pa.Schema:
@@ -400,6 +549,8 @@ def _shard_schema(d_model: int, value_type: pa.DataType, metadata: dict[bytes, b
             ("token_index", pa.int32()),
             ("token_id", pa.int32()),
             ("vector", pa.list_(value_type, d_model)),
+            ("span_start", pa.int32()),
+            ("span_stop", pa.int32()),
         ],
         metadata=metadata,
     )
@@ -480,10 +631,10 @@ def extract_shard(
     model.eval()
 
     ids = df["id"].to_list()
-    token_lists = tokenize_prompts(tokenizer, df["text"].to_list(), settings, ids)
+    token_lists, spans = tokenize_with_spans(tokenizer, df["text"].to_list(), settings, ids)
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     bos = tokenizer.bos_token_id
-    if "mean" in kinds:
+    if "mean" in kinds and settings.pool_over == "all":
         # A prompt that is BOS only has no tokens to average: say which, rather than write NaN.
         empty = [ids[i] for i, t in enumerate(token_lists) if bool((t == bos).all())]
         if empty:
@@ -514,8 +665,9 @@ def extract_shard(
             model,
             [token_lists[i] for i in idx],
             lengths[idx],
+            spans[idx],
             pad_id,
-            bos,
+            bos if settings.pool_over == "all" else None,
             left,
             plan,
             state,
@@ -529,6 +681,9 @@ def extract_shard(
         "positions": positions,
         "dtype": settings.dtype,
         "n_layers": n_layers,
+        "pool_over": settings.pool_over,
+        "compute_dtype": _dtype_name(compute),
+        "device": device.type,
     }
     stats = {
         "rows": 0,
@@ -561,7 +716,13 @@ def extract_shard(
                         )
                         buf = _RowGroupBuffer(writer, schema, int(settings.buffer_mb * 2**20))
                     _add_batch_rows(
-                        buf, res, order[start:stop], plan, ids_arr, label_arr, issue_arr, schema
+                        buf,
+                        res,
+                        order[start:stop],
+                        plan,
+                        (ids_arr, label_arr, issue_arr),
+                        spans,
+                        schema,
                     )
                     buf.maybe_flush()
                     stats["batch_size"] = max(stats["batch_size"], stop - start)
@@ -609,6 +770,7 @@ def _forward_batch(
     model,
     rows: list[np.ndarray],
     lengths: np.ndarray,
+    spans: np.ndarray,
     pad_id: int,
     bos: int | None,
     left: bool,
@@ -616,7 +778,11 @@ def _forward_batch(
     state: _BatchState,
     device: torch.device,
 ) -> dict[str, Any]:
-    """One padded forward pass up to the deepest needed block; gathered rows as numpy."""
+    """One padded forward pass up to the deepest needed block; gathered rows as numpy.
+
+    ``spans`` ``[B, 2]``: the token range of each unpadded prompt whose rows are kept;
+    with ``bos`` given (pool_over "all"), BOS tokens inside it are dropped too.
+    """
     B, T = len(rows), int(lengths.max())
     ids = np.full((B, T), pad_id, dtype=np.int64)
     for i, r in enumerate(rows):
@@ -631,8 +797,12 @@ def _forward_batch(
     # Positions count real tokens only, so rotary phases under left padding equal those
     # of the unpadded prompt (the HF default arange would shift them by the pad count).
     position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
-    content = mask & (input_ids != bos) if bos is not None else mask
-    state.last_pos = torch.where(mask, ar[None, :], -1).max(-1).values
+    sp = torch.from_numpy(np.asarray(spans, dtype=np.int64)).to(device)
+    content = mask & (position_ids >= sp[:, :1]) & (position_ids < sp[:, 1:])
+    if bos is not None:
+        content = content & (input_ids != bos)
+    # "last" is the last pooled token: the statement's last token under pool_over content.
+    state.last_pos = torch.where(content, ar[None, :], -1).max(-1).values
     state.content = content
     state.n_content = content.sum(-1).to(torch.float32)
     state.pooled, state.tokens = {}, {}
@@ -678,16 +848,18 @@ def _add_batch_rows(
     res: dict[str, Any],
     idx: np.ndarray,
     plan: _Plan,
-    ids_arr: pa.Array,
-    label_arr: pa.Array,
-    issue_arr: pa.Array,
+    prompt_cols: tuple[pa.Array, pa.Array, pa.Array],
+    spans: np.ndarray,
     schema: pa.Schema,
 ) -> None:
     """Append one batch's rows to ``buf`` as record batches keyed by (layer, position)."""
     names = schema.names
+    ids_arr, label_arr, issue_arr = prompt_cols
+    span32 = spans.astype(np.int32)
     if "pooled" in res:
         take = pa.array(idx)
         pid, lab, iss = ids_arr.take(take), label_arr.take(take), issue_arr.take(take)
+        s0, s1 = pa.array(span32[idx, 0]), pa.array(span32[idx, 1])
         B = len(idx)
         minus = pa.array(np.full(B, -1, np.int32))
         last_index = pa.array(res["last_index"].astype(np.int32))
@@ -708,13 +880,17 @@ def _add_batch_rows(
                         ti,
                         tid,
                         _vectors_to_arrow(vec, plan.arrow_value),
+                        s0,
+                        s1,
                     ],
                     names=names,
                 )
                 buf.add((L, POSITIONS.index(kind)), rb, vec.nbytes)
     if "tokens" in res:
-        take = pa.array(idx[res["tok_row"]])
+        rows = idx[res["tok_row"]]
+        take = pa.array(rows)
         pid, lab, iss = ids_arr.take(take), label_arr.take(take), issue_arr.take(take)
+        s0, s1 = pa.array(span32[rows, 0]), pa.array(span32[rows, 1])
         n = len(res["tok_row"])
         ti = pa.array(res["tok_index"].astype(np.int32))
         tid = pa.array(res["tok_id"].astype(np.int32))
@@ -731,6 +907,8 @@ def _add_batch_rows(
                     ti,
                     tid,
                     _vectors_to_arrow(vec, plan.arrow_value),
+                    s0,
+                    s1,
                 ],
                 names=names,
             )
@@ -783,18 +961,31 @@ def _vectors_numpy(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def read_vectors(
-    paths: str | os.PathLike | Sequence[str | os.PathLike], layer: int, position: str
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    layer: int,
+    position: str,
+    *,
+    extra_columns: Sequence[str] = (),
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """Rows of one (layer, position) from activation shards (files or a shard folder).
 
     Only the matching row groups are read (filter pushed down to Parquet
     statistics). Returns ``meta`` (polars; columns prompt_id, label, issue,
-    token_index, token_id) and ``X`` float32 ``[n_rows, d_model]``, row-aligned.
-    Raises ValueError listing the available (layer, position) pairs if none match.
+    token_index, token_id, then ``extra_columns``, e.g. :data:`SPAN_COLUMNS`) and ``X``
+    float32 ``[n_rows, d_model]``, row-aligned. Raises ValueError listing the available
+    (layer, position) pairs if none match, or naming an extra column the shards lack.
     """
     files = _as_paths(paths)
     dataset = pads.dataset(files, format="parquet")
-    table = dataset.to_table(columns=[*META_COLUMNS, "vector"], filter=_row_filter(layer, position))
+    missing = [c for c in extra_columns if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(
+            f"activation shards (e.g. {files[0]}) have no column(s) {missing}: they were "
+            "written before those columns existed; re-extract them"
+        )
+    table = dataset.to_table(
+        columns=[*META_COLUMNS, *extra_columns, "vector"], filter=_row_filter(layer, position)
+    )
     if table.num_rows == 0:
         raise ValueError(
             f"no rows with layer={layer}, position={position!r} in {len(files)} shard(s) "
@@ -805,13 +996,30 @@ def read_vectors(
     return meta, X
 
 
+def read_spans(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pl.DataFrame:
+    """The pooled token span of every prompt in activation shards: columns prompt_id,
+    span_start, span_stop (half-open token indices of the unpadded sequence)."""
+    files = _as_paths(paths)
+    dataset = pads.dataset(files, format="parquet")
+    missing = [c for c in SPAN_COLUMNS if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(
+            f"activation shards (e.g. {files[0]}) record no token spans (no {missing}); "
+            "re-extract them"
+        )
+    t = dataset.to_table(columns=["prompt_id", *SPAN_COLUMNS])
+    return pl.from_arrow(t).unique(subset="prompt_id", keep="first", maintain_order=True)
+
+
 def iter_token_batches(
     paths: str | os.PathLike | Sequence[str | os.PathLike], layer: int, batch_rows: int
 ) -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
     """Stream the "token" rows of ``layer`` as ``(meta, X [batch_rows, d_model] float32)``.
 
     Every batch has ``batch_rows`` rows except the last; memory stays at about one
-    batch plus one Parquet row group whatever the number of shards.
+    batch plus one Parquet row group whatever the number of shards. The token rows are
+    the pooled tokens only: under ``pool_over="content"`` (the default) exactly each
+    statement's span, never a chat-template token.
     """
     if batch_rows < 1:
         raise ValueError("batch_rows must be >= 1")
@@ -939,6 +1147,43 @@ def code_hash() -> str:
     return hash_files([__file__])
 
 
+def resolved_revision(
+    hf: str | None, revision: str | None, *, cache_dir: str | os.PathLike | None = None
+) -> str | None:
+    """The commit sha of the locally cached snapshot of hub model ``hf`` at ``revision``
+    (a branch, tag or sha; None = main), or None for a local model or an uncached one.
+
+    A branch such as ``main`` moves; the manifest records this sha so that a run says
+    which weights it read. Logs a warning when ``revision`` is not itself a commit sha.
+    """
+    if not hf:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            hf,
+            revision=revision,
+            allow_patterns=["config.json"],
+            local_files_only=True,
+            cache_dir=cache_dir,
+        )
+    except Exception as err:  # noqa: BLE001 - any lookup failure only loses the record
+        log.warning("cannot resolve the cached snapshot of %s@%s: %s", hf, revision, err)
+        return None
+    sha = Path(folder).name
+    if not (revision and len(revision) == 40 and revision == sha):
+        log.warning(
+            "model %s is named by revision %r, which can move; this run read commit %s: pin "
+            "it with revision: %s in the config",
+            hf,
+            revision or "main",
+            sha,
+            sha,
+        )
+    return sha
+
+
 def shard_entry(path: str | os.PathLike) -> dict:
     """Name, rows, bytes and sha256 of one written shard, for the manifest."""
     p = Path(path)
@@ -961,9 +1206,14 @@ def build_manifest(
     n_layers: int,
     shards: Sequence[str | os.PathLike],
     d_model: int | None = None,
+    resolved_revision: str | None = None,
 ) -> dict:
     """The activation set's manifest: what model, tokenizer, data, code and settings
-    made which shards. ``model`` is the spec ({hf, revision} or {path})."""
+    made which shards. ``model`` is the spec ({hf, revision} or {path}); ``revision`` the
+    configured one and ``resolved_revision`` the commit of the snapshot actually read.
+    ``compute_dtype`` and ``device`` are what the shards were computed in (read back
+    from the shards, never "auto"); ``pool_over``/``pooling_rule`` say which tokens the
+    rows come from."""
     layers = resolve_layers(settings.layers, n_layers)
     token_layers = (
         resolve_layers(
@@ -972,13 +1222,27 @@ def build_manifest(
         if "token" in settings.positions
         else []
     )
+    info = [shard_info(s) for s in shards]
+    compute = sorted({i.get("compute_dtype") or "unrecorded" for i in info})
+    devices = sorted({i.get("device") or "unrecorded" for i in info})
+    pooled = sorted({i.get("pool_over") or "unrecorded" for i in info})
+    if pooled != [settings.pool_over]:
+        raise ValueError(
+            f"shards were pooled with pool_over {pooled}, the settings say "
+            f"{settings.pool_over!r}: re-extract the shards"
+        )
     return {
         "model": model,
         "revision": revision,
+        "resolved_revision": resolved_revision,
         "weight_hash": weight_hash,
         "tokenizer_hash": tokenizer_hash,
         "data_hash": data_hash,
         "dtype": settings.dtype,
+        "compute_dtype": compute[0] if len(compute) == 1 else compute,
+        "device": devices[0] if len(devices) == 1 else devices,
+        "pool_over": settings.pool_over,
+        "pooling_rule": POOLING_RULES[settings.pool_over],
         "layers": layers,
         "token_layers": token_layers,
         "positions": [p for p in POSITIONS if p in settings.positions],
@@ -1020,13 +1284,16 @@ __all__ = [
     "iter_token_batches",
     "library_versions",
     "plan_shards",
+    "read_spans",
     "read_vectors",
+    "resolved_revision",
     "resolve_layers",
     "run_with_backoff",
     "shard_entry",
     "shard_info",
     "shard_name",
     "tokenize_prompts",
+    "tokenize_with_spans",
     "tokenizer_hash",
     "weight_files",
     "write_manifest",

@@ -18,37 +18,49 @@ Per layer, from residual-stream activations of the SAME prompts in both models
 * **Transfer.** The base model's fold directions applied to the instruct model's
   held-out activations and the reverse (AUC; thresholds do not transfer between
   models, so transfer scores are centred on the target model's training-fold
-  mean projection, which uses no labels). Cosine similarity between the two
-  models' full-data directions.
-* **Variance compression.** Each prompt (all labels, neutral included) is
-  projected on its model's OWN unit direction (the paper-like choice) and, as a
-  check, on the BASE direction. By default projections are out-of-fold (the
-  direction was fitted without the prompt's issue, so fitting noise does not
-  inflate the spread) and centred on the training-fold mean projection (0 = the
-  average prompt): ranges are therefore comparable in width, not in endpoints,
-  with the paper's uncentred ranges. Reported: SD, min, max, range, the variance
-  ratio instruct/base (paired: the same prompts are resampled in both models)
-  and the partisan share of variance (variance along the direction / total
-  variance = trace of the activation covariance).
+  mean projection, which uses no labels).
+* **Variance compression (split-half cross products).** The partisan variance of a
+  model is the between-party variance ``|Delta|^2 / 4`` along its partisan
+  direction, ``Delta`` the population right-minus-left mean difference. The
+  issues are split at random into two disjoint halves; each half gives a mean
+  difference ``d_A``, ``d_B``; their noises are independent, so ``d_A . d_B`` is
+  unbiased for ``|Delta|^2`` whatever the noise covariance (projecting on a fitted
+  direction is not: it picks up each model's own off-axis noise, worst when the
+  noise spectrum decays as real residual spectra do). Averaged over
+  ``n_splits`` random splits, this gives each model's partisan variance, its share
+  of the model's total variance, the ratio instruct/base (``variance_ratio``, the
+  paper's compression in scale-free form), the ratio along the base direction and
+  the disattenuated cosine between the models' directions (cross-model products
+  from opposite halves). Intervals: an issue bootstrap that refits (re-splits and
+  recomputes the difference vectors). Noise floor: the ratio's 95th percentile
+  after permuting left/right labels within each issue of the instruct model.
+  The ratio of ``|Delta|^2`` equals the paper's ratio of projection variances when
+  alignment scales the partisan coordinate as a whole (spread within parties too).
+* **Descriptive spread.** Each prompt (all labels, neutral included) projected on
+  its model's OWN unit direction (and, as a check, on the BASE direction),
+  out-of-fold by default and centred on the training-fold mean projection: SD,
+  min, max and range (a width, comparable with the paper's widths, not
+  endpoints) in raw activation units, which differ between models and from the
+  paper's, so only ratios and shares are compared with it. Their variance ratio is
+  kept as ``projection_variance_ratio``, a check of the old, biased estimate.
 
-Uncertainty. Every number is an :class:`~rlhf_audit.stats.Estimate` with a 95%
-interval from a cluster bootstrap over policy issues (prompts of one issue are
-resampled together; ``n`` = number of issues), because prompts on one issue
-share wording and topic and are not independent. Prompts without an issue are
-their own cluster. The bootstrap resamples the fixed OOF scores/projections (no
-refitting), which keeps it cheap; the fold-to-fold variability of the fitted
-direction is therefore not in those intervals. The cosine between the models'
-directions, which needs refits, gets a delete-one-fold jackknife interval
-instead (the K training-fold fits are exactly the K leave-one-fold-out fits).
+Uncertainty. Probe, transfer and SD numbers are :class:`~rlhf_audit.stats.Estimate`s
+with a 95% interval from a cluster bootstrap over policy issues (prompts of one issue
+are resampled together; ``n`` = number of issues), because prompts on one issue share
+wording and topic and are not independent. Prompts without an issue are their own
+cluster. That bootstrap resamples the fixed OOF scores/projections (no refitting); the
+split-half estimates refit in every replicate. Min, max and range carry no interval (a
+percentile bootstrap is not valid for extremes). The raw cosine of the fitted
+directions (``cosine_raw``, attenuated by their noise) gets a delete-one-fold
+jackknife interval.
 
-Known biases (both conservative for the paper's claims). (1) A fitted direction carries
-estimation noise; held-out prompts projected on it pick up orthogonal variance through
-that noise, so variance along an estimated direction is inflated, most in the model whose
-partisan signal is weak relative to the rest of its variance (after compression, the
-instruct model): the variance ratio is biased towards 1 when prompts are few relative to
-d_model. The base-direction ratio is less affected when the base signal is strong.
-(2) Under no signal, pooled cross-validated AUC sits slightly below 0.5 (a training part's
-class difference is anti-correlated with its test part's).
+Known biases. (1) The split-half ratio is a ratio of unbiased estimates: nearly
+unbiased when the base signal is well above its noise, upward biased (and noisy)
+when it is not; the permutation floor says when the instruct signal is
+indistinguishable from none. (2) Within-issue permutation moves single prompts;
+when several prompts share a statement (paraphrases), the real null is wider than
+this floor. (3) Under no signal, pooled cross-validated AUC sits slightly below 0.5
+(a training part's class difference is anti-correlated with its test part's).
 
 Selection. The best layer is the one with the highest base OOF AUC for
 ``headline_method`` (ties go to the shallower layer); its own interval comes
@@ -89,11 +101,20 @@ PROJECTIONS = ("out_of_fold", "full")
 JACKKNIFE_METHOD = "delete-one-fold jackknife (issue-grouped folds), t 95%"
 """``Estimate.method`` of the cosine intervals."""
 BOOT_METHOD = "cluster bootstrap over policy issues, percentile 95%"
-"""``Estimate.method`` of every bootstrap interval in this module."""
+"""``Estimate.method`` of the bootstrap intervals of fixed scores and projections."""
+SPLIT_METHOD = (
+    "split-half cross products over random halves of the issues; cluster bootstrap over "
+    "issues that refits (re-splits), percentile 95%"
+)
+"""``Estimate.method`` of the split-half estimates (variance ratio, shares, cosine)."""
+DESCRIPTIVE_METHOD = "descriptive: no interval (a bootstrap interval is not valid for extremes)"
+"""``Estimate.method`` of min, max and range."""
 
 HEADLINE_KEYS: dict[str, str] = {
     "best_layer": "Layer (0-based block output) with the highest base out-of-fold AUC; "
-    "interval from re-selecting the layer in each bootstrap replicate",
+    "interval from re-selecting the layer in each bootstrap replicate. Every partisan key "
+    "reads vectors pooled over the statement's own tokens (extract.pool_over: content; "
+    "since issue 16, before which instruct vectors also pooled the chat template's tokens)",
     "auc_base": "Out-of-fold AUC (right vs left) of the base model's partisan probe at the "
     "best layer",
     "auc_instruct": "Out-of-fold AUC of the instruct model's own partisan probe at the best layer",
@@ -102,27 +123,42 @@ HEADLINE_KEYS: dict[str, str] = {
     "cohens_d_base": "Cohen's d (right minus left) of base out-of-fold projections at the "
     "best layer",
     "cohens_d_instruct": "Cohen's d of instruct out-of-fold projections at the best layer",
-    "sd_base": "SD of all prompts' projections on the base direction, base model "
-    "(activation units)",
-    "sd_instruct": "SD of all prompts' projections on the instruct model's own direction "
-    "(activation units)",
-    "range_base": "Range (max - min) of base projections on the base direction (activation units)",
-    "range_instruct": "Range of instruct projections on the instruct direction (activation units)",
-    "variance_ratio": "Variance of projections instruct/base, each on its own direction "
-    "(paired bootstrap; < 1 = compression)",
-    "sd_ratio": "SD of projections instruct/base, each on its own direction",
-    "variance_ratio_base_direction": "Variance ratio instruct/base with both models projected "
-    "on the base direction",
-    "partisan_share_base": "Share of the base model's total activation variance lying along "
-    "its partisan direction",
-    "partisan_share_instruct": "Share of the instruct model's total activation variance lying "
-    "along its partisan direction",
+    "sd_base": "Descriptive, raw activation units (not comparable across models or with a "
+    "paper): SD of all prompts' out-of-fold projections on the base direction, base model",
+    "sd_instruct": "Descriptive, raw activation units: SD of all prompts' out-of-fold "
+    "projections on the instruct model's own direction",
+    "range_base": "Descriptive, raw activation units: width (max - min) of base out-of-fold "
+    "projections on the base direction; no interval (not valid for extremes; until issue 16 "
+    "a percentile interval was given)",
+    "range_instruct": "Descriptive, raw activation units: width (max - min) of instruct "
+    "projections on its own direction; no interval",
+    "variance_ratio": "Partisan variance instruct/base: the between-party variance D.D/4 "
+    "along each model's partisan direction (D: right-minus-left mean difference), each D.D "
+    "estimated without bias by the dot product of the mean differences of two disjoint "
+    "halves of the issues (averaged over random splits); interval: issue bootstrap that "
+    "refits; < 1 = "
+    "compression. Since issue 16 (was: variance of own-direction projections, biased towards 1 "
+    "when noise is uneven across dimensions)",
+    "sd_ratio": "Square root of variance_ratio (split-half; since issue 16)",
+    "variance_ratio_noise_floor": "Noise floor of variance_ratio: 95th percentile of the "
+    "instruct/base ratio after permuting left/right labels within each issue of the instruct "
+    "model (a model with no partisan separation reaches this by chance); no interval",
+    "variance_ratio_base_direction": "Variance ratio instruct/base along the base direction: "
+    "(D_i.D_b)^2 / (D_b.D_b)^2 from split-half cross products (since issue 16; was: "
+    "projection variance on the base direction)",
+    "partisan_share_base": "Share of the base model's total variance (trace of the covariance "
+    "of the partisan prompts) that is between-party variance along its partisan direction, "
+    "split-half numerator (since issue 16; was: variance of own-direction projections)",
+    "partisan_share_instruct": "The same share for the instruct model (split-half; since "
+    "issue 16)",
     "transfer_auc_base_to_instruct": "AUC of the base direction applied to instruct "
     "activations (out-of-fold)",
     "transfer_auc_instruct_to_base": "AUC of the instruct direction applied to base "
     "activations (out-of-fold)",
-    "cosine_base_instruct": "Cosine similarity of the base and instruct partisan directions "
-    "(jackknife interval)",
+    "cosine_base_instruct": "Disattenuated cosine of the base and instruct partisan "
+    "directions: D_b.D_i / sqrt(D_b.D_b D_i.D_i), every product from opposite "
+    "issue halves, so estimation noise does not shrink it; issue bootstrap that refits "
+    "(since issue 16; was: raw cosine of the fitted directions with a jackknife interval)",
 }
 """Headline keys returned by :func:`headline` (per model pair), with a description each."""
 
@@ -151,7 +187,12 @@ class PartisanSettings:
     n_boot: int = 1000
     """Bootstrap replicates of every interval."""
     seed: int = 0
-    """Seed of the fold assignment and of the bootstrap."""
+    """Seed of the fold assignment, the split-halves, the bootstrap and the permutations."""
+    n_splits: int = 20
+    """Random half-splits of the issues averaged in every split-half cross-product estimate
+    (more splits: less split-to-split noise, same expectation)."""
+    n_perm: int = 200
+    """Within-issue label permutations behind the variance-ratio noise floor."""
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -172,6 +213,10 @@ class PartisanSettings:
             raise ValueError(f"partisan C={self.C}: must be > 0")
         if self.n_boot < 1:
             raise ValueError(f"partisan n_boot={self.n_boot}: must be >= 1")
+        if self.n_splits < 1:
+            raise ValueError(f"partisan n_splits={self.n_splits}: must be >= 1")
+        if self.n_perm < 1:
+            raise ValueError(f"partisan n_perm={self.n_perm}: must be >= 1")
 
 
 # ----------------------------------------------------------------------------- results
@@ -183,7 +228,9 @@ class LayerResult:
 
     Keys of the dicts: ``probe[(model, method, metric)]`` with metric in auc/accuracy/
     cohens_d; ``transfer[(method, metric)]``; ``variance[(model, method, direction,
-    metric)]`` with model in base/instruct/instruct_over_base and direction in own/base.
+    metric)]`` with model in base/instruct/instruct_over_base and direction in own/base
+    (projections) or split_half (cross-product estimates, method diffmean); see
+    :func:`variance_table` for the metrics.
     """
 
     layer: int
@@ -418,6 +465,265 @@ def _jackknife_interval(full: float, per_fold: np.ndarray, n_units: int, unit: s
     )
 
 
+# ------------------------------------------------------------------ split-half geometry
+
+MAX_SPLIT_UNITS = 200
+"""Most resampling units of the split-half estimates (clusters beyond are pooled)."""
+SPLIT_HALF_STATS = (
+    "partisan_variance_base",
+    "partisan_variance_instruct",
+    "partisan_share_base",
+    "partisan_share_instruct",
+    "variance_ratio",
+    "variance_ratio_base_direction",
+    "cosine_base_instruct",
+)
+"""Statistics of :func:`split_half_statistics`, in the order of its arrays."""
+
+
+@dataclass
+class ClusterSums:
+    """Per-cluster (issue) sums of the partisan prompts' centred activations, both models.
+
+    ``V[m]`` ``[2K, d_model]`` stacks the sums over right prompts (rows 0..K-1) and over
+    left prompts (rows K..2K-1) of each cluster; every split-half statistic is a bilinear
+    form of these rows, so it only needs their Gram matrices ``G[(m, m2)]`` ``[2K, 2K]``.
+    Vectors are centred on the partisan prompts' mean (differences are unchanged, and
+    the sums stay well conditioned).
+    """
+
+    clusters: np.ndarray
+    """``[K]`` cluster names."""
+    n_right: np.ndarray
+    """``[K]`` right prompts per cluster."""
+    n_left: np.ndarray
+    """``[K]`` left prompts per cluster."""
+    sq: dict[str, np.ndarray]
+    """``model -> [K]`` sum of squared norms of the cluster's centred partisan vectors."""
+    G: dict[tuple[str, str], np.ndarray]
+    """``(model, model) -> [2K, 2K]`` Gram matrices of the stacked sums."""
+
+    @classmethod
+    def build(cls, Xs: dict[str, np.ndarray], right: np.ndarray, clusters: np.ndarray):
+        """From ``Xs[model]`` ``[n_partisan, d]``, ``right`` ``[n]`` bool, ``clusters`` ``[n]``."""
+        names, inv = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+        K = len(names)
+        n_right = np.bincount(inv, weights=right, minlength=K)
+        n_left = np.bincount(inv, weights=~right, minlength=K)
+        V, sq = {}, {}
+        for m, X in Xs.items():
+            Xc = X - X.mean(0)
+            V[m] = _class_sums(Xc, inv, right, K)
+            sq[m] = np.bincount(inv, weights=(Xc**2).sum(1), minlength=K)
+        G = {(a, b): V[a] @ V[b].T for a in MODELS for b in MODELS}
+        return cls(names, n_right, n_left, sq, G)
+
+
+def _class_sums(Xc: np.ndarray, inv: np.ndarray, right: np.ndarray, K: int) -> np.ndarray:
+    """``[2K, d]``: per-cluster sums of right rows, then of left rows."""
+    import scipy.sparse as sp
+
+    n = len(inv)
+    rows = np.where(right, inv, inv + K)
+    M = sp.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(2 * K, n))
+    return np.asarray(M @ Xc)
+
+
+def _half_coefficients(w: np.ndarray, halves: np.ndarray, cs: ClusterSums) -> np.ndarray:
+    """``[S, 2K]`` coefficients c with ``c @ V`` = right mean minus left mean of one half.
+
+    ``w`` ``[K]`` cluster weights (bootstrap multiplicities), ``halves`` ``[S, K]`` bool.
+    Rows whose half lacks right or left prompts are NaN.
+    """
+    wh = halves * w[None, :]
+    n_r = wh @ cs.n_right
+    n_l = wh @ cs.n_left
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.concatenate([wh / n_r[:, None], -wh / n_l[:, None]], axis=1)
+    c[(n_r == 0) | (n_l == 0)] = np.nan
+    return c
+
+
+def _random_halves(present: np.ndarray, n_splits: int, rng: np.random.Generator) -> np.ndarray:
+    """``[S, K]`` bool: half A of ``n_splits`` random splits of the present clusters
+    (``present`` ``[K]`` bool); half B is the rest of the present clusters."""
+    idx = np.flatnonzero(present)
+    order = np.argsort(rng.random((n_splits, len(idx))), axis=1)
+    halves = np.zeros((n_splits, len(present)), dtype=bool)
+    first = idx[order[:, : len(idx) // 2]]
+    halves[np.repeat(np.arange(n_splits), first.shape[1]), first.ravel()] = True
+    return halves
+
+
+def _cross(G: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[S]``: ``a_s^T G b_s``, the dot product of two halves' difference vectors."""
+    return np.einsum("sk,sk->s", a @ G, b)
+
+
+def _trace(cs: ClusterSums, m: str, w: np.ndarray) -> float:
+    """Total variance (trace of the covariance) of the weighted partisan prompts of ``m``."""
+    n = float(w @ (cs.n_right + cs.n_left))
+    s = np.concatenate([w, w]) / n  # coefficients of the weighted mean
+    mean_sq = float(s @ cs.G[(m, m)] @ s)
+    return (float(w @ cs.sq[m]) - n * mean_sq) / (n - 1)
+
+
+def split_half_statistics(
+    cs: ClusterSums, w: np.ndarray, halves: np.ndarray
+) -> dict[str, float]:
+    """Split-half cross-product estimates for cluster weights ``w`` over splits ``halves``.
+
+    For each split, d_A and d_B are the right-minus-left mean differences of the two
+    halves (disjoint clusters, so their noise is independent); ``d_A . d_B`` is then
+    unbiased for ``|Delta|^2`` whatever the noise covariance, where ``Delta`` is the
+    population class difference. The cross products are averaged over the splits and
+    turned into (keys of :data:`SPLIT_HALF_STATS`): each model's partisan variance
+    ``|Delta|^2 / 4`` (the between-party variance along its direction for balanced
+    parties), its share of the model's total variance, their ratio instruct/base, the
+    instruct/base variance ratio along the base direction ``(Delta_i . Delta_b)^2 /
+    |Delta_b|^4`` and the disattenuated cosine ``Delta_b . Delta_i / (|Delta_b||Delta_i|)``
+    (cross-model products use opposite halves: ``(d_A^b . d_B^i + d_B^b . d_A^i) / 2``;
+    clipped to [-1, 1]; NaN when a model's own cross product is not positive).
+    """
+    a = _half_coefficients(w, halves, cs)
+    b = _half_coefficients(w, (~halves) & (w > 0)[None, :], cs)
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    nan = dict.fromkeys(SPLIT_HALF_STATS, math.nan)
+    if not ok.any():
+        return nan
+    a, b = a[ok], b[ok]
+    c_bb = float(_cross(cs.G[("base", "base")], a, b).mean())
+    c_ii = float(_cross(cs.G[("instruct", "instruct")], a, b).mean())
+    G_bi = cs.G[("base", "instruct")]
+    c_bi = float(0.5 * (_cross(G_bi, a, b) + _cross(G_bi, b, a)).mean())
+    out = {
+        "partisan_variance_base": c_bb / 4,
+        "partisan_variance_instruct": c_ii / 4,
+        "partisan_share_base": c_bb / 4 / _trace(cs, "base", w),
+        "partisan_share_instruct": c_ii / 4 / _trace(cs, "instruct", w),
+    }
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["variance_ratio"] = c_ii / c_bb if c_bb > 0 else math.nan
+        out["variance_ratio_base_direction"] = (c_bi / c_bb) ** 2 if c_bb > 0 else math.nan
+        # Clipped: noise can push an unbiased ratio of products past +-1.
+        out["cosine_base_instruct"] = (
+            float(np.clip(c_bi / math.sqrt(c_bb * c_ii), -1.0, 1.0))
+            if c_bb > 0 and c_ii > 0
+            else math.nan
+        )
+    return out
+
+
+def within_cluster_permutation(
+    right: np.ndarray, inv: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``right`` with its values shuffled among the prompts of each cluster (``inv`` [n])."""
+    grouped = np.argsort(inv, kind="stable")
+    shuffled = np.lexsort((rng.random(len(inv)), inv))
+    out = np.empty_like(right)
+    out[grouped] = right[shuffled]
+    return out
+
+
+def _cluster_index(cs: ClusterSums, clusters: np.ndarray) -> np.ndarray:
+    return np.searchsorted(cs.clusters, np.asarray(clusters).astype(str))
+
+
+def split_half_analysis(
+    Xb: np.ndarray,
+    Xi: np.ndarray,
+    right: np.ndarray,
+    clusters: np.ndarray,
+    settings: PartisanSettings,
+) -> dict[str, Estimate]:
+    """Split-half statistics of the partisan prompts with their intervals and noise floor.
+
+    ``Xb``, ``Xi`` ``[n_partisan, d_model]``, ``right`` ``[n]`` bool, ``clusters`` ``[n]``.
+    Point estimates average ``settings.n_splits`` random half-splits of the clusters.
+    Intervals: cluster bootstrap that refits (clusters resampled, every copy of a
+    cluster kept in one half, new splits, new difference vectors), percentile 95%.
+    Noise floor: labels permuted within each cluster (``settings.n_perm`` times), the
+    instruct cross product recomputed on the same splits; the floor is the 95th
+    percentile of that null's instruct/base ratio, i.e. the ratio a model with no
+    partisan separation at all would reach by chance. Also returned: ``permutation_p``,
+    the one-sided permutation p-value of the instruct partisan variance.
+    """
+    right = np.asarray(right, dtype=bool)
+    orig = np.asarray(clusters).astype(str)
+    names, orig_inv = np.unique(orig, return_inverse=True)
+    # Labels move within issues; without issues (every prompt its own cluster) globally.
+    perm_groups = orig_inv if np.bincount(orig_inv).max() > 1 else np.zeros_like(orig_inv)
+    unit_of = orig
+    if len(names) > MAX_SPLIT_UNITS:
+        # Many small clusters (e.g. no issues given): whole clusters are pooled into
+        # MAX_SPLIT_UNITS random blocks, still independent units, so the bootstrap and
+        # the splits stay O(blocks^2) instead of O(prompts^2).
+        block = np.random.default_rng([settings.seed, 1]).permutation(len(names))
+        unit_of = np.array([f"block{b % MAX_SPLIT_UNITS:04d}" for b in block])[orig_inv]
+        log.info("%d clusters pooled into %d random blocks for the split-half estimates",
+                 len(names), MAX_SPLIT_UNITS)
+    cs = ClusterSums.build({"base": Xb, "instruct": Xi}, right, unit_of)
+    K = len(cs.clusters)
+    rng = np.random.default_rng(settings.seed)
+    ones = np.ones(K)
+    if K < 4:
+        log.warning("only %d issues: split-half estimates need at least 4; reported as NaN", K)
+        nan = Estimate(math.nan, math.nan, math.nan, K, "", SPLIT_METHOD)
+        return {k: nan for k in (*SPLIT_HALF_STATS, "variance_ratio_noise_floor",
+                                 "permutation_p")}
+    halves = _random_halves(ones > 0, settings.n_splits, rng)
+    point = split_half_statistics(cs, ones, halves)
+
+    reps = np.full((settings.n_boot, len(SPLIT_HALF_STATS)), np.nan)
+    for r in range(settings.n_boot):
+        w = np.bincount(rng.integers(0, K, K), minlength=K).astype(float)
+        h = _random_halves(w > 0, settings.n_splits, rng)
+        st = split_half_statistics(cs, w, h)
+        reps[r] = [st[k] for k in SPLIT_HALF_STATS]
+
+    units = {"partisan_variance_base": "activation units^2",
+             "partisan_variance_instruct": "activation units^2",
+             "partisan_share_base": "fraction", "partisan_share_instruct": "fraction",
+             "variance_ratio": "ratio", "variance_ratio_base_direction": "ratio",
+             "cosine_base_instruct": "cosine"}
+    out = {}
+    for j, k in enumerate(SPLIT_HALF_STATS):
+        finite = reps[:, j][np.isfinite(reps[:, j])]
+        lo = hi = math.nan
+        if len(finite) >= settings.n_boot / 2:
+            lo, hi = (float(x) for x in np.quantile(finite, [0.025, 0.975]))
+        out[k] = Estimate(float(point[k]), lo, hi, K, units[k], SPLIT_METHOD)
+
+    # Null: no partisan separation in instruct, same issues, same noise.
+    inv = _cluster_index(cs, unit_of)
+    Xic = Xi - Xi.mean(0)
+    c_bb = 4 * point["partisan_variance_base"]
+    c_ii = 4 * point["partisan_variance_instruct"]
+    null = np.full(settings.n_perm, np.nan)
+    for p in range(settings.n_perm):
+        yp = within_cluster_permutation(right, perm_groups, rng)
+        counts = ClusterSums(cs.clusters, np.bincount(inv, weights=yp, minlength=K),
+                             np.bincount(inv, weights=~yp, minlength=K), {}, {})
+        a = _half_coefficients(ones, halves, counts)
+        b = _half_coefficients(ones, ~halves, counts)
+        keep = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+        if keep.any():
+            V = _class_sums(Xic, inv, yp, K)
+            null[p] = float(_cross(V @ V.T, a[keep], b[keep]).mean())
+    null = null[np.isfinite(null)]
+    floor = float(np.quantile(null, 0.95)) / c_bb if c_bb > 0 and len(null) else math.nan
+    out["variance_ratio_noise_floor"] = Estimate(
+        floor, math.nan, math.nan, K, "ratio",
+        f"within-issue label permutation, 95th percentile of {settings.n_perm} permutations",
+    )
+    p_value = (1 + int((null >= c_ii).sum())) / (len(null) + 1)
+    out["permutation_p"] = Estimate(
+        p_value, math.nan, math.nan, K, "p-value",
+        f"within-issue label permutation, one-sided, {settings.n_perm} permutations",
+    )
+    return out
+
+
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -450,11 +756,6 @@ def analyse_layer(
     g_part = groups[part]
     n_groups = len(np.unique(groups.astype(str)))
     res = LayerResult(layer=int(layer), prompt_ids=pid, labels=lab, groups=groups, folds=folds)
-
-    # Row norms about the full-sample mean: the bootstrap's total variance (trace of the
-    # covariance) is their mean over a resample, exact up to an O(1/n) term, without the
-    # O(n^2 d) Gram matrix an exact resampled trace would need.
-    sq_dev = {m: ((X - X.mean(0)) ** 2).sum(1) for m, X in Xs.items()}
 
     for method in settings.methods:
         fold_u = {m: np.zeros((k, Xs[m].shape[1])) for m in MODELS}
@@ -493,12 +794,14 @@ def analyse_layer(
             res.transfer[(method, f"transfer_auc_{src}_to_{tgt}")] = _boot(
                 auc, (transfer_scores[tgt][part], y_all[part]), g_part, settings, "AUC"
             )
+        # The raw cosine of two fitted directions is attenuated by their estimation
+        # noise (descriptive); the headline cosine is the split-half one below.
         cos_full = float(
             res.directions[("base", method)].astype(np.float64)
             @ res.directions[("instruct", method)]
         )
         cos_folds = np.einsum("kd,kd->k", fold_u["base"], fold_u["instruct"])
-        res.transfer[(method, "cosine_base_instruct")] = _jackknife_interval(
+        res.transfer[(method, "cosine_raw")] = _jackknife_interval(
             cos_full, cos_folds, n_groups, "cosine"
         )
 
@@ -518,7 +821,12 @@ def analyse_layer(
         }
         for (m, direction), p in proj.items():
             res.projections[(m, method, direction)] = p
-        _variance_estimates(res, method, proj, sq_dev, groups, settings)
+        _variance_estimates(res, method, proj, groups, settings)
+
+    sh = split_half_analysis(
+        Xs["base"][part], Xs["instruct"][part], y_all[part], groups[part], settings
+    )
+    _store_split_half(res, sh)
 
     log.info(
         "layer %d: %s",
@@ -532,7 +840,10 @@ def analyse_layer(
     return res
 
 
-def _variance_estimates(res, method, proj, sq_dev, groups, settings):
+def _variance_estimates(res, method, proj, groups, settings):
+    """Descriptive spread of the out-of-fold projections (activation units): SD with a
+    bootstrap interval, min/max/range without one; and, as a check, the variance ratio
+    of those projections (biased when noise is uneven across dimensions: see module)."""
     idx = np.arange(len(groups))
     for (m, direction), p in proj.items():
         if m == "base" and direction == "base":
@@ -541,43 +852,53 @@ def _variance_estimates(res, method, proj, sq_dev, groups, settings):
         res.variance[key + ("sd",)] = _boot(
             lambda i, p=p: float(np.std(p[i], ddof=1)), (idx,), groups, settings, "activation units"
         )
-        res.variance[key + ("min",)] = _boot(
-            lambda i, p=p: float(p[i].min()), (idx,), groups, settings, "activation units"
-        )
-        res.variance[key + ("max",)] = _boot(
-            lambda i, p=p: float(p[i].max()), (idx,), groups, settings, "activation units"
-        )
-        res.variance[key + ("range",)] = _boot(
-            lambda i, p=p: float(np.ptp(p[i])), (idx,), groups, settings, "activation units"
-        )
-        q = sq_dev[m]
-        res.variance[key + ("partisan_share",)] = _boot(
-            lambda i, p=p, q=q: float(np.var(p[i], ddof=1) / (q[i].sum() / (len(i) - 1))),
-            (idx,),
-            groups,
-            settings,
-            "fraction",
-        )
-    for metric in ("sd", "min", "max", "range", "partisan_share"):
+        n_units = len(np.unique(np.asarray(groups).astype(str)))
+        for metric, value in (("min", p.min()), ("max", p.max()), ("range", np.ptp(p))):
+            res.variance[key + (metric,)] = Estimate(
+                float(value), math.nan, math.nan, n_units, "activation units", DESCRIPTIVE_METHOD
+            )
+    for metric in ("sd", "min", "max", "range"):
         res.variance[("base", method, "base", metric)] = res.variance[
             ("base", method, "own", metric)
         ]
     for direction in ("own", "base"):
         pb, pi = proj[("base", direction)], proj[("instruct", direction)]
-        res.variance[("instruct_over_base", method, direction, "variance_ratio")] = _boot(
-            lambda i, pb=pb, pi=pi: float(np.var(pi[i], ddof=1) / np.var(pb[i], ddof=1)),
-            (idx,),
-            groups,
-            settings,
-            "ratio",
+        res.variance[("instruct_over_base", method, direction, "projection_variance_ratio")] = (
+            _boot(
+                lambda i, pb=pb, pi=pi: float(np.var(pi[i], ddof=1) / np.var(pb[i], ddof=1)),
+                (idx,),
+                groups,
+                settings,
+                "ratio",
+            )
         )
-        res.variance[("instruct_over_base", method, direction, "sd_ratio")] = _boot(
-            lambda i, pb=pb, pi=pi: float(np.std(pi[i], ddof=1) / np.std(pb[i], ddof=1)),
-            (idx,),
-            groups,
-            settings,
-            "ratio",
-        )
+
+
+def _sqrt_estimate(e: Estimate) -> Estimate:
+    def root(x):
+        return math.sqrt(x) if x >= 0 else math.nan
+
+    return Estimate(root(e.value), root(e.lo), root(e.hi), e.n, "ratio", e.method)
+
+
+def _store_split_half(res: LayerResult, sh: dict[str, Estimate]) -> None:
+    """Split-half estimates into the variance/transfer dicts (method "diffmean": they are
+    cross products of difference-of-means vectors)."""
+    v, meth = res.variance, "diffmean"
+    for m in MODELS:
+        v[(m, meth, "split_half", "partisan_variance")] = sh[f"partisan_variance_{m}"]
+        v[(m, meth, "split_half", "partisan_share")] = sh[f"partisan_share_{m}"]
+    v[("instruct", meth, "split_half", "permutation_p")] = sh["permutation_p"]
+    ratio = sh["variance_ratio"]
+    v[("instruct_over_base", meth, "split_half", "variance_ratio")] = ratio
+    v[("instruct_over_base", meth, "split_half", "sd_ratio")] = _sqrt_estimate(ratio)
+    v[("instruct_over_base", meth, "split_half", "variance_ratio_noise_floor")] = sh[
+        "variance_ratio_noise_floor"
+    ]
+    v[("instruct_over_base", meth, "base", "variance_ratio")] = sh[
+        "variance_ratio_base_direction"
+    ]
+    res.transfer[(meth, "cosine_base_instruct")] = sh["cosine_base_instruct"]
 
 
 def analyse_layers(
@@ -622,7 +943,8 @@ def probe_table(results: Sequence[LayerResult]) -> pl.DataFrame:
 
 def transfer_table(results: Sequence[LayerResult]) -> pl.DataFrame:
     """Per-layer transfer: columns layer, method, metric (transfer_auc_base_to_instruct,
-    transfer_auc_instruct_to_base, cosine_base_instruct), value, lo, hi, n, interval."""
+    transfer_auc_instruct_to_base, cosine_raw per method; cosine_base_instruct, the
+    split-half disattenuated cosine, under method diffmean), value, lo, hi, n, interval."""
     rows = [
         {"layer": r.layer, "method": meth, "metric": metric, **_est_row(e), "interval": e.method}
         for r in results
@@ -643,8 +965,13 @@ def transfer_table(results: Sequence[LayerResult]) -> pl.DataFrame:
 
 def variance_table(results: Sequence[LayerResult]) -> pl.DataFrame:
     """Per-layer variance compression: columns model (base/instruct/instruct_over_base), layer,
-    method, direction (own/base), metric (sd/min/max/range/partisan_share for a model;
-    variance_ratio/sd_ratio for instruct_over_base), value, lo, hi, n."""
+    method, direction, metric, value, lo, hi, n. Rows: descriptive sd/min/max/range of a
+    model's projections (direction own/base, per method; min/max/range without interval);
+    split-half rows under method diffmean, direction split_half: partisan_variance and
+    partisan_share per model, permutation_p (instruct), and for instruct_over_base
+    variance_ratio, sd_ratio, variance_ratio_noise_floor; variance_ratio along the base
+    direction (direction base); projection_variance_ratio (direction own/base, per
+    method), the biased projection check."""
     rows = [
         {
             "model": m,
@@ -722,6 +1049,24 @@ def directions_table(results: Sequence[LayerResult]) -> pl.DataFrame:
 # ---------------------------------------------------------------------------- headline
 
 
+MANIFEST_KEYS = ("model", "resolved_revision", "weight_hash", "data_hash", "pool_over",
+                 "compute_dtype")
+"""Activation-manifest entries the partisan tables carry in their provenance."""
+
+
+def check_same_pooling(manifests: dict[str, dict]) -> None:
+    """Both models' activations must pool the same tokens (``pool_over``): otherwise one
+    model's vectors average template tokens the other's do not, and every variance
+    comparison is off. ``manifests``: role -> activation manifest."""
+    rules = {role: m.get("pool_over", "all (written before pool_over existed)")
+             for role, m in manifests.items()}
+    if len(set(rules.values())) > 1:
+        raise ValueError(
+            f"the activation sets were pooled differently ({rules}); re-extract both with the "
+            "same extract.pool_over (content pools the user's text only)"
+        )
+
+
 def best_layer(probe: pl.DataFrame, method: str) -> int:
     """Layer with the highest base out-of-fold AUC for ``method``; ties go to the shallower
     layer. ``probe`` is :func:`probe_table`'s output."""
@@ -779,18 +1124,17 @@ def headline(
             out[f"{metric}_{m}"] = r.probe[(m, method, metric)]
         out[f"sd_{m}"] = r.variance[(m, method, "own", "sd")]
         out[f"range_{m}"] = r.variance[(m, method, "own", "range")]
-        out[f"partisan_share_{m}"] = r.variance[(m, method, "own", "partisan_share")]
-    out["variance_ratio"] = r.variance[("instruct_over_base", method, "own", "variance_ratio")]
-    out["sd_ratio"] = r.variance[("instruct_over_base", method, "own", "sd_ratio")]
+        out[f"partisan_share_{m}"] = r.variance[(m, "diffmean", "split_half", "partisan_share")]
+    split = ("instruct_over_base", "diffmean", "split_half")
+    out["variance_ratio"] = r.variance[split + ("variance_ratio",)]
+    out["sd_ratio"] = r.variance[split + ("sd_ratio",)]
+    out["variance_ratio_noise_floor"] = r.variance[split + ("variance_ratio_noise_floor",)]
     out["variance_ratio_base_direction"] = r.variance[
-        ("instruct_over_base", method, "base", "variance_ratio")
+        ("instruct_over_base", "diffmean", "base", "variance_ratio")
     ]
-    for metric in (
-        "transfer_auc_base_to_instruct",
-        "transfer_auc_instruct_to_base",
-        "cosine_base_instruct",
-    ):
+    for metric in ("transfer_auc_base_to_instruct", "transfer_auc_instruct_to_base"):
         out[metric] = r.transfer[(method, metric)]
+    out["cosine_base_instruct"] = r.transfer[("diffmean", "cosine_base_instruct")]
     missing = set(HEADLINE_KEYS) ^ set(out)
     assert not missing, missing  # HEADLINE_KEYS and this function must agree
     return {k: out[k] for k in HEADLINE_KEYS}
@@ -875,31 +1219,40 @@ def plot_projections(
 
 
 def plot_variance_ratio(variance: pl.DataFrame, png_path: str | Path) -> None:
-    """Variance ratio instruct/base by layer (95% bands, log scale; 1 = no compression), each
-    method on its own direction (solid) and on the base direction (dashed)."""
-    sub = variance.filter(
-        (pl.col("model") == "instruct_over_base") & (pl.col("metric") == "variance_ratio")
+    """Variance ratio instruct/base by layer (log scale; 1 = no compression): the split-half
+    estimate with its 95% band (solid), along the base direction (dashed), the
+    label-permutation noise floor (grey) and, thin, the projection-variance check."""
+    sub = variance.filter(pl.col("model") == "instruct_over_base")
+    curves = (
+        ("split_half", "variance_ratio", dict(ls="-", color="#55a868", lw=1.6), True,
+         "split-half (headline)"),
+        ("base", "variance_ratio", dict(ls="--", color="#55a868", lw=1.2), False,
+         "along the base direction"),
+        ("split_half", "variance_ratio_noise_floor", dict(ls=":", color="#7f7f7f", lw=1.2),
+         False, "noise floor (label permutation, 95%)"),
+        ("own", "projection_variance_ratio", dict(ls="-", color="#8172b3", lw=0.8), False,
+         "projection variance (biased check)"),
     )
-    if sub.height == 0:
+    if sub.filter(pl.col("metric") == "variance_ratio").height == 0:
         raise ValueError("variance table has no variance_ratio rows")
     fig, axes = new_figure()
     ax = axes[0, 0]
-    colors = {"diffmean": "#55a868", "logreg": "#8172b3"}
-    for meth in [m for m in METHODS if m in set(sub["method"].to_list())]:
-        for d, ls in (("own", "-"), ("base", "--")):
-            s = sub.filter((pl.col("method") == meth) & (pl.col("direction") == d)).sort("layer")
-            x = s["layer"].to_numpy()
-            ax.plot(
-                x,
-                s["value"].to_numpy(),
-                ls=ls,
-                marker="o",
-                ms=3,
-                color=colors[meth],
-                label=f"{meth}, {d} direction",
-            )
+    for direction, metric, style, band, label in curves:
+        s = sub.filter(
+            (pl.col("method") == "diffmean")
+            & (pl.col("direction") == direction)
+            & (pl.col("metric") == metric)
+        ).sort("layer")
+        if s.height == 0:
+            continue
+        x = s["layer"].to_numpy()
+        y = s["value"].to_numpy()
+        # A log axis cannot show a non-positive estimate (no detectable signal).
+        ax.plot(x, np.where(y > 0, y, np.nan), marker="o", ms=3, label=label, **style)
+        if band:
             ax.fill_between(
-                x, s["lo"].to_numpy(), s["hi"].to_numpy(), color=colors[meth], alpha=0.15, lw=0
+                x, s["lo"].to_numpy(), s["hi"].to_numpy(), color=style["color"], alpha=0.15,
+                lw=0,
             )
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
     ax.set_yscale("log")

@@ -2,9 +2,15 @@
 
 Published numbers come from ../shared/PAPERS.md (the three studies). A claim
 names a headline key template ({pair} filled per pair of the run); the table
-says whether the published value lies inside this run's 95% interval. On the
-organism run the table is labelled as organism results: they say the pipeline
-works, not what Llama does.
+says whether the published value lies inside this run's 95% interval. A claim
+with an ``expectation`` is also a tested statement: a sign or threshold against
+its null ("> 0.5" for an AUC against chance, "< 1" for a ratio against no change,
+"> @other_key" against another number of the same pair, e.g. a permutation noise
+floor), with a verdict from the 95% interval: supported (the whole interval
+passes), not supported (none of it does) or undecided. Only scale-free numbers
+(ratios, shares, AUCs, standardised effects) are compared with published ones.
+On the organism run the table is labelled as organism results: they say the
+pipeline works, not what Llama does.
 """
 
 from __future__ import annotations
@@ -30,25 +36,35 @@ class Claim:
     published: float | None
     """The published number (None for a qualitative claim)."""
     expectation: str = ""
-    """For a qualitative claim: the sign or bound it implies, e.g. '> 0.5'."""
+    """The test: the sign or bound the claim implies, e.g. '> 0.5', '< 1', or
+    '> @key' (bounded by another headline key of the same pair)."""
     source: str = ""
     """Where the number is from."""
+    null: str = ""
+    """What the bound stands for (the null the test rejects), in words."""
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("partisan", "A linear partisan direction exists in the base model (probe AUC)",
-          "auc_base", 0.945, source="Neutral Mask, claim 1 (companion paper, layer 18)"),
+          "auc_base", 0.945, "> 0.5", "Neutral Mask, claim 1 (companion paper, layer 18)",
+          "chance: a probe on shuffled labels scores 0.5"),
     Claim("partisan", "Base projections separate the parties (Cohen's d)", "cohens_d_base", 1.94,
-          source="Neutral Mask, claim 1 (companion paper)"),
+          "> 0", "Neutral Mask, claim 1 (companion paper)", "no separation between parties"),
     Claim("partisan", "The direction is still present in instruct (base direction read on "
           "instruct activations)", "transfer_auc_base_to_instruct", None, "> 0.5",
-          "Neutral Mask, claim 1"),
-    Claim("partisan", "SD of partisan projections, base", "sd_base", 0.234,
-          source="Neutral Mask, claim 2"),
-    Claim("partisan", "SD of partisan projections, instruct", "sd_instruct", 0.070,
-          source="Neutral Mask, claim 2"),
+          "Neutral Mask, claim 1", "chance: an unrelated direction scores 0.5"),
+    Claim("partisan", "Instruct's partisan direction is the base one (disattenuated cosine)",
+          "cosine_base_instruct", None, "> 0", "Neutral Mask, claim 1",
+          "unrelated directions: cosine 0"),
     Claim("partisan", "Variance ratio instruct/base (~11x compression)", "variance_ratio",
-          (0.070 / 0.234) ** 2, source="Neutral Mask, claim 2 (0.070^2 / 0.234^2)"),
+          (0.070 / 0.234) ** 2, "< 1", "Neutral Mask, claim 2 (0.070^2 / 0.234^2)",
+          "no compression: ratio 1"),
+    Claim("partisan", "SD ratio instruct/base (0.070 / 0.234)", "sd_ratio", 0.070 / 0.234, "< 1",
+          "Neutral Mask, claim 2", "no compression: ratio 1"),
+    Claim("partisan", "Compression is not removal: instruct keeps partisan variance above the "
+          "noise floor", "variance_ratio", None, "> @variance_ratio_noise_floor",
+          "Neutral Mask, claims 1-2", "instruct without partisan separation: the "
+          "within-issue label-permutation floor"),
     Claim("sae", "Policy features that fire in base are completely inactive in instruct",
           "share_inactive_in_instruct", 1.0, source="Neutral Mask, claim 3"),
     Claim("steering", "Feature-level steering moves instruct output far less than base "
@@ -93,17 +109,40 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def _check(expectation: str, lo: float | None, hi: float | None) -> str:
-    """'yes' if the whole interval satisfies the expectation, 'no' if none of it does."""
+def _check(expectation: str, lo: float | None, hi: float | None,
+           bound: float | None = None) -> str:
+    """'yes' if the whole interval satisfies the expectation, 'no' if none of it does.
+
+    ``bound`` replaces the expectation's number when it names another key ('> @key').
+    """
     if lo is None or hi is None or not expectation:
         return "n/a"
-    op, bound = expectation.split()
-    bound = float(bound)
+    op, text = expectation.split()
+    if text.startswith("@"):
+        if bound is None:
+            return "n/a"
+    else:
+        bound = float(text)
     if op == ">":
         return "yes" if lo > bound else ("no" if hi <= bound else "undecided")
     if op == "<":
         return "yes" if hi < bound else ("no" if lo >= bound else "undecided")
     raise ValueError(f"unknown expectation {expectation!r}")
+
+
+VERDICTS = {"yes": "supported", "no": "not supported", "undecided": "undecided", "n/a": "n/a"}
+"""Test outcome -> verdict word in the claims table."""
+
+
+def _test_text(c: Claim, bound: float | None) -> str:
+    if not c.expectation:
+        return ""
+    op, text = c.expectation.split()
+    if text.startswith("@"):
+        shown = f"{text[1:]} ({_fmt(bound)})"
+    else:
+        shown = text
+    return f"95% CI {op} {shown}" + (f"; null: {c.null}" if c.null else "")
 
 
 def _finite(x) -> float | None:
@@ -121,27 +160,34 @@ def claims_table(headline: dict) -> pl.DataFrame:
             rows.append({"study": c.study, "claim": c.claim, "pair": None, "key": c.key,
                          "published": c.published, "expectation": c.expectation,
                          "reproduced": None, "lo": None, "hi": None, "n": None,
-                         "published_in_interval": "not run", "source": c.source})
+                         "published_in_interval": "not run", "source": c.source,
+                         "test": _test_text(c, None), "verdict": "not run"})
             continue
         for k in matches:
             rec = numbers[k]
             lo, hi = _finite(rec.get("lo")), _finite(rec.get("hi"))
+            pair = k[len(prefix):-len(c.key) - 1]
+            bound = None
+            if c.expectation and c.expectation.split()[1].startswith("@"):
+                other = numbers.get(f"{prefix}{pair}.{c.expectation.split()[1][1:]}", {})
+                bound = _finite(other.get("value"))
+            outcome = _check(c.expectation, lo, hi, bound)
             if c.published is not None:
                 inside = ("n/a" if lo is None or hi is None
                           else "yes" if lo <= c.published <= hi else "no")
             else:
-                inside = _check(c.expectation, lo, hi)
-            pair = k[len(prefix):-len(c.key) - 1]
+                inside = outcome
             rows.append({"study": c.study, "claim": c.claim, "pair": pair, "key": k,
                          "published": c.published, "expectation": c.expectation,
                          "reproduced": _finite(rec.get("value")), "lo": lo, "hi": hi,
                          "n": rec.get("n"), "published_in_interval": inside,
-                         "source": c.source})
+                         "source": c.source, "test": _test_text(c, bound),
+                         "verdict": VERDICTS[outcome]})
     return pl.DataFrame(rows, schema={
         "study": pl.String, "claim": pl.String, "pair": pl.String, "key": pl.String,
         "published": pl.Float64, "expectation": pl.String, "reproduced": pl.Float64,
         "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64, "published_in_interval": pl.String,
-        "source": pl.String})
+        "source": pl.String, "test": pl.String, "verdict": pl.String})
 
 
 def _fmt(x) -> str:
@@ -163,14 +209,16 @@ def _title(run_label: str) -> tuple[str, str]:
 def claims_markdown(table: pl.DataFrame, run_label: str) -> str:
     title, note = _title(run_label)
     lines = [f"# {title}", "", note, "",
-             "| study | claim | pair | published | reproduced [95% CI] | n | published inside CI |",
-             "|---|---|---|---|---|---|---|"]
+             "| study | claim | pair | published | reproduced [95% CI] | n | published inside CI "
+             "| test | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
         pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
         rep = (f"{_fmt(r['reproduced'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
                if r["reproduced"] is not None else "–")
         lines.append(f"| {r['study']} | {r['claim']} | {r['pair'] or '–'} | {pub} | {rep} | "
-                     f"{r['n'] if r['n'] is not None else '–'} | {r['published_in_interval']} |")
+                     f"{r['n'] if r['n'] is not None else '–'} | {r['published_in_interval']} | "
+                     f"{r['test'] or '–'} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,13 +228,15 @@ def claims_html(table: pl.DataFrame, run_label: str, provenance: dict | None = N
 
     title, note = _title(run_label)
     head = ("<tr><th>study</th><th>claim</th><th>pair</th><th>published</th>"
-            "<th>reproduced</th><th>95% CI</th><th>n</th><th>published inside CI</th></tr>")
+            "<th>reproduced</th><th>95% CI</th><th>n</th><th>published inside CI</th>"
+            "<th>test</th><th>verdict</th></tr>")
     body = []
     for r in table.iter_rows(named=True):
         pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
         ci = f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["reproduced"] is not None else "–"
         cells = [r["study"], r["claim"], r["pair"] or "–", pub, _fmt(r["reproduced"]), ci,
-                 "–" if r["n"] is None else str(r["n"]), r["published_in_interval"]]
+                 "–" if r["n"] is None else str(r["n"]), r["published_in_interval"],
+                 r["test"] or "–", r["verdict"]]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             "</title><style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"

@@ -124,7 +124,8 @@ def extract_settings(wildcards):
     return {"layers": e["layers"], "positions": list(e["positions"]),
             "token_layers": token_layers, "dtype": e["dtype"],
             "max_length": e["max_length"], "batch_size": e["batch_size"],
-            "chat_template": bool(e["chat_template"][model_role(wildcards.model)])}
+            "chat_template": bool(e["chat_template"][model_role(wildcards.model)]),
+            "pool_over": e["pool_over"], "compute_dtype": config["dtype"]}
 
 
 def extract_shard_index(wildcards):
@@ -298,7 +299,8 @@ def pair_activation_inputs(wildcards):
 def partisan_settings(wildcards):
     p = config["partisan"]
     return {"methods": list(p["methods"]), "headline_method": p["methods"][0],
-            "n_folds": p["n_folds"], "C": p["C"], "n_boot": p["n_boot"], "seed": p["seed"]}
+            "n_folds": p["n_folds"], "C": p["C"], "n_boot": p["n_boot"], "seed": p["seed"],
+            "n_splits": p["n_splits"], "n_perm": p["n_perm"]}
 
 
 # ---- SAE
