@@ -4,8 +4,10 @@ Two reward models score every chosen and rejected transcript of a preference
 dataset: "pre" (not trained on it) and "post" (trained on it). With per-text
 feature labels (:mod:`rlhf_audit.labelling`) this module measures:
 
-- agreement with the human preference, 1[r(chosen) > r(rejected)] (ties count
-  as disagreement), pre and post, and the pre -> post alignment regimes;
+- agreement with the human preference, 1[r(chosen) > r(rejected)], pre and
+  post, and the pre -> post alignment regimes. An exact tie r(chosen) ==
+  r(rejected) is neither agreement nor disagreement: tied pairs are left out
+  of that reward model's shares and counted apart (headline n_ties_pre/post);
 - alignment resistance (share of pairs the post RM still gets wrong), overall
   and per LM-labeller preference stratum gamma;
 - feature imprint: OLS of reward on the feature labels at the text level (two
@@ -15,7 +17,9 @@ feature labels (:mod:`rlhf_audit.labelling`) this module measures:
   rejected-text features;
 - alignment robustness on rewritten pairs: agreement before/after, Pearson r
   of original vs rewritten rewards, semantic similarity, and a linear
-  probability model of "became misaligned" on feature-flip indicators.
+  probability model of "became misaligned" on the label changes (original
+  minus rewritten label per side, SEAL's signed encoding, over every
+  rewritten pair by default).
 
 The pairs table every metric takes has one row per pair::
 
@@ -62,6 +66,8 @@ GAMMA_STRATA: dict[str, str] = {
     "indifferent": "the LM labeller ranks both texts the same",
 }
 IMPRINT_OUTCOMES = ("post", "pre", "shift")
+ROBUSTNESS_POPULATIONS = ("all", "correct_before")
+FLIP_ENCODINGS = ("signed", "unsigned")
 
 
 class TranscriptError(ValueError):
@@ -74,12 +80,16 @@ class ScoringSettings:
 
     batch_size: int = 32
     """Texts per forward pass (batches are formed after sorting by length)."""
-    max_length: int = 512
-    """Longest input in tokens, special tokens included."""
+    max_length: int | None = None
+    """Longest input in tokens, special tokens included; None truncates nothing (as SEAL
+    scored: DeBERTa-v3's relative positions take any length)."""
     marker: str = "Assistant:"
     """Transcripts are split at the last occurrence of this string."""
     keep_marker: bool = True
     """Keep the marker at the start of the last turn, as SEAL's scoring code did."""
+    dtype: str = "float32"
+    """Dtype the reward model scores in. SEAL scored in float32; bf16 quantises logits to
+    about 0.03 near |r| = 4, which manufactures ties and flips close pairs."""
 
 
 @dataclass(frozen=True)
@@ -104,16 +114,29 @@ class SealSettings:
     """Level of every interval (before any Bonferroni adjustment)."""
     robustness_rm: str = "post"
     """Reward model ('pre' or 'post') whose rewrite-induced misalignment the LPM models."""
-    robustness_population: str = "aligned"
-    """Rows of the flip LPM: 'aligned' (pairs the RM got right before rewriting, so the
-    outcome is P(misaligned after | aligned before)) or 'all' (every rewritten pair)."""
+    robustness_population: str = "all"
+    """Rows of the flip LPM: 'all' (every rewritten pair, as SEAL's rewriting notebook) or
+    'correct_before' (pairs the RM got right before rewriting, so the coefficients are
+    changes in P(misaligned after | aligned before))."""
+    flip_encoding: str = "signed"
+    """Regressors of the flip LPM: 'signed' (original minus rewritten label per side, as
+    SEAL; sentiment effects are directional) or 'unsigned' (1 where the label changed)."""
+    vif_threshold: float | None = 10.0
+    """Before the imprint regression, features are dropped one at a time (highest VIF
+    first) while any VIF exceeds this; None keeps every feature (the VIFs are still
+    reported)."""
 
     def __post_init__(self):
         if self.robustness_rm not in ("pre", "post"):
             raise ValueError(f"robustness_rm must be 'pre' or 'post', got {self.robustness_rm!r}")
-        if self.robustness_population not in ("aligned", "all"):
-            raise ValueError("robustness_population must be 'aligned' or 'all', got "
-                             f"{self.robustness_population!r}")
+        if self.robustness_population not in ROBUSTNESS_POPULATIONS:
+            raise ValueError(f"robustness_population must be one of {ROBUSTNESS_POPULATIONS}, "
+                             f"got {self.robustness_population!r}")
+        if self.flip_encoding not in FLIP_ENCODINGS:
+            raise ValueError(f"flip_encoding must be one of {FLIP_ENCODINGS}, got "
+                             f"{self.flip_encoding!r}")
+        if self.vif_threshold is not None and not self.vif_threshold > 1:
+            raise ValueError(f"vif_threshold must exceed 1 (or be null), got {self.vif_threshold}")
         if len(self.gamma_features) != 2:
             raise ValueError("gamma_features must name two features (first, second)")
         for name in ("target_features", "spoiler_features", "exclude_from_regression",
@@ -181,21 +204,25 @@ def _plain_backend(tokenizer):
     return plain
 
 
-def _encode_pairs(tokenizer, prefixes: Sequence[str], responses: Sequence[str], max_length: int):
+def _encode_pairs(tokenizer, prefixes: Sequence[str], responses: Sequence[str],
+                  max_length: int | None):
+    """Pair encodings, their untruncated lengths ``[n]`` and whether each was cut ``[n]``."""
     plain = _plain_backend(tokenizer)
     n_special = plain.num_special_tokens_to_add(True)
-    budget = max_length - n_special
-    if budget < 2:
+    budget = None if max_length is None else max_length - n_special
+    if budget is not None and budget < 2:
         raise ValueError(f"max_length={max_length} leaves no room for text after {n_special} "
                          "special tokens")
     enc_p = plain.encode_batch(list(prefixes), add_special_tokens=False)
     enc_r = plain.encode_batch(list(responses), add_special_tokens=False)
     out = []
-    n_cut = 0
-    for ep, er in zip(enc_p, enc_r, strict=True):
+    n_tokens = np.empty(len(enc_p), dtype=np.int64)
+    cut = np.zeros(len(enc_p), dtype=bool)
+    for i, (ep, er) in enumerate(zip(enc_p, enc_r, strict=True)):
         lp, lr = len(ep.ids), len(er.ids)
-        if lp + lr > budget:
-            n_cut += 1
+        n_tokens[i] = lp + lr + n_special
+        if budget is not None and lp + lr > budget:
+            cut[i] = True
             # Keep the whole response when it fits and cut the oldest context first; a response
             # too long for that keeps its start and the last quarter-budget of context.
             keep_p = min(lp, max(budget - lr, budget // 4))
@@ -203,40 +230,60 @@ def _encode_pairs(tokenizer, prefixes: Sequence[str], responses: Sequence[str], 
             ep.truncate(keep_p, 0, "left")
             er.truncate(keep_r, 0, "right")
         out.append(plain.post_process(ep, er, add_special_tokens=True))
-    if n_cut:
-        log.info("%d of %d inputs longer than %d tokens: context cut from the left", n_cut,
-                 len(out), max_length)
-    return out
+    if cut.any():
+        log.warning("%d of %d inputs longer than %d tokens: context cut from the left (longest "
+                    "%d tokens)", int(cut.sum()), len(out), max_length, int(n_tokens.max()))
+    return out, n_tokens, cut
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Rewards of text pairs and what the tokenizer did to them, all ``[n_texts]``."""
+
+    reward: np.ndarray
+    """float64 rewards (the single logit, computed in the model's dtype)."""
+    n_tokens: np.ndarray
+    """int64 length of the full (prefix, response) encoding, special tokens included."""
+    truncated: np.ndarray
+    """bool, True where the input was longer than max_length and cut."""
 
 
 def score_texts(model, tokenizer, prefixes: Sequence[str], responses: Sequence[str], *,
-                batch_size: int = 32, max_length: int = 512) -> np.ndarray:
+                batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
     """Rewards of (prefix, response) text pairs: the single logit of a sequence classifier.
 
     Each input is the tokenizer's pair encoding of (prefix, response), as SEAL
-    fed its reward models. Inputs longer than ``max_length`` tokens lose the
-    *start of the prefix* (the oldest turns), because the final response and
-    the turn it answers matter most; only a response that cannot fit with a
-    quarter of the budget of context is cut itself (from its end). Batches are
-    formed after sorting by length and right-padded (DeBERTa reads position 0,
-    Llama the last non-pad token); output order is the input order.
+    fed its reward models. With ``max_length`` None nothing is cut (SEAL's
+    choice); inputs longer than ``max_length`` tokens lose the *start of the
+    prefix* (the oldest turns), because the final response and the turn it
+    answers matter most; only a response that cannot fit with a quarter of the
+    budget of context is cut itself (from its end). Batches are formed after
+    sorting by length and right-padded (DeBERTa reads position 0, Llama the
+    last non-pad token); output order is the input order.
 
-    Returns float64 ``[n_texts]``.
+    Returns float64 ``[n_texts]`` (:func:`score_texts_detailed` also says what was cut).
     """
+    return score_texts_detailed(model, tokenizer, prefixes, responses, batch_size=batch_size,
+                                max_length=max_length).reward
+
+
+def score_texts_detailed(model, tokenizer, prefixes: Sequence[str], responses: Sequence[str], *,
+                         batch_size: int = 32, max_length: int | None = None) -> Scores:
+    """:func:`score_texts` with per-text token counts and truncation flags."""
     import torch
 
     if len(prefixes) != len(responses):
         raise ValueError(f"{len(prefixes)} prefixes but {len(responses)} responses")
     n = len(prefixes)
     if n == 0:
-        return np.zeros(0)
+        return Scores(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool))
     pad_id = getattr(model.config, "pad_token_id", None)
     if pad_id is None:
         pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("neither the model config nor the tokenizer has a pad token id; set "
                          "model.config.pad_token_id (rlhf_audit.models.load_reward_model does)")
-    encs = _encode_pairs(tokenizer, prefixes, responses, max_length)
+    encs, n_tokens, cut = _encode_pairs(tokenizer, prefixes, responses, max_length)
     use_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     order = sorted(range(n), key=lambda i: len(encs[i].ids), reverse=True)
     device = next(model.parameters()).device
@@ -267,16 +314,54 @@ def score_texts(model, tokenizer, prefixes: Sequence[str], responses: Sequence[s
                 out[idx] = logits[:, 0].float().cpu().numpy()
     finally:
         model.train(was_training)
-    return out
+    return Scores(out, n_tokens, cut)
+
+
+def ensure_scoring_dtype(model, dtype: str = "float32"):
+    """The reward model in ``dtype`` (cast in place when a loader gave it another one).
+
+    The workflow's ``dtype: auto`` means bf16 on a GPU, right for the LMs but not
+    for reward models, whose logits SEAL compared in float32.
+    """
+    import torch
+
+    want = getattr(torch, dtype, None)
+    if not isinstance(want, torch.dtype) or not want.is_floating_point:
+        raise ValueError("reward scoring dtype must be float32, bfloat16 or float16, got "
+                         f"{dtype!r}")
+    have = next(model.parameters()).dtype
+    if have != want:
+        if torch.finfo(have).bits < torch.finfo(want).bits:
+            # Casting up cannot restore weights already rounded: load in `want` instead.
+            log.warning("reward model was loaded in %s; casting to %s for scoring, but its "
+                        "weights keep %s rounding (load it with load_scoring_model)", have,
+                        want, have)
+        else:
+            log.info("reward model loaded in %s; scoring in %s", have, want)
+        model.to(want)
+    return model
+
+
+def load_scoring_model(spec, device: str = "auto",
+                       settings: ScoringSettings = ScoringSettings()):
+    """(reward model, tokenizer) loaded in ``settings.dtype`` (float32 unless configured
+    otherwise), whatever the workflow-wide ``dtype`` says for LMs."""
+    from rlhf_audit.models import load_reward_model
+
+    return load_reward_model(spec, device=device, dtype=settings.dtype)
 
 
 def score_pairs(model, tokenizer, pairs: pl.DataFrame,
                 settings: ScoringSettings = ScoringSettings()) -> pl.DataFrame:
-    """Rewards of both sides of every pair: DataFrame[pair_id, r_chosen, r_rejected].
+    """Rewards of both sides of every pair.
 
-    ``pairs`` has pair_id, chosen, rejected (full transcripts); both sides are
-    split with :func:`split_transcript` and scored in one length-sorted pass.
+    DataFrame[pair_id, r_chosen, r_rejected, n_tokens_chosen, n_tokens_rejected,
+    truncated_chosen, truncated_rejected]. ``pairs`` has pair_id, chosen,
+    rejected (full transcripts); both sides are split with
+    :func:`split_transcript` and scored in one length-sorted pass, in
+    ``settings.dtype`` (the model is cast if it was loaded in another dtype).
     """
+    ensure_scoring_dtype(model, settings.dtype)
     prefixes, responses = [], []
     for pid, c, r in pairs.select("pair_id", "chosen", "rejected").iter_rows():
         for side, text in (("chosen", c), ("rejected", r)):
@@ -284,10 +369,25 @@ def score_pairs(model, tokenizer, pairs: pl.DataFrame,
                                     keep_marker=settings.keep_marker)
             prefixes.append(p)
             responses.append(t)
-    r = score_texts(model, tokenizer, prefixes, responses, batch_size=settings.batch_size,
-                    max_length=settings.max_length)
+    sc = score_texts_detailed(model, tokenizer, prefixes, responses,
+                              batch_size=settings.batch_size, max_length=settings.max_length)
     return pl.DataFrame({"pair_id": pairs["pair_id"].cast(pl.String),
-                         "r_chosen": r[0::2], "r_rejected": r[1::2]})
+                         "r_chosen": sc.reward[0::2], "r_rejected": sc.reward[1::2],
+                         "n_tokens_chosen": sc.n_tokens[0::2],
+                         "n_tokens_rejected": sc.n_tokens[1::2],
+                         "truncated_chosen": sc.truncated[0::2],
+                         "truncated_rejected": sc.truncated[1::2]})
+
+
+def truncation_summary(scores: pl.DataFrame) -> dict[str, int]:
+    """Texts a score table (:func:`score_pairs`) cut, of how many, and the longest input."""
+    if "truncated_chosen" not in scores.columns:
+        raise ValueError("score table lacks truncated_chosen/truncated_rejected; rescore it "
+                         "with rlhf_audit.seal.score_pairs")
+    n_cut = int(scores["truncated_chosen"].sum() + scores["truncated_rejected"].sum())
+    longest = max(int(scores["n_tokens_chosen"].max() or 0),
+                  int(scores["n_tokens_rejected"].max() or 0))
+    return {"n_texts": 2 * scores.height, "n_truncated": n_cut, "max_tokens": longest}
 
 
 def assemble_pairs(pre: pl.DataFrame, post: pl.DataFrame,
@@ -341,33 +441,63 @@ def _check_rewards(pairs: pl.DataFrame, cols: Sequence[str] = REWARD_COLUMNS) ->
 
 
 def agreement_indicator(pairs: pl.DataFrame, rm: str) -> np.ndarray:
-    """1[r_rm(chosen) > r_rm(rejected)] per pair, int8 ``[n_pairs]`` (ties: 0)."""
+    """1[r_rm(chosen) > r_rm(rejected)] per pair, float ``[n_pairs]``; NaN for an exact tie.
+
+    A tie is neither agreement nor disagreement; every share below leaves tied
+    pairs out of its denominator and :func:`tie_counts` reports them.
+    """
     c = pairs[f"r_{rm}_chosen"].to_numpy().astype(float)
     r = pairs[f"r_{rm}_rejected"].to_numpy().astype(float)
-    return (c > r).astype(np.int8)
+    out = (c > r).astype(float)
+    out[c == r] = np.nan
+    return out
+
+
+def tie_counts(pairs: pl.DataFrame) -> dict[str, int]:
+    """Pairs whose chosen and rejected rewards are exactly equal, per reward model."""
+    _check_rewards(pairs)
+    return {rm: int(np.isnan(agreement_indicator(pairs, rm)).sum()) for rm in ("pre", "post")}
 
 
 def _mean(a):
     return float(np.mean(a)) if len(a) else float("nan")
 
 
+def _decided(*arrays: np.ndarray) -> np.ndarray:
+    """Mask of rows where no array is NaN (a tie in any of them)."""
+    ok = np.ones(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        ok &= ~np.isnan(a)
+    return ok
+
+
+def _share(a: np.ndarray, kw: Mapping, what: str) -> Estimate:
+    a = a[~np.isnan(a)]
+    if not len(a):
+        return Estimate(math.nan, math.nan, math.nan, 0, "share", f"undefined: no {what}")
+    return bootstrap(_mean, a, unit="share", **kw)
+
+
 def agreement(pairs: pl.DataFrame, settings: SealSettings = SealSettings()) -> dict[str, Estimate]:
-    """agreement_pre, agreement_post (shares of pairs) and agreement_gain (post - pre)."""
+    """agreement_pre, agreement_post (shares of untied pairs) and agreement_gain (post - pre,
+    paired, over pairs neither model ties)."""
     _check_rewards(pairs)
     pre, post = agreement_indicator(pairs, "pre"), agreement_indicator(pairs, "post")
     kw = {"n_boot": settings.n_boot, "seed": settings.seed, "confidence": settings.confidence}
+    both = _decided(pre, post)
     return {
-        "agreement_pre": bootstrap(_mean, pre, unit="share", **kw),
-        "agreement_post": bootstrap(_mean, post, unit="share", **kw),
-        "agreement_gain": bootstrap(lambda a, b: _mean(a) - _mean(b), post, pre, unit="share",
-                                    **kw),
+        "agreement_pre": _share(pre, kw, "untied pair"),
+        "agreement_post": _share(post, kw, "untied pair"),
+        "agreement_gain": bootstrap(lambda a, b: _mean(a) - _mean(b), post[both], pre[both],
+                                    unit="share", **kw),
     }
 
 
 def regime_labels(pairs: pl.DataFrame) -> np.ndarray:
-    """Alignment regime of each pair, pre -> post: one of REGIMES' keys, ``[n_pairs]``."""
+    """Alignment regime of each pair, pre -> post: one of REGIMES' keys, or None where
+    either reward model ties the pair, ``[n_pairs]``."""
     pre, post = agreement_indicator(pairs, "pre"), agreement_indicator(pairs, "post")
-    out = np.empty(len(pre), dtype=object)
+    out = np.full(len(pre), None, dtype=object)
     out[(pre == 1) & (post == 1)] = "stayed_aligned"
     out[(pre == 0) & (post == 1)] = "got_aligned"
     out[(pre == 0) & (post == 0)] = "resisted"
@@ -377,21 +507,27 @@ def regime_labels(pairs: pl.DataFrame) -> np.ndarray:
 
 def alignment_regimes(pairs: pl.DataFrame,
                       settings: SealSettings = SealSettings()) -> pl.DataFrame:
-    """Shares of the four regimes: DataFrame[regime, description, count, share, lo, hi, n_pairs].
+    """Shares of the four regimes: DataFrame[regime, description, count, share, lo, hi,
+    n_pairs, n_tied].
 
-    Each share has a percentile bootstrap interval over pairs (same resamples
-    for all four, so they stay consistent).
+    Shares are over the pairs neither model ties (n_pairs); n_tied counts the
+    others. Each share has a percentile bootstrap interval over pairs.
     """
     _check_rewards(pairs)
     lab = regime_labels(pairs)
+    decided = np.array([x is not None for x in lab])
+    lab = lab[decided]
     rows = []
     for reg, desc in REGIMES.items():
         ind = (lab == reg).astype(np.int8)
         e = bootstrap(_mean, ind, n_boot=settings.n_boot, seed=settings.seed,
                       confidence=settings.confidence, unit="share")
         rows.append({"regime": reg, "description": desc, "count": int(ind.sum()),
-                     "share": e.value, "lo": e.lo, "hi": e.hi, "n_pairs": e.n})
-    return pl.DataFrame(rows)
+                     "share": e.value, "lo": e.lo, "hi": e.hi, "n_pairs": e.n,
+                     "n_tied": int((~decided).sum())})
+    return pl.DataFrame(rows, schema={"regime": pl.String, "description": pl.String,
+                                      "count": pl.Int64, "share": pl.Float64, "lo": pl.Float64,
+                                      "hi": pl.Float64, "n_pairs": pl.Int64, "n_tied": pl.Int64})
 
 
 # =========================================================================== gamma, resistance
@@ -436,28 +572,45 @@ def alignment_resistance(pairs: pl.DataFrame,
     """Share of pairs the post RM gets wrong, overall and per gamma stratum.
 
     DataFrame[stratum, description, n_pairs, resistance, lo, hi]; strata 'all'
-    then GAMMA_STRATA's keys; pairs whose gamma labels are missing count only
-    in 'all' (their number is in the 'labels_missing' row, with no estimate).
+    then GAMMA_STRATA's keys, then 'gap' (rejected_better minus chosen_better,
+    bootstrapped over all pairs); pairs whose gamma labels are missing count
+    only in 'all' (their number is in the 'labels_missing' row, with no
+    estimate). Pairs the post RM ties are neither right nor wrong and are left
+    out of every stratum.
     """
     _check_rewards(pairs)
     wrong = 1 - agreement_indicator(pairs, "post")
+    decided = ~np.isnan(wrong)
     kw = {"n_boot": settings.n_boot, "seed": settings.seed, "confidence": settings.confidence}
-    e = bootstrap(_mean, wrong, unit="share", **kw)
+    e = _share(wrong, kw, "untied pair")
     rows = [{"stratum": "all", "description": "every pair", "n_pairs": e.n, "resistance": e.value,
              "lo": e.lo, "hi": e.hi}]
     have_labels = all(f"{s}_{f}" in pairs.columns for s in SIDES for f in settings.gamma_features)
     if have_labels:
         gamma = labeller_preference(pairs, settings.gamma_features)
         for st, desc in GAMMA_STRATA.items():
-            sel = wrong[gamma == st]
-            e = bootstrap(_mean, sel, unit="share", **kw) if len(sel) else \
-                Estimate(math.nan, math.nan, math.nan, 0, "share")
+            e = _share(wrong[(gamma == st) & decided], kw, f"{st} pair")
             rows.append({"stratum": st, "description": desc, "n_pairs": e.n,
                          "resistance": e.value, "lo": e.lo, "hi": e.hi})
+        code = np.select([gamma == "rejected_better", gamma == "chosen_better"], [1, 0], -1)
+        sel = decided & (code >= 0)
+        w, c = wrong[sel], code[sel]
+
+        def gap(w, c):
+            return _mean(w[c == 1]) - _mean(w[c == 0])
+
+        e = bootstrap(gap, w, c, unit="share", **kw) if (c == 1).any() and (c == 0).any() \
+            else Estimate(math.nan, math.nan, math.nan, int(sel.sum()), "share",
+                          "undefined: a gamma stratum is empty")
+        rows.append({"stratum": "gap", "description": (
+            "resistance among rejected_better minus among chosen_better pairs"),
+            "n_pairs": e.n, "resistance": e.value, "lo": e.lo, "hi": e.hi})
         n_miss = int(sum(g is None for g in gamma))
         rows.append({"stratum": "labels_missing", "description": "pairs without gamma labels",
                      "n_pairs": n_miss, "resistance": math.nan, "lo": math.nan, "hi": math.nan})
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, schema={"stratum": pl.String, "description": pl.String,
+                                      "n_pairs": pl.Int64, "resistance": pl.Float64,
+                                      "lo": pl.Float64, "hi": pl.Float64})
 
 
 # =========================================================================== regression
@@ -483,6 +636,48 @@ def ols_clustered(X: np.ndarray, y: np.ndarray, names: Sequence[str],
     hi_bonferroni, significant (Bonferroni p < 1 - confidence), dropped, n_obs,
     n_clusters].
     """
+    fit = _ols_fit(X, y, names, groups, add_intercept=add_intercept,
+                   collinearity_tol=collinearity_tol)
+    all_names, keep, beta, cov = fit["names"], fit["keep"], fit["beta"], fit["cov"]
+    n, n_clusters = fit["n"], fit["n_clusters"]
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    df = n_clusters - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = beta / se
+    p = 2 * sps.t.sf(np.abs(t), df)
+    alpha = 1 - confidence
+    q1 = sps.t.ppf(1 - alpha / 2, df)
+    est_terms = [j for j, name in enumerate(np.array(all_names)[keep]) if name != "intercept"]
+    m = len(est_terms) if bonferroni else 1
+    qb = sps.t.ppf(1 - alpha / (2 * max(m, 1)), df)
+    rows = []
+    pos = {j: i for i, j in enumerate(keep)}
+    for j, name in enumerate(all_names):
+        base = {"term": name, "n_obs": n, "n_clusters": n_clusters}
+        if j not in pos:
+            rows.append({**base, "dropped": True})
+            continue
+        i = pos[j]
+        is_int = name == "intercept"
+        pb = float(p[i]) if is_int else float(min(1.0, p[i] * m))
+        qq = q1 if is_int else qb
+        rows.append({**base, "coef": float(beta[i]), "se": float(se[i]), "t": float(t[i]),
+                     "p": float(p[i]), "lo": float(beta[i] - q1 * se[i]),
+                     "hi": float(beta[i] + q1 * se[i]), "p_bonferroni": pb,
+                     "lo_bonferroni": float(beta[i] - qq * se[i]),
+                     "hi_bonferroni": float(beta[i] + qq * se[i]),
+                     "significant": bool(pb < alpha), "dropped": False})
+    schema = {"term": pl.String, "coef": pl.Float64, "se": pl.Float64, "t": pl.Float64,
+              "p": pl.Float64, "lo": pl.Float64, "hi": pl.Float64, "p_bonferroni": pl.Float64,
+              "lo_bonferroni": pl.Float64, "hi_bonferroni": pl.Float64,
+              "significant": pl.Boolean, "dropped": pl.Boolean, "n_obs": pl.Int64,
+              "n_clusters": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _ols_fit(X, y, names: Sequence[str], groups=None, *, add_intercept: bool = True,
+             collinearity_tol: float = 1e-10) -> dict:
+    """OLS coefficients and CR1 covariance of the independent columns (see ols_clustered)."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] != len(y) or X.shape[1] != len(names):
@@ -526,39 +721,8 @@ def ols_clustered(X: np.ndarray, y: np.ndarray, names: Sequence[str],
     meat = summed.T @ summed
     corr = n_clusters / (n_clusters - 1) * (n - 1) / (n - k)
     cov = corr * bread @ meat @ bread
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    df = n_clusters - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = beta / se
-    p = 2 * sps.t.sf(np.abs(t), df)
-    alpha = 1 - confidence
-    q1 = sps.t.ppf(1 - alpha / 2, df)
-    est_terms = [j for j, name in enumerate(np.array(all_names)[keep]) if name != "intercept"]
-    m = len(est_terms) if bonferroni else 1
-    qb = sps.t.ppf(1 - alpha / (2 * max(m, 1)), df)
-    rows = []
-    pos = {j: i for i, j in enumerate(keep)}
-    for j, name in enumerate(all_names):
-        base = {"term": name, "n_obs": n, "n_clusters": n_clusters}
-        if j not in pos:
-            rows.append({**base, "dropped": True})
-            continue
-        i = pos[j]
-        is_int = name == "intercept"
-        pb = float(p[i]) if is_int else float(min(1.0, p[i] * m))
-        qq = q1 if is_int else qb
-        rows.append({**base, "coef": float(beta[i]), "se": float(se[i]), "t": float(t[i]),
-                     "p": float(p[i]), "lo": float(beta[i] - q1 * se[i]),
-                     "hi": float(beta[i] + q1 * se[i]), "p_bonferroni": pb,
-                     "lo_bonferroni": float(beta[i] - qq * se[i]),
-                     "hi_bonferroni": float(beta[i] + qq * se[i]),
-                     "significant": bool(pb < alpha), "dropped": False})
-    schema = {"term": pl.String, "coef": pl.Float64, "se": pl.Float64, "t": pl.Float64,
-              "p": pl.Float64, "lo": pl.Float64, "hi": pl.Float64, "p_bonferroni": pl.Float64,
-              "lo_bonferroni": pl.Float64, "hi_bonferroni": pl.Float64,
-              "significant": pl.Boolean, "dropped": pl.Boolean, "n_obs": pl.Int64,
-              "n_clusters": pl.Int64}
-    return pl.DataFrame(rows, schema=schema)
+    return {"names": all_names, "keep": keep, "beta": beta, "cov": cov, "n": n,
+            "n_clusters": n_clusters}
 
 
 def _independent_columns(X: np.ndarray, tol: float) -> list[int]:
@@ -592,22 +756,140 @@ def _complete_pairs(pairs: pl.DataFrame, cols: Sequence[str], what: str) -> pl.D
     return ok
 
 
-def feature_imprint(pairs: pl.DataFrame, settings: SealSettings = SealSettings()) -> pl.DataFrame:
+def variance_inflation(X: np.ndarray) -> np.ndarray:
+    """VIF of each column of ``X`` ``[n_obs, k]``: 1 / (1 - R^2) of that column on the others
+    (with an intercept), ``[k]``. inf for a column the others reproduce exactly, NaN for a
+    constant column."""
+    X = np.asarray(X, dtype=np.float64)
+    Xc = X - X.mean(axis=0)
+    gram = Xc.T @ Xc
+    k = X.shape[1]
+    out = np.full(k, np.nan)
+    for j in range(k):
+        gjj = gram[j, j]
+        if gjj <= 1e-12 * max(1.0, float(np.abs(X[:, j]).max()) ** 2 * len(X)):
+            continue
+        others = [i for i in range(k) if i != j and gram[i, i] > 0]
+        if others:
+            g = gram[np.ix_(others, others)]
+            v = gram[others, j]
+            resid = gjj - v @ np.linalg.lstsq(g, v, rcond=None)[0]
+        else:
+            resid = gjj
+        out[j] = np.inf if resid <= 1e-10 * gjj else gjj / resid
+    return out
+
+
+def _imprint_design(pairs: pl.DataFrame, feats: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
+    cols = [f"{s}_{f}" for s in SIDES for f in feats]
+    ok = _complete_pairs(pairs, cols, "feature imprint")
+    X = np.vstack([ok.select([f"{s}_{f}" for f in feats]).cast(pl.Float64).to_numpy()
+                   for s in SIDES]) if feats else np.zeros((2 * ok.height, 0))
+    return ok, X
+
+
+def collinearity_check(pairs: pl.DataFrame,
+                       settings: SealSettings = SealSettings()) -> pl.DataFrame:
+    """VIF check of the imprint design (text level, both sides stacked) before the regression.
+
+    Features in ``exclude_from_regression`` are left out first; then, while the
+    largest VIF exceeds ``vif_threshold``, that feature is dropped and the VIFs
+    recomputed (SEAL's authors dropped coherent and anthropomorphic this way).
+    DataFrame[feature, role, vif_initial, vif_final (null if dropped), dropped,
+    drop_step (1 = first dropped), reason, threshold].
+    """
+    _check_rewards(pairs)
+    feats = list(settings.regressors)
+    _, X = _imprint_design(pairs, feats)
+    initial = dict(zip(feats, variance_inflation(X), strict=True)) if feats else {}
+    kept = list(feats)
+    steps: dict[str, int] = {}
+    thr = settings.vif_threshold
+    while thr is not None and len(kept) > 1:
+        v = variance_inflation(X[:, [feats.index(f) for f in kept]])
+        v = np.where(np.isnan(v), -np.inf, v)  # constant columns: the OLS drops them itself
+        j = int(np.argmax(v))
+        if not v[j] > thr:
+            break
+        steps[kept[j]] = len(steps) + 1
+        log.info("collinearity: dropping %s (VIF %.3g > %g)", kept[j], v[j], thr)
+        kept.pop(j)
+    final = dict(zip(kept, variance_inflation(X[:, [feats.index(f) for f in kept]]),
+                     strict=True)) if kept else {}
+    rows = []
+    for f in settings.features:
+        if f in settings.exclude_from_regression:
+            rows.append({"feature": f, "role": settings.role(f), "vif_initial": None,
+                         "vif_final": None, "dropped": True, "drop_step": None,
+                         "reason": "excluded_by_config", "threshold": thr})
+            continue
+        vi, vf = initial[f], final.get(f)
+        reason = ("vif_above_threshold" if f in steps else
+                  "constant" if np.isnan(vi) else "kept")
+        rows.append({"feature": f, "role": settings.role(f),
+                     "vif_initial": None if np.isnan(vi) else float(vi),
+                     "vif_final": None if vf is None or np.isnan(vf) else float(vf),
+                     "dropped": f in steps, "drop_step": steps.get(f), "reason": reason,
+                     "threshold": thr})
+    return pl.DataFrame(rows, schema={"feature": pl.String, "role": pl.String,
+                                      "vif_initial": pl.Float64, "vif_final": pl.Float64,
+                                      "dropped": pl.Boolean, "drop_step": pl.Int64,
+                                      "reason": pl.String, "threshold": pl.Float64})
+
+
+def imprint_features(settings: SealSettings, vif: pl.DataFrame | None) -> tuple[str, ...]:
+    """Regressors of the imprint after the collinearity check (all regressors without one)."""
+    if vif is None:
+        return settings.regressors
+    dropped = set(vif.filter(pl.col("dropped"))["feature"].to_list())
+    return tuple(f for f in settings.regressors if f not in dropped)
+
+
+def _contrast_row(fit: dict, weights: Mapping[str, float], term: str,
+                  confidence: float) -> dict:
+    names = np.array(fit["names"])[fit["keep"]].tolist()
+    c = np.array([weights.get(nm, 0.0) for nm in names])
+    base = {"term": term, "n_obs": fit["n"], "n_clusters": fit["n_clusters"], "dropped": False}
+    est = float(c @ fit["beta"])
+    se = float(np.sqrt(max(c @ fit["cov"] @ c, 0.0)))
+    df = fit["n_clusters"] - 1
+    q = sps.t.ppf(1 - (1 - confidence) / 2, df)
+    t = est / se if se > 0 else math.nan
+    p = float(2 * sps.t.sf(abs(t), df)) if se > 0 else math.nan
+    # One pre-specified contrast: no multiplicity adjustment.
+    return {**base, "coef": est, "se": se, "t": t, "p": p, "lo": est - q * se, "hi": est + q * se,
+            "p_bonferroni": p, "lo_bonferroni": est - q * se, "hi_bonferroni": est + q * se,
+            "significant": bool(p < 1 - confidence) if se > 0 else False}
+
+
+CONTRAST_TERM = "target_minus_spoiler"
+
+
+def feature_imprint(pairs: pl.DataFrame, settings: SealSettings = SealSettings(),
+                    vif: pl.DataFrame | None = None) -> pl.DataFrame:
     """Feature imprint: reward ~ feature labels, text level, pair-clustered CR1, Bonferroni.
 
     Two rows per pair (the chosen and the rejected text, each with its own
     labels and reward); outcomes 'post' (r_post), 'pre' (r_pre) and 'shift'
-    (r_post - r_pre). Pairs with a missing label are left out (counted in
-    n_pairs_excluded). Columns: outcome, term, role (target/spoiler/other/
-    intercept), then those of :func:`ols_clustered`, then n_pairs_excluded.
+    (r_post - r_pre). Features the collinearity check ``vif``
+    (:func:`collinearity_check`, run here when not given) drops are left out
+    and reported as dropped rows. Pairs with a missing label are left out
+    (counted in n_pairs_excluded). Besides one row per term, a row with term
+    'target_minus_spoiler' (role 'contrast') holds the mean imprint of the
+    estimated target features minus that of the spoiler features, with its CR1
+    interval (absent when either group has no estimated feature).
+
+    Columns: outcome, term, role (target/spoiler/other/intercept/contrast),
+    then those of :func:`ols_clustered`, then n_pairs_excluded.
     """
-    feats = settings.regressors
-    cols = [f"{s}_{f}" for s in SIDES for f in feats]
     _check_rewards(pairs)
-    ok = _complete_pairs(pairs, cols, "feature imprint")
+    if vif is None:
+        vif = collinearity_check(pairs, settings)
+    feats = imprint_features(settings, vif)
+    vif_dropped = [f for f in settings.regressors if f not in feats]
+    ok, X = _imprint_design(pairs, settings.regressors)
+    X = X[:, [settings.regressors.index(f) for f in feats]]
     n_excl = pairs.height - ok.height
-    X = np.vstack([ok.select([f"{s}_{f}" for f in feats]).cast(pl.Float64).to_numpy()
-                   for s in SIDES])
     groups = np.concatenate([np.arange(ok.height)] * 2)
     r = {rm: np.concatenate([ok[f"r_{rm}_{s}"].cast(pl.Float64).to_numpy() for s in SIDES])
          for rm in ("pre", "post")}
@@ -615,9 +897,21 @@ def feature_imprint(pairs: pl.DataFrame, settings: SealSettings = SealSettings()
     tables = []
     for outcome in IMPRINT_OUTCOMES:
         t = ols_clustered(X, ys[outcome], feats, groups, confidence=settings.confidence)
+        extra = [{"term": f, "dropped": True, "n_obs": 2 * ok.height, "n_clusters": ok.height}
+                 for f in vif_dropped]
+        fit = _ols_fit(X, ys[outcome], feats, groups)
+        est = set(np.array(fit["names"])[fit["keep"]].tolist())
+        tg = [f for f in settings.target_features if f in est]
+        sp = [f for f in settings.spoiler_features if f in est]
+        if tg and sp:
+            w = {f: 1 / len(tg) for f in tg} | {f: -1 / len(sp) for f in sp}
+            extra.append(_contrast_row(fit, w, CONTRAST_TERM, settings.confidence))
+        if extra:
+            t = pl.concat([t, pl.DataFrame(extra, schema=t.schema)])
         tables.append(t.with_columns(pl.lit(outcome).alias("outcome")))
     out = pl.concat(tables)
-    roles = {f: settings.role(f) for f in feats} | {"intercept": "intercept"}
+    roles = ({f: settings.role(f) for f in settings.regressors} |
+             {"intercept": "intercept", CONTRAST_TERM: "contrast"})
     ols_cols = [c for c in out.columns if c not in ("outcome", "term")]
     return out.with_columns(pl.col("term").replace_strict(roles).alias("role"),
                             pl.lit(n_excl, dtype=pl.Int64).alias("n_pairs_excluded")).select(
@@ -642,16 +936,18 @@ def reward_shift_angle(r_pre_chosen, r_pre_rejected, r_post_chosen, r_post_rejec
     return np.where(zero, np.nan, theta)
 
 
-def shift_angle_regression(pairs: pl.DataFrame,
-                           settings: SealSettings = SealSettings()) -> pl.DataFrame:
+def shift_angle_regression(pairs: pl.DataFrame, settings: SealSettings = SealSettings(),
+                           vif: pl.DataFrame | None = None) -> pl.DataFrame:
     """theta (degrees) ~ chosen-text and rejected-text features, one row per pair.
 
     Terms 'chosen_<f>' and 'rejected_<f>' (role from the feature); robust HC1
-    errors (each pair its own cluster), Bonferroni over all terms. Columns as
-    :func:`ols_clustered` plus role and n_pairs_excluded.
+    errors (each pair its own cluster), Bonferroni over all terms. Features the
+    collinearity check ``vif`` dropped are left out, as SEAL's angle.R left the
+    same ones out of both fits. Columns as :func:`ols_clustered` plus role and
+    n_pairs_excluded.
     """
     _check_rewards(pairs)
-    feats = settings.regressors
+    feats = imprint_features(settings, vif)
     cols = [f"{s}_{f}" for s in SIDES for f in feats]
     theta = reward_shift_angle(*(pairs[c].to_numpy() for c in REWARD_COLUMNS))
     ok = _complete_pairs(pairs.with_columns(pl.Series("theta_deg", theta).fill_nan(None)),
@@ -666,8 +962,8 @@ def shift_angle_regression(pairs: pl.DataFrame,
 
 
 def pair_metrics(pairs: pl.DataFrame, settings: SealSettings = SealSettings()) -> pl.DataFrame:
-    """Per-pair view: pair_id, agree_pre, agree_post, regime, gamma (null if labels
-    missing or absent), theta_deg."""
+    """Per-pair view: pair_id, agree_pre, agree_post (null for a tie), regime (null if
+    either model ties), gamma (null if labels missing or absent), theta_deg."""
     _check_rewards(pairs)
     has = all(f"{s}_{f}" in pairs.columns for s in SIDES for f in settings.gamma_features)
     gamma = labeller_preference(pairs, settings.gamma_features) if has else \
@@ -675,8 +971,8 @@ def pair_metrics(pairs: pl.DataFrame, settings: SealSettings = SealSettings()) -
     theta = reward_shift_angle(*(pairs[c].to_numpy() for c in REWARD_COLUMNS))
     return pl.DataFrame({
         "pair_id": pairs["pair_id"].cast(pl.String),
-        "agree_pre": agreement_indicator(pairs, "pre"),
-        "agree_post": agreement_indicator(pairs, "post"),
+        "agree_pre": pl.Series(agreement_indicator(pairs, "pre")).fill_nan(None),
+        "agree_post": pl.Series(agreement_indicator(pairs, "post")).fill_nan(None),
         "regime": pl.Series(regime_labels(pairs).tolist(), dtype=pl.String),
         "gamma": pl.Series(gamma.tolist(), dtype=pl.String),
         "theta_deg": theta,
@@ -729,10 +1025,39 @@ def _matched(original: pl.DataFrame, rewritten: pl.DataFrame) -> tuple[pl.DataFr
     return orig, rewritten.with_columns(pl.col("pair_id").cast(pl.String))
 
 
-def _pearson(a, b):
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+def _pearson(a, b) -> float:
+    """scipy.stats.pearsonr's r, NaN where it is undefined (fewer than 3 values or a
+    constant side); the bootstrap drops such replicates."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if _pearson_undefined(a, b):
         return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    return float(sps.pearsonr(a, b).statistic)
+
+
+def _pearson_undefined(a: np.ndarray, b: np.ndarray) -> str | None:
+    """Why Pearson r of ``a`` and ``b`` is undefined, or None when it is defined."""
+    if len(a) < 3:
+        return f"only {len(a)} values"
+    for x, name in ((a, "first"), (b, "second")):
+        if np.ptp(x) == 0:
+            return f"the {name} variable is constant ({x[0]:.6g} everywhere)"
+    return None
+
+
+def correlation_estimate(x, y, groups=None, *, n_boot: int = 2000, seed: int = 0,
+                         confidence: float = 0.95) -> Estimate:
+    """Pearson r (scipy.stats) with a (cluster) percentile bootstrap interval.
+
+    An undefined correlation (fewer than 3 values, or a constant variable) is
+    reported as undefined, value NaN, with the reason in ``method``; never as 0.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    why = _pearson_undefined(x, y)
+    n = len(np.unique(groups)) if groups is not None else len(x)
+    if why:
+        return Estimate(math.nan, math.nan, math.nan, n, "r", f"undefined: {why}")
+    return bootstrap(_pearson, x, y, groups=groups, unit="r", n_boot=n_boot, seed=seed,
+                     confidence=confidence)
 
 
 def robustness_summary(original: pl.DataFrame, rewritten: pl.DataFrame,
@@ -743,25 +1068,28 @@ def robustness_summary(original: pl.DataFrame, rewritten: pl.DataFrame,
     ``rewritten`` is a pairs table (same columns) for the rewritten subset;
     ``original`` the full pairs table. ``similarity`` has pair_id, sim_chosen,
     sim_rejected (cosines, e.g. from :func:`semantic_similarity`). Keys:
-    agreement_{pre,post}_{original,rewritten,drop} (drop = original -
-    rewritten, paired bootstrap over pairs), rewrite_reward_r{,_pre} (Pearson r
-    of original vs rewritten rewards, both sides stacked, pair-cluster
-    bootstrap) and rewrite_similarity (mean cosine over texts).
+    agreement_{pre,post}_{original,rewritten,drop}: agreement on the originals
+    of the rewritten subset (SEAL's 73.2% for post), on their rewrites (70.1%),
+    and original minus rewritten (paired bootstrap over the pairs neither
+    version ties); rewrite_reward_r{,_pre} (Pearson r of original vs rewritten
+    rewards, both sides stacked, pair-cluster bootstrap) and
+    rewrite_similarity (mean cosine over texts).
     """
     orig, rew = _matched(original, rewritten)
     kw = {"n_boot": settings.n_boot, "seed": settings.seed, "confidence": settings.confidence}
     out: dict[str, Estimate] = {}
     for rm in ("pre", "post"):
         a, b = agreement_indicator(orig, rm), agreement_indicator(rew, rm)
-        out[f"agreement_{rm}_original"] = bootstrap(_mean, a, unit="share", **kw)
-        out[f"agreement_{rm}_rewritten"] = bootstrap(_mean, b, unit="share", **kw)
-        out[f"agreement_{rm}_drop"] = bootstrap(lambda x, y: _mean(x) - _mean(y), a, b,
-                                                unit="share", **kw)
+        both = _decided(a, b)
+        out[f"agreement_{rm}_original"] = _share(a, kw, "untied original pair")
+        out[f"agreement_{rm}_rewritten"] = _share(b, kw, "untied rewritten pair")
+        out[f"agreement_{rm}_drop"] = bootstrap(lambda x, y: _mean(x) - _mean(y), a[both],
+                                                b[both], unit="share", **kw)
         x = np.concatenate([orig[f"r_{rm}_{s}"].to_numpy() for s in SIDES]).astype(float)
         y = np.concatenate([rew[f"r_{rm}_{s}"].to_numpy() for s in SIDES]).astype(float)
         groups = np.concatenate([np.arange(orig.height)] * 2)
         key = "rewrite_reward_r" if rm == "post" else "rewrite_reward_r_pre"
-        out[key] = bootstrap(_pearson, x, y, groups=groups, unit="r", **kw)
+        out[key] = correlation_estimate(x, y, groups, **kw)
     if similarity is not None:
         sim = pl.DataFrame({"pair_id": rew["pair_id"]}).join(
             similarity.with_columns(pl.col("pair_id").cast(pl.String)), on="pair_id",
@@ -776,8 +1104,16 @@ def robustness_summary(original: pl.DataFrame, rewritten: pl.DataFrame,
 
 
 def flip_indicators(original: pl.DataFrame, rewritten: pl.DataFrame,
-                    features: Sequence[str]) -> pl.DataFrame:
-    """pair_id, flip_<side>_<f> = 1 where rewriting changed the label (null if either missing)."""
+                    features: Sequence[str], encoding: str = "signed") -> pl.DataFrame:
+    """pair_id, flip_<side>_<f> per rewritten pair (null where either label is missing).
+
+    ``encoding`` 'signed' (SEAL's): original label minus rewritten label, so a
+    chosen text whose sentiment turned from positive to neutral has +1 and a
+    rejected text that turned more positive has a negative value (-2..2 for
+    ternary features); 'unsigned': 1 where the label changed, else 0.
+    """
+    if encoding not in FLIP_ENCODINGS:
+        raise ValueError(f"flip encoding must be one of {FLIP_ENCODINGS}, got {encoding!r}")
     orig, rew = _matched(original, rewritten)
     cols = {"pair_id": rew["pair_id"]}
     for s in SIDES:
@@ -788,30 +1124,37 @@ def flip_indicators(original: pl.DataFrame, rewritten: pl.DataFrame,
                     raise ValueError(f"{name} pairs table lacks label column {c!r}")
             a = orig[c].cast(pl.Float64)
             b = rew[c].cast(pl.Float64)
-            cols[f"flip_{s}_{f}"] = (a != b).cast(pl.Int8)
+            cols[f"flip_{s}_{f}"] = ((a - b) if encoding == "signed" else
+                                     (a != b).cast(pl.Float64))
     return pl.DataFrame(cols)
 
 
 def robustness_flip_regression(original: pl.DataFrame, rewritten: pl.DataFrame,
                                settings: SealSettings = SealSettings()) -> pl.DataFrame:
-    """Robustness scores: LPM of "became misaligned" on feature-flip indicators.
+    """Robustness scores: LPM of "became misaligned" on the label changes rewriting caused.
 
-    Outcome per rewritten pair: 1 if the ``robustness_rm`` agreed with the human
-    before rewriting and disagrees after. With robustness_population 'aligned'
-    only pairs it agreed on before enter (so the coefficients are changes in
-    P(misaligned after | aligned before)); with 'all' every rewritten pair.
-    Regressors flip_<side>_<f>; HC1 robust errors (one row per pair),
-    Bonferroni. Columns of :func:`ols_clustered` plus role, feature, side,
-    population, n_pairs_excluded.
+    Outcome per rewritten pair: 1 if the ``robustness_rm`` agreed with the
+    human before rewriting and disagrees after (SEAL's became_misaligned).
+    Rows: every rewritten pair (robustness_population 'all', as SEAL) or only
+    those it agreed on before ('correct_before', so the coefficients are
+    changes in P(misaligned after | aligned before)); pairs the RM ties before
+    or after are left out (counted in n_pairs_tied). Regressors
+    flip_<side>_<f> in ``flip_encoding`` (:func:`flip_indicators`); HC1 robust
+    errors (one row per pair), Bonferroni. Columns of :func:`ols_clustered`
+    plus feature, side, role, population, encoding, n_pairs_excluded (missing
+    labels), n_pairs_tied.
     """
     feats = settings.regressors
-    flips = flip_indicators(original, rewritten, feats)
+    flips = flip_indicators(original, rewritten, feats, settings.flip_encoding)
     orig, rew = _matched(original, rewritten)
     rm = settings.robustness_rm
     before, after = agreement_indicator(orig, rm), agreement_indicator(rew, rm)
     y = ((before == 1) & (after == 0)).astype(float)
-    df = flips.with_columns(pl.Series("y", y), pl.Series("before", before))
-    if settings.robustness_population == "aligned":
+    df = flips.with_columns(pl.Series("y", y), pl.Series("before", before),
+                            pl.Series("decided", _decided(before, after)))
+    n_tied = int((~df["decided"]).sum())
+    df = df.filter(pl.col("decided"))
+    if settings.robustness_population == "correct_before":
         df = df.filter(pl.col("before") == 1)
     names = [f"flip_{s}_{f}" for s in SIDES for f in feats]
     ok = df.drop_nulls(subset=names)
@@ -829,7 +1172,9 @@ def robustness_flip_regression(original: pl.DataFrame, rewritten: pl.DataFrame,
                                       return_dtype=pl.String).alias("side"),
         pl.col("term").replace_strict({k: v[2] for k, v in meta.items()}).alias("role"),
         pl.lit(settings.robustness_population).alias("population"),
+        pl.lit(settings.flip_encoding).alias("encoding"),
         pl.lit(n_excl, dtype=pl.Int64).alias("n_pairs_excluded"),
+        pl.lit(n_tied, dtype=pl.Int64).alias("n_pairs_tied"),
     )
 
 
@@ -837,32 +1182,63 @@ def robustness_flip_regression(original: pl.DataFrame, rewritten: pl.DataFrame,
 
 
 HEADLINE_KEYS: dict[str, str] = {
-    "agreement_pre": "share of pairs where the pre RM scores the chosen text above the rejected",
-    "agreement_post": "share of pairs where the post RM scores the chosen text above the rejected",
-    "agreement_gain": "agreement_post - agreement_pre",
+    "agreement_pre": ("share of pairs where the pre RM scores the chosen text above the rejected "
+                      "(exact ties left out)"),
+    "agreement_post": ("share of pairs where the post RM scores the chosen text above the "
+                       "rejected (exact ties left out)"),
+    "agreement_gain": "agreement_post - agreement_pre (pairs neither RM ties)",
+    "n_ties_pre": ("pairs the pre RM scores exactly equal (neither agreement nor disagreement; "
+                   "exact count, n = pairs)"),
+    "n_ties_post": ("pairs the post RM scores exactly equal (neither agreement nor "
+                    "disagreement; exact count, n = pairs)"),
+    "n_truncated_pre": ("texts cut to reward.max_length before the pre RM scored them (exact "
+                        "count, n = texts; 0 when nothing is truncated)"),
+    "n_truncated_post": ("texts cut to reward.max_length before the post RM scored them (exact "
+                         "count, n = texts)"),
     "regime_stayed_aligned": "share of pairs aligned before and after training (pre and post)",
     "regime_got_aligned": "share of pairs misaligned pre and aligned post",
     "regime_resisted": "share of pairs misaligned pre and post",
     "regime_reversed": "share of pairs aligned pre and misaligned post",
-    "alignment_resistance": "share of pairs the post RM still gets wrong",
+    "alignment_resistance": "share of pairs the post RM still gets wrong (exact ties left out)",
     "alignment_resistance_chosen_better": (
         "alignment resistance among pairs where the LM labeller prefers the chosen text"),
     "alignment_resistance_rejected_better": (
         "alignment resistance among pairs where the LM labeller prefers the rejected text"),
     "alignment_resistance_indifferent": (
         "alignment resistance among pairs the LM labeller ranks equal"),
+    "alignment_resistance_gap": (
+        "alignment resistance among rejected_better minus among chosen_better pairs"),
     "imprint_post_{feature}": (
-        "post RM reward per unit of the feature label (text-level OLS, pair-clustered CR1)"),
+        "post RM reward per unit of the feature label (text-level OLS, pair-clustered CR1, "
+        "95% t interval; NaN when the collinearity check dropped the feature)"),
+    "imprint_post_{feature}_bonferroni": (
+        "imprint_post of the feature with its Bonferroni-adjusted interval (all imprint terms)"),
     "imprint_shift_{feature}": (
         "change in reward (post - pre) per unit of the feature label (text-level OLS, CR1)"),
+    "imprint_shift_{feature}_bonferroni": (
+        "imprint_shift of the feature with its Bonferroni-adjusted interval"),
+    "imprint_post_target_minus_spoiler": (
+        "mean post imprint of the target features minus that of the spoiler features (CR1)"),
+    "imprint_shift_target_minus_spoiler": (
+        "mean imprint shift (post - pre) of target minus spoiler features (CR1)"),
+    "agreement_post_rewrite_original": (
+        "post RM agreement on the original texts of the rewritten pairs (the comparator of "
+        "agreement_post_rewritten)"),
     "agreement_post_rewritten": "post RM agreement on the rewritten pairs",
     "agreement_post_rewrite_drop": (
         "post RM agreement on the original minus on the rewritten version of the same pairs"),
+    "agreement_pre_rewrite_original": (
+        "pre RM agreement on the original texts of the rewritten pairs"),
     "agreement_pre_rewritten": "pre RM agreement on the rewritten pairs",
     "agreement_pre_rewrite_drop": (
         "pre RM agreement on the original minus on the rewritten version of the same pairs"),
     "rewrite_reward_r": "Pearson r of post RM rewards, original vs rewritten texts",
     "rewrite_similarity": "mean embedding cosine of original and rewritten texts",
+    "robustness_flip_chosen_{feature}": (
+        "change in P(became misaligned, robustness RM) per unit change of the chosen text's "
+        "label (original - rewritten with flip_encoding signed; LPM, HC1, 95%)"),
+    "robustness_flip_rejected_{feature}": (
+        "the same for the rejected text's label change"),
 }
 """Headline keys with one-line descriptions; '{feature}' expands to each regressor."""
 
@@ -879,24 +1255,42 @@ def headline_keys(features: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _imprint_estimate(row: Mapping, confidence: float) -> Estimate:
+def _count(value: int, n: int, unit: str) -> Estimate:
+    return Estimate(float(value), float(value), float(value), int(n), unit,
+                    "exact count (no sampling error)")
+
+
+def _ols_estimate(row: Mapping, confidence: float, *, bonferroni: bool = False,
+                  reason: str | None = None, unit: str = "reward/label") -> Estimate:
     if row.get("dropped") or row.get("coef") is None:
-        return Estimate(math.nan, math.nan, math.nan, int(row["n_clusters"]), "reward/label",
-                        "dropped: constant or collinear")
-    return Estimate(row["coef"], row["lo"], row["hi"], int(row["n_clusters"]), "reward/label",
-                    f"CR1 pair-clustered t interval, {confidence:.0%}")
+        return Estimate(math.nan, math.nan, math.nan, int(row["n_clusters"]), unit,
+                        f"dropped: {reason or 'constant or collinear'}")
+    lo, hi = (row["lo_bonferroni"], row["hi_bonferroni"]) if bonferroni else (row["lo"],
+                                                                              row["hi"])
+    what = "Bonferroni-adjusted" if bonferroni else f"{confidence:.0%}"
+    return Estimate(row["coef"], lo, hi, int(row["n_clusters"]), unit,
+                    f"CR1 pair-clustered t interval, {what}")
 
 
 def headline(pairs: pl.DataFrame, settings: SealSettings = SealSettings(), *,
-             imprint: pl.DataFrame | None = None, rewritten: pl.DataFrame | None = None,
-             similarity: pl.DataFrame | None = None) -> dict[str, Estimate]:
+             imprint: pl.DataFrame | None = None, vif: pl.DataFrame | None = None,
+             rewritten: pl.DataFrame | None = None, similarity: pl.DataFrame | None = None,
+             flips: pl.DataFrame | None = None,
+             truncation: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Estimate]:
     """Every SEAL headline number (keys: :func:`headline_keys`).
 
-    ``imprint`` (from :func:`feature_imprint`) is computed when not given and
-    when the pairs table has labels; robustness keys need ``rewritten`` (and
-    rewrite_similarity needs ``similarity``). n is the number of pairs.
+    ``imprint`` (from :func:`feature_imprint`) and ``vif``
+    (:func:`collinearity_check`) are computed when not given and when the
+    pairs table has labels; robustness keys need ``rewritten`` (and
+    rewrite_similarity needs ``similarity``; ``flips`` is computed when not
+    given). ``truncation`` maps 'pre'/'post' to :func:`truncation_summary`.
+    n is the number of pairs (texts for the truncation counts).
     """
     out = dict(agreement(pairs, settings))
+    for rm, k in tie_counts(pairs).items():
+        out[f"n_ties_{rm}"] = _count(k, pairs.height, "pairs")
+    for rm, t in (truncation or {}).items():
+        out[f"n_truncated_{rm}"] = _count(t["n_truncated"], t["n_texts"], "texts")
     for row in alignment_regimes(pairs, settings).iter_rows(named=True):
         out[f"regime_{row['regime']}"] = Estimate(row["share"], row["lo"], row["hi"],
                                                   row["n_pairs"], "share")
@@ -906,21 +1300,39 @@ def headline(pairs: pl.DataFrame, settings: SealSettings = SealSettings(), *,
         key = "alignment_resistance" + ("" if row["stratum"] == "all" else f"_{row['stratum']}")
         out[key] = Estimate(row["resistance"], row["lo"], row["hi"], row["n_pairs"], "share")
     has_labels = all(f"{s}_{f}" in pairs.columns for s in SIDES for f in settings.regressors)
+    if has_labels and vif is None:
+        vif = collinearity_check(pairs, settings)
     if imprint is None and has_labels:
-        imprint = feature_imprint(pairs, settings)
+        imprint = feature_imprint(pairs, settings, vif)
     if imprint is not None:
+        reasons = {} if vif is None else {
+            r["feature"]: f"collinearity check (VIF {r['vif_initial']:.3g} > {r['threshold']:g})"
+            for r in vif.filter(pl.col("dropped") & (pl.col("reason") == "vif_above_threshold"))
+            .iter_rows(named=True)}
         for row in imprint.filter(pl.col("outcome").is_in(["post", "shift"]) &
                                   (pl.col("term") != "intercept")).iter_rows(named=True):
-            out[f"imprint_{row['outcome']}_{row['term']}"] = _imprint_estimate(
-                row, settings.confidence)
+            key = f"imprint_{row['outcome']}_{row['term']}"
+            why = reasons.get(row["term"])
+            out[key] = _ols_estimate(row, settings.confidence, reason=why)
+            if row["role"] != "contrast":
+                out[key + "_bonferroni"] = _ols_estimate(row, settings.confidence,
+                                                         bonferroni=True, reason=why)
     if rewritten is not None:
         rob = robustness_summary(pairs, rewritten, settings, similarity)
         for rm in ("pre", "post"):
+            out[f"agreement_{rm}_rewrite_original"] = rob[f"agreement_{rm}_original"]
             out[f"agreement_{rm}_rewritten"] = rob[f"agreement_{rm}_rewritten"]
             out[f"agreement_{rm}_rewrite_drop"] = rob[f"agreement_{rm}_drop"]
         out["rewrite_reward_r"] = rob["rewrite_reward_r"]
         if "rewrite_similarity" in rob:
             out["rewrite_similarity"] = rob["rewrite_similarity"]
+        if flips is None and has_labels:
+            flips = robustness_flip_regression(pairs, rewritten, settings)
+        if flips is not None:
+            for row in flips.filter(pl.col("term") != "intercept").iter_rows(named=True):
+                out[f"robustness_flip_{row['side']}_{row['feature']}"] = _ols_estimate(
+                    row, settings.confidence, reason="the label never changed, or collinear",
+                    unit="probability/label change")
     return out
 
 
@@ -948,7 +1360,7 @@ def plot_imprint(imprint: pl.DataFrame, png_path: str | os.PathLike,
     outcome; colour = target/spoiler/other; filled marker = Bonferroni-significant."""
     from rlhf_audit.plotting import new_figure, save_figure
 
-    terms = imprint.filter(pl.col("term") != "intercept")
+    terms = imprint.filter(~pl.col("role").is_in(["intercept", "contrast"]))
     feats = list(dict.fromkeys(terms["term"].to_list()))
     fig, axes = new_figure(ncols=len(outcomes), width=4.2, height=0.28 * len(feats) + 1.4)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
