@@ -287,7 +287,8 @@ def load_embedder(spec: dict, device: str = "auto", pooling: str = "auto"):
 
     from rlhf_audit.models import ModelSpec, load_tokenizer, resolve_device
 
-    ms = ModelSpec.from_config(spec, key="reward.rewrite.embedder")
+    ms = ModelSpec.from_config({k: v for k, v in spec.items() if k in ("hf", "revision", "path")},
+                               key="reward.rewrite.embedder")
     kw = {"trust_remote_code": False}
     if ms.revision:
         kw["revision"] = ms.revision

@@ -1183,7 +1183,7 @@ def robustness_flip_regression(original: pl.DataFrame, rewritten: pl.DataFrame,
 
 HEADLINE_KEYS: dict[str, str] = {
     "agreement_pre": ("share of pairs where the pre RM scores the chosen text above the rejected "
-                      "(exact ties left out)"),
+                      "(exact ties left out; they used to count as disagreement)"),
     "agreement_post": ("share of pairs where the post RM scores the chosen text above the "
                        "rejected (exact ties left out)"),
     "agreement_gain": "agreement_post - agreement_pre (pairs neither RM ties)",
@@ -1233,7 +1233,9 @@ HEADLINE_KEYS: dict[str, str] = {
     "agreement_pre_rewrite_drop": (
         "pre RM agreement on the original minus on the rewritten version of the same pairs"),
     "rewrite_reward_r": "Pearson r of post RM rewards, original vs rewritten texts",
-    "rewrite_similarity": "mean embedding cosine of original and rewritten texts",
+    "rewrite_similarity": (
+        "mean embedding cosine of the whole original and rewritten transcripts, pooled as the "
+        "embedder prescribes (was: last turn, mean-pooled, cut at 512 tokens)"),
     "robustness_flip_chosen_{feature}": (
         "change in P(became misaligned, robustness RM) per unit change of the chosen text's "
         "label (original - rewritten with flip_encoding signed; LPM, HC1, 95%)"),
