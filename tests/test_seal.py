@@ -834,3 +834,23 @@ def test_imprint_after_vif_drop_and_target_spoiler_contrast_cover_planted_values
         hits["contrast"] += row["lo"] <= c <= row["hi"]
     for k, h in hits.items():
         assert 0.88 <= h / n_seeds <= 1.0, (k, h)
+
+
+def test_schema_defaults_of_the_analysis_keys_build_valid_settings():
+    from pathlib import Path
+
+    from rlhf_audit.config import load_schema
+
+    root = Path(__file__).resolve().parents[1]
+    props = load_schema(root / "workflow/schemas/config.schema.yaml")["properties"]["reward"][
+        "properties"]
+    keys = ("features", "target_features", "spoiler_features", "exclude_from_regression",
+            "gamma_features", "vif_threshold", "robustness_rm", "robustness_population",
+            "flip_encoding", "n_boot", "seed")
+    for k in keys:
+        assert props[k]["description"] and "default" in props[k], k
+    st = SealSettings(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in ((k, props[k]["default"]) for k in keys)})
+    assert st.robustness_population == "all" and st.flip_encoding == "signed"
+    assert props["score_dtype"]["default"] == "float32" and props["max_length"]["default"] is None
+    assert seal.ScoringSettings().dtype == "float32" and seal.ScoringSettings().max_length is None

@@ -192,6 +192,7 @@ def rewrite_kind():
 
 def rewrite_params(wildcards):
     r = dict(config["reward"]["rewrite"])
+    r["seed"] = config["reward"]["seed"]  # "seed of rewrite sampling and bootstrap"
     if r.get("lm", {}).get("kind") == "hf":
         r["lm_spec"] = model_spec(r["lm"]["model"])
     return r
