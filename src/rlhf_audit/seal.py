@@ -1263,7 +1263,8 @@ def _count(value: int, n: int, unit: str) -> Estimate:
 
 
 def _ols_estimate(row: Mapping, confidence: float, *, bonferroni: bool = False,
-                  reason: str | None = None, unit: str = "reward/label") -> Estimate:
+                  reason: str | None = None, unit: str = "reward/label",
+                  errors: str = "CR1 pair-clustered") -> Estimate:
     if row.get("dropped") or row.get("coef") is None:
         return Estimate(math.nan, math.nan, math.nan, int(row["n_clusters"]), unit,
                         f"dropped: {reason or 'constant or collinear'}")
@@ -1271,7 +1272,7 @@ def _ols_estimate(row: Mapping, confidence: float, *, bonferroni: bool = False,
                                                                               row["hi"])
     what = "Bonferroni-adjusted" if bonferroni else f"{confidence:.0%}"
     return Estimate(row["coef"], lo, hi, int(row["n_clusters"]), unit,
-                    f"CR1 pair-clustered t interval, {what}")
+                    f"{errors} t interval, {what}")
 
 
 def headline(pairs: pl.DataFrame, settings: SealSettings = SealSettings(), *,
@@ -1334,7 +1335,7 @@ def headline(pairs: pl.DataFrame, settings: SealSettings = SealSettings(), *,
             for row in flips.filter(pl.col("term") != "intercept").iter_rows(named=True):
                 out[f"robustness_flip_{row['side']}_{row['feature']}"] = _ols_estimate(
                     row, settings.confidence, reason="the label never changed, or collinear",
-                    unit="probability/label change")
+                    unit="probability/label change", errors="HC1 robust (one row per pair)")
     return out
 
 
