@@ -5,8 +5,7 @@ import polars as pl
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.labelling import labels_wide
-from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.seal import (
+from rlhf_audit.reward.analysis import (
     SealSettings,
     alignment_regimes,
     alignment_resistance,
@@ -20,8 +19,9 @@ from rlhf_audit.seal import (
     robustness_summary,
     shift_angle_regression,
     tie_counts,
-    truncation_summary,
 )
+from rlhf_audit.reward.score import truncation_summary
+from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])

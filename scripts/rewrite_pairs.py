@@ -3,9 +3,8 @@
 import polars as pl
 
 from rlhf_audit.io import write_table
-from rlhf_audit.rewrite import rewrite_summary
+from rlhf_audit.rewrite import rewrite_summary, select_rewrite_pairs
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.seal import select_rewrite_pairs
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)

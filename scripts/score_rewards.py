@@ -5,8 +5,13 @@ import polars as pl
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.io import write_table
 from rlhf_audit.models import weights_hash
+from rlhf_audit.reward.score import (
+    ScoringSettings,
+    load_scoring_model,
+    score_pairs,
+    truncation_summary,
+)
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.seal import ScoringSettings, load_scoring_model, score_pairs, truncation_summary
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)

@@ -58,6 +58,20 @@ def _turns(text: str) -> list[str]:
     return _TURN.findall(text)
 
 
+def select_rewrite_pairs(pair_ids: Sequence[str], share: float, seed: int = 0) -> list[str]:
+    """A reproducible random ``share`` of pair ids to rewrite (at least one when share > 0).
+
+    The draw depends on the set of ids and the seed, not on their order.
+    """
+    if not 0 <= share <= 1:
+        raise ValueError(f"rewrite share must be in [0, 1], got {share}")
+    ids = sorted({str(p) for p in pair_ids})
+    k = min(len(ids), max(1, round(share * len(ids)))) if share > 0 else 0
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(ids), size=k, replace=False) if k else np.zeros(0, int)
+    return [ids[i] for i in sorted(pick)]
+
+
 def check_rewrite(original: str, reply) -> str | None:
     """None if ``reply`` is an acceptable rewrite of ``original``, else a REJECTION_REASONS key."""
     if not isinstance(reply, str) or not reply.strip():
