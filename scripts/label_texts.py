@@ -7,6 +7,7 @@ from rlhf_audit.io import write_table
 from rlhf_audit.labelling import (
     LabelCache,
     LMLabeller,
+    LMLabellerSettings,
     TableLabeller,
     complete_from_config,
     failures_table,
@@ -23,10 +24,14 @@ cache = None
 if lab["kind"] in ("ground_truth", "file"):
     labeller = TableLabeller.from_file(lab["path"], features)
 else:
-    complete = complete_from_config(lab["lm"], lab.get("lm_spec"), sm.params.device)
+    complete = complete_from_config(lab["lm"], lab.get("lm_spec"), sm.params.device,
+                                    concurrency=lab.get("concurrency", 4))
     # Content-addressed: survives reruns the code hash triggers, shared between variants.
     cache = LabelCache(cache_dir() / "labels.sqlite") if lab.get("cache", True) else None
-    labeller = LMLabeller(complete, features, cache=cache)
+    settings = LMLabellerSettings(max_attempts=lab.get("max_attempts", 3),
+                                  max_missing_share=lab.get("max_missing_share", 0.25),
+                                  checkpoint_every=lab.get("checkpoint_every", 512))
+    labeller = LMLabeller(complete, features, settings=settings, cache=cache)
 labels = label_pairs(labeller, pairs)
 missing = missing_summary(labels)
 log.info("labelled %d texts; missing: %s", labels.height, missing)

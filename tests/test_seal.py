@@ -854,3 +854,25 @@ def test_schema_defaults_of_the_analysis_keys_build_valid_settings():
     assert st.robustness_population == "all" and st.flip_encoding == "signed"
     assert props["score_dtype"]["default"] == "float32" and props["max_length"]["default"] is None
     assert seal.ScoringSettings().dtype == "float32" and seal.ScoringSettings().max_length is None
+
+
+def test_each_reward_rule_imports_only_what_it_runs():
+    from pathlib import Path
+
+    from rlhf_audit.codehash import local_closure
+
+    root = Path(__file__).resolve().parents[1]
+
+    def closure(script):
+        return {p.relative_to(root / "src/rlhf_audit").as_posix()
+                for p in local_closure(root / "scripts" / script) if "src" in p.parts}
+
+    score = closure("score_rewards.py")
+    assert "reward/score.py" in score
+    # An analysis, labelling or figure edit must not rerun GPU scoring.
+    assert not score & {"reward/analysis.py", "reward/figures.py", "labelling.py", "plotting.py",
+                        "seal.py", "rewrite.py"}, score
+    assert not closure("plot_rewards.py") & {"reward/score.py", "reward/analysis.py"}
+    assert not closure("rewrite_pairs.py") & {"reward/score.py", "reward/analysis.py", "seal.py"}
+    assert not closure("label_texts.py") & {"reward/score.py", "reward/analysis.py", "seal.py",
+                                            "rewrite.py"}

@@ -878,7 +878,8 @@ def failures_table(labels: pl.DataFrame) -> pl.DataFrame:
 
 
 def complete_from_config(endpoint: Mapping, spec: Mapping | None = None, device: str = "auto",
-                         json_mode: bool = True, temperature: float = 0.0) -> Complete:
+                         json_mode: bool = True, temperature: float = 0.0,
+                         concurrency: int = 4) -> Complete:
     """A ``complete`` callable for an endpoint config (workflow key ``{kind: hf|openai, ...}``).
 
     ``spec`` is the model spec of an ``hf`` endpoint's model (a key of
@@ -906,4 +907,4 @@ def complete_from_config(endpoint: Mapping, spec: Mapping | None = None, device:
         api_key_env=endpoint.get("api_key_env", "OPENAI_API_KEY"),
         timeout_s=endpoint.get("timeout_s", 60), max_retries=endpoint.get("max_retries", 3),
         max_tokens=endpoint.get("max_new_tokens", 256), json_mode=json_mode,
-        temperature=temperature))
+        temperature=temperature, concurrency=concurrency))
