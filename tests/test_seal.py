@@ -1,4 +1,5 @@
-"""Tests of rlhf_audit.seal: scoring, agreement/regimes/resistance, imprint OLS, angle, robustness.
+"""Tests of the SEAL study (rlhf_audit.reward.*, re-exported as rlhf_audit.seal): scoring, ties,
+agreement/regimes/resistance, VIF check and imprint OLS, angle, robustness, planted RMs.
 
 Analyses are checked against planted answers; stochastic ones over many seeds.
 """
@@ -876,3 +877,91 @@ def test_each_reward_rule_imports_only_what_it_runs():
     assert not closure("rewrite_pairs.py") & {"reward/score.py", "reward/analysis.py", "seal.py"}
     assert not closure("label_texts.py") & {"reward/score.py", "reward/analysis.py", "seal.py",
                                             "rewrite.py"}
+
+
+# --------------------------------------------------------------------------- planted reward models
+
+
+class _BagRM(torch.nn.Module):
+    """A reward model whose logit is the sum of per-token weights: the imprint of a feature
+    word is its weight, exactly, and identical texts tie exactly."""
+
+    def __init__(self, weights):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.w = torch.nn.Parameter(torch.as_tensor(weights, dtype=torch.float32))
+        self.config = SimpleNamespace(pad_token_id=0)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=(self.w[input_ids] * attention_mask).sum(1, keepdim=True))
+
+
+def _planted_run(seed):
+    tok, v = _word_tokenizer("deberta")
+    vocab = tok.get_vocab()
+    feature_words = {"helpful": "thanks", "harmless": "sun", "eloquent": "music"}
+    filler = [w for w in WORDS[3:] if w not in feature_words.values()]
+    rng = np.random.default_rng(seed)
+    planted = {"post": {"helpful": 1.5, "harmless": 1.0, "eloquent": -0.5},
+               "pre": {"helpful": 0.5, "harmless": 0.2, "eloquent": 0.0}}
+    models = {}
+    for rm, w in planted.items():
+        weights = rng.normal(0, 0.3, v)
+        weights[:4] = 0  # specials
+        for f, word in feature_words.items():
+            weights[vocab[word]] = w[f]
+        models[rm] = _BagRM(weights)
+    n, n_same = 400, 23
+    rows, labels = [], []
+    for i in range(n):
+        prompt = "\n\nhuman : " + " ".join(rng.choice(filler, 4)) + "\n\n"
+        sides = {}
+        for side in SIDES:
+            has = {f: int(rng.random() < 0.5) for f in feature_words}
+            words = list(rng.choice(filler, int(rng.integers(2, 8))))
+            words += [feature_words[f] for f, h in has.items() if h]
+            rng.shuffle(words)
+            sides[side] = (prompt + "assistant : " + " ".join(words), has)
+        if i < n_same:  # the same reply twice: an exact tie for both reward models
+            sides["rejected"] = sides["chosen"]
+        rows.append({"pair_id": f"q{i:04d}", "chosen": sides["chosen"][0],
+                     "rejected": sides["rejected"][0]})
+        for side in SIDES:
+            labels.append({"pair_id": f"q{i:04d}", "side": side, **sides[side][1]})
+    pairs = pl.DataFrame(rows)
+    st = seal.ScoringSettings(marker="assistant :", batch_size=64)
+    scores = {rm: seal.score_pairs(m, tok, pairs, st) for rm, m in models.items()}
+    from rlhf_audit.labelling import labels_wide, validate_labels
+
+    feats = tuple(feature_words)
+    lab = labels_wide(validate_labels(pl.DataFrame(labels), feats, ()), feats)
+    table = seal.assemble_pairs(scores["pre"], scores["post"], lab)
+    settings = SealSettings(features=feats, target_features=("helpful", "harmless"),
+                            spoiler_features=("eloquent",), n_boot=200)
+    h = seal.headline(table, settings, truncation={rm: seal.truncation_summary(s)
+                                                   for rm, s in scores.items()})
+    return h, planted, feats, n, n_same
+
+
+def test_planted_reward_models_imprints_and_ties_are_recovered_end_to_end():
+    """Text -> tokenizer -> two planted reward models -> pairs table -> headline, over seeds."""
+    hits, total, est = 0, 0, {}
+    n_seeds = 12
+    for seed in range(n_seeds):
+        h, planted, feats, n, n_same = _planted_run(seed)
+        assert h["n_ties_pre"].value == n_same and h["n_ties_post"].value == n_same
+        assert h["agreement_post"].n == n - n_same and h["n_truncated_post"].value == 0
+        truth = {f"imprint_post_{f}": planted["post"][f] for f in feats} | {
+            f"imprint_shift_{f}": planted["post"][f] - planted["pre"][f] for f in feats} | {
+            "imprint_post_target_minus_spoiler": (1.5 + 1.0) / 2 + 0.5}
+        for k, w in truth.items():
+            e = h[k]
+            hits += e.lo <= w <= e.hi
+            total += 1
+            est.setdefault(k, []).append(e.value)
+    assert hits / total >= 0.88, hits / total
+    for k, vals in est.items():
+        assert abs(np.mean(vals) - truth[k]) < 4 * np.std(vals) / math.sqrt(n_seeds) + 1e-9, k
