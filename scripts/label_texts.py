@@ -2,11 +2,15 @@
 
 import polars as pl
 
+from rlhf_audit.cache import cache_dir
 from rlhf_audit.io import write_table
 from rlhf_audit.labelling import (
+    LabelCache,
     LMLabeller,
+    LMLabellerSettings,
     TableLabeller,
     complete_from_config,
+    failures_table,
     label_pairs,
     missing_summary,
 )
@@ -16,14 +20,24 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
 lab, features = sm.params.labeller, list(sm.params.features)
 pairs = pl.read_parquet(sm.input.pairs)
+cache = None
 if lab["kind"] in ("ground_truth", "file"):
     labeller = TableLabeller.from_file(lab["path"], features)
 else:
-    complete = complete_from_config(lab["lm"], lab.get("lm_spec"), sm.params.device)
-    labeller = LMLabeller(complete, features)
+    complete = complete_from_config(lab["lm"], lab.get("lm_spec"), sm.params.device,
+                                    concurrency=lab.get("concurrency", 4))
+    # Content-addressed: survives reruns the code hash triggers, shared between variants.
+    cache = LabelCache(cache_dir() / "labels.sqlite") if lab.get("cache", True) else None
+    settings = LMLabellerSettings(max_attempts=lab.get("max_attempts", 3),
+                                  max_missing_share=lab.get("max_missing_share", 0.25),
+                                  checkpoint_every=lab.get("checkpoint_every", 512))
+    labeller = LMLabeller(complete, features, settings=settings, cache=cache)
 labels = label_pairs(labeller, pairs)
 missing = missing_summary(labels)
 log.info("labelled %d texts; missing: %s", labels.height, missing)
-write_table(labels, sm.output.labels,
-            provenance(sm.rule, params={"labeller": lab, "features": features},
-                       inputs={"pairs": sm.input.pairs}, missing=missing))
+prov = provenance(sm.rule, params={"labeller": lab, "features": features},
+                  inputs={"pairs": sm.input.pairs}, missing=missing,
+                  label_cache=None if cache is None else str(cache.path),
+                  labeller_spec=getattr(labeller, "spec", None))
+write_table(labels, sm.output.labels, prov)
+write_table(failures_table(labels), sm.output.failures, prov)

@@ -2,8 +2,8 @@
 
 import polars as pl
 
+from rlhf_audit.reward.figures import plot_imprint, plot_regimes, plot_robustness
 from rlhf_audit.runtime import setup
-from rlhf_audit.seal import plot_imprint, plot_regimes, plot_robustness
 from rlhf_audit.stats import Estimate
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

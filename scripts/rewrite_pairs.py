@@ -3,8 +3,8 @@
 import polars as pl
 
 from rlhf_audit.io import write_table
+from rlhf_audit.rewrite import rewrite_summary, select_rewrite_pairs
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.seal import select_rewrite_pairs
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
@@ -12,7 +12,7 @@ r = sm.params.rewrite
 original = pl.read_parquet(sm.input.original)
 chosen_ids = select_rewrite_pairs(original["pair_id"].to_list(), r["share"], r.get("seed", 0))
 selected = original.filter(pl.col("pair_id").is_in(chosen_ids))
-failures = None
+
 if r["kind"] == "organism":
     rendered = pl.read_ndjson(sm.input.organism_rewrites)
     rewritten = selected.select("pair_id").join(rendered, on="pair_id", how="left",
@@ -21,30 +21,36 @@ if r["kind"] == "organism":
     if missing:
         raise ValueError(f"{sm.input.organism_rewrites}: no re-rendering for pairs {missing[:5]}")
     rewritten = rewritten.select("pair_id", "chosen", "rejected")
+    rejections = pl.DataFrame(schema={"pair_id": pl.String, "side": pl.String,
+                                      "attempt": pl.Int16, "reason": pl.String,
+                                      "final": pl.Boolean})
 else:
     from rlhf_audit.labelling import complete_from_config
     from rlhf_audit.rewrite import lm_rewrite_pairs
 
-    complete = complete_from_config(r["lm"], r.get("lm_spec"), sm.params.device, json_mode=False)
-    rewritten, failures = lm_rewrite_pairs(complete, selected.select("pair_id", "chosen",
-                                                                      "rejected"))
+    complete = complete_from_config(r["lm"], r.get("lm_spec"), sm.params.device, json_mode=False,
+                                    temperature=r["temperature"])
+    rewritten, rejections = lm_rewrite_pairs(
+        complete, selected.select("pair_id", "chosen", "rejected"), max_attempts=r["max_attempts"])
+pooling = None
 if r.get("embedder"):
-    from transformers import AutoModel
+    from rlhf_audit.rewrite import load_embedder, rewrite_similarity
 
-    from rlhf_audit.models import ModelSpec, load_tokenizer, resolve_device
-    from rlhf_audit.rewrite import rewrite_similarity
-
-    spec = ModelSpec.from_config(r["embedder"])
-    enc = AutoModel.from_pretrained(spec.source, use_safetensors=True, trust_remote_code=False,
-                                    revision=spec.revision).to(resolve_device(sm.params.device))
-    similarity = rewrite_similarity(enc.eval(), load_tokenizer(spec), selected, rewritten)
+    enc, tok, pooling, max_len, source = load_embedder(r["embedder"], sm.params.device,
+                                                       r["pooling"])
+    similarity = rewrite_similarity(enc, tok, selected, rewritten, pooling=pooling,
+                                    max_length=max_len)
 else:
     log.info("no reward.rewrite.embedder configured: semantic similarity not computed")
     similarity = pl.DataFrame(schema={"pair_id": pl.String, "sim_chosen": pl.Float64,
-                                      "sim_rejected": pl.Float64})
+                                      "sim_rejected": pl.Float64, "cut_chosen": pl.Boolean,
+                                      "cut_rejected": pl.Boolean})
+summary = rewrite_summary(rejections, selected.height, rewritten.height)
 prov = provenance(sm.rule, params=dict(r), inputs={"original": sm.input.original},
-                  n_selected=selected.height, n_rewritten=rewritten.height,
-                  n_failed_texts=0 if failures is None else failures.height)
+                  pooling=pooling, **summary,
+                  n_similarity_cut=int(similarity["cut_chosen"].sum()
+                                       + similarity["cut_rejected"].sum()))
 write_table(rewritten, sm.output.pairs, prov)
 write_table(similarity, sm.output.similarity, prov)
-log.info("rewrote %d of %d pairs", rewritten.height, original.height)
+write_table(rejections, sm.output.failures, prov)
+log.info("rewrote %d of %d selected pairs (%s)", rewritten.height, selected.height, summary)

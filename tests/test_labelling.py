@@ -109,7 +109,12 @@ def test_lm_labeller_retries_invalid_replies_with_the_reason_and_keeps_failures(
     # Only invalid texts are re-asked, and the re-ask says what was wrong.
     assert [len(c) for c in fake.calls] == [3, 2, 1]
     assert "no JSON object" in fake.calls[1][0] and "could not be used" in fake.calls[1][0]
-    assert L.missing_summary(out) == {"n_texts": 3, "n_missing": 1, "n_pairs_with_missing": 1}
+    assert L.missing_summary(out) == {"n_texts": 3, "n_missing": 1, "n_pairs_with_missing": 1,
+                                      "n_invalid_reply": 1, "n_transient": 0, "n_http_4xx": 0,
+                                      "n_from_cache": 0}
+    fails = L.failures_table(out)
+    assert fails.to_dicts() == [{"pair_id": "p2", "side": "chosen", "attempts": 3,
+                                 "error_kind": "invalid_reply", "error": bad["error"]}]
     wide = L.labels_wide(out, FEATS)
     assert wide.columns[:2] == ["pair_id", "chosen_refusal"]
     assert wide.filter(pl.col("pair_id") == "p2")["rejected_helpful"].item() is None
@@ -153,7 +158,7 @@ def test_hf_complete_applies_the_chat_template_and_decodes_greedily():
 class _Server:
     """A chat-completions stand-in on 127.0.0.1 that plays a queue of behaviours."""
 
-    def __init__(self, behaviours, key="sekrit-123"):
+    def __init__(self, behaviours, key="sekrit-123", max_requests=500):
         self.behaviours = list(behaviours)
         self.requests = []
         self.lock = threading.Lock()
@@ -167,6 +172,8 @@ class _Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.requests.append((self.path, dict(self.headers), body))
+                    if len(outer.requests) > max_requests:  # a runaway client: fail the test
+                        return self._send(418, b'{"error": "too many requests in a test"}')
                     b = outer.behaviours.pop(0) if len(outer.behaviours) > 1 else \
                         outer.behaviours[0]
                 if self.headers.get("Authorization") != f"Bearer {key}":
@@ -174,8 +181,8 @@ class _Server:
                 if b == "sleep":
                     time.sleep(0.6)
                     b = "valid"
-                if b == "500":
-                    return self._send(500, b"oops")
+                if b.isdigit():  # an HTTP status to answer with
+                    return self._send(int(b), b'{"error": "refused"}')
                 if b == "garbage":
                     return self._send(200, b"<html>not json</html>")
                 content = json.dumps(VALID) if b == "valid" else "no labels, sorry"
@@ -254,7 +261,8 @@ def test_endpoint_that_stays_broken_gives_missing_labels_not_dropped_rows(server
     with caplog.at_level(logging.WARNING):
         out = lab.label(items()[:2])
     assert out.height == 2 and not out["label_ok"].any()
-    assert out["error"].to_list() == ["no reply was received"] * 2
+    assert out["error_kind"].to_list() == ["transient"] * 2
+    assert all("no reply after 3 tries" in e for e in out["error"].to_list())
     assert len(srv.requests) == 2 * 2 * 3  # texts x labeller attempts x (1 + retries)
     assert "sekrit" not in caplog.text
 
@@ -308,7 +316,8 @@ def _write_jsonl(path, rows):
 
 def test_load_labels_jsonl_and_parquet(tmp_path):
     out = L.load_labels(_write_jsonl(tmp_path / "l.jsonl", _rows()), FEATS)
-    assert out.columns == ["pair_id", "side", *FEATS, "label_ok", "attempts", "error"]
+    assert out.columns == ["pair_id", "side", *FEATS, "label_ok", "attempts", "error",
+                           "error_kind", "from_cache"]
     assert out["helpful"].to_list() == [1, 0, 1, 0]
     assert out["sentiment"].to_list() == [1, 0, -1, 0]
     assert out["pair_id"].to_list() == ["p1", "p1", "2", "2"]
@@ -372,3 +381,129 @@ def test_complete_from_config_builds_each_backend(monkeypatch):
     assert client.settings.model == "m" and client.settings.max_tokens == 8
     with pytest.raises(ValueError, match="needs the spec"):
         complete_from_config({"kind": "hf", "model": "x"})
+
+
+# --------------------------------------------------------------------------- scale: errors
+
+
+def _many_items(n, tag="t"):
+    return [L.LabelItem(f"{tag}{i}", "chosen", f"\n\nHuman: q{i}?\n\nAssistant: {tag} answer {i}")
+            for i in range(n)]
+
+
+def test_endpoint_auth_error_stops_at_once_with_a_clear_message(server_factory, monkeypatch):
+    for concurrency in (1, 4):
+        srv = server_factory(["401"])
+        lab = L.LMLabeller(_client(srv.url, concurrency=concurrency), FEATS,
+                           settings=L.LMLabellerSettings(max_attempts=3, batch_size=16))
+        with pytest.raises(L.AuthenticationError, match="HTTP 401.*TEST_LABELLER_KEY.*Stopped"):
+            lab.label(_many_items(40))
+        # No retry and nothing queued after the refusal (at most the requests in flight).
+        assert 1 <= len(srv.requests) <= concurrency
+    srv = server_factory(["403"])
+    with pytest.raises(L.AuthenticationError, match="HTTP 403"):
+        _client(srv.url)(["x"])
+    assert len(srv.requests) == 1
+
+
+def test_endpoint_4xx_is_recorded_per_text_and_not_reasked(server_factory):
+    # Text 2 is refused (HTTP 400, e.g. too long), the others answer.
+    srv = server_factory(["valid", "400", "valid"])
+    lab = L.LMLabeller(_client(srv.url), FEATS,
+                       settings=L.LMLabellerSettings(max_attempts=3, max_missing_share=0.5))
+    out = lab.label(_many_items(3))
+    assert out["label_ok"].to_list() == [True, False, True]
+    row = out.row(1, named=True)
+    assert row["error_kind"] == "http_4xx" and "HTTP 400" in row["error"] and row["attempts"] == 1
+    assert len(srv.requests) == 3  # a 400 is neither retried by the client nor re-asked
+    assert L.missing_summary(out)["n_http_4xx"] == 1
+    assert L.failures_table(out)["error_kind"].to_list() == ["http_4xx"]
+
+
+def test_endpoint_that_refuses_everything_stops_after_a_bounded_number(server_factory):
+    srv = server_factory(["404"])
+    client = _client(srv.url, max_consecutive_refusals=5)
+    lab = L.LMLabeller(client, FEATS, settings=L.LMLabellerSettings(max_missing_share=1.0))
+    with pytest.raises(L.EndpointError, match="refused 5 requests in a row.*HTTP 404"):
+        lab.label(_many_items(50))
+    assert len(srv.requests) == 5
+
+
+# --------------------------------------------------------------------------- scale: cache
+
+
+class CountingModel:
+    """Valid labels for every prompt; counts the texts it is asked about; can fail after k."""
+
+    identity = {"kind": "fake", "model": "counting-v1"}
+
+    def __init__(self, fail_after=None):
+        self.asked: list[str] = []
+        self.fail_after = fail_after
+
+    def __call__(self, prompts):
+        out = []
+        for p in prompts:
+            if self.fail_after is not None and len(self.asked) >= self.fail_after:
+                raise KeyboardInterrupt("job killed")
+            self.asked.append(p)
+            out.append(json.dumps(VALID))
+        return out
+
+
+def test_label_cache_resumes_an_interrupted_run_and_labels_only_the_rest(tmp_path):
+    cache = L.LabelCache(tmp_path / "labels.sqlite")
+    its = _many_items(40)
+    st = L.LMLabellerSettings(batch_size=4, checkpoint_every=8)
+    first = CountingModel(fail_after=21)
+    with pytest.raises(KeyboardInterrupt):
+        L.LMLabeller(first, FEATS, settings=st, cache=cache).label(its)
+    assert len(cache) == 16  # two whole checkpoints of 8 survived the interrupt
+    second = CountingModel()
+    out = L.LMLabeller(second, FEATS, settings=st, cache=cache).label(its)
+    assert len(second.asked) == 40 - 16 and out["label_ok"].all()
+    assert out["from_cache"].sum() == 16 and out["pair_id"].to_list() == [i.pair_id for i in its]
+    assert not any("t3 answer 3" in p for p in second.asked)  # cached texts are not re-sent
+    # An enlarged run asks only for the new texts; another pair id with the same text is a hit.
+    third = CountingModel()
+    more = its + _many_items(10, tag="u") + [L.LabelItem("other", "rejected", its[0].text)]
+    out = L.LMLabeller(third, FEATS, settings=L.LMLabellerSettings(max_attempts=1),
+                       cache=cache).label(more)
+    assert len(third.asked) == 10 and out.height == 51 and out["label_ok"].all()
+    assert out.row(50, named=True)["from_cache"]
+
+
+def test_label_cache_key_is_text_spec_and_prompt_version_only(tmp_path, monkeypatch):
+    cache = L.LabelCache(tmp_path / "labels.sqlite")
+    its = _many_items(6)
+    L.LMLabeller(CountingModel(), FEATS, cache=cache).label(its)
+    # Settings that do not change the question (batching, retries) still hit the cache.
+    again = CountingModel()
+    L.LMLabeller(again, FEATS, settings=L.LMLabellerSettings(batch_size=2, max_attempts=5),
+                 cache=cache).label(its)
+    assert again.asked == []
+    # A new prompt version, another model or other features relabel everything.
+    monkeypatch.setattr(L, "PROMPT_VERSION", "2")
+    v2 = CountingModel()
+    L.LMLabeller(v2, FEATS, cache=cache).label(its)
+    assert len(v2.asked) == 6
+    monkeypatch.setattr(L, "PROMPT_VERSION", "1")
+    other = CountingModel()
+    L.LMLabeller(other, FEATS, cache=cache, backend_identity={"kind": "fake", "model": "v2"}
+                 ).label(its)
+    assert len(other.asked) == 6
+    fewer = CountingModel()
+    out = L.LMLabeller(lambda ps: [json.dumps({k: VALID[k] for k in FEATS[:3]})] * len(ps),
+                       FEATS[:3], cache=cache, backend_identity=CountingModel.identity).label(its)
+    assert out["label_ok"].all() and fewer.asked == []
+    with pytest.raises(ValueError, match="identity"):
+        L.LMLabeller(lambda ps: ps, FEATS, cache=cache)
+
+
+def test_client_identity_pins_the_model_not_the_key_or_timeouts(monkeypatch):
+    monkeypatch.setenv("K1", "secret-a")
+    a = L.ChatCompletionsClient(L.EndpointSettings(api_key_env="K1", timeout_s=5))
+    b = L.ChatCompletionsClient(L.EndpointSettings(api_key_env="K1", timeout_s=50,
+                                                   max_retries=9))
+    assert a.identity == b.identity and "secret-a" not in json.dumps(a.identity)
+    assert a.identity["model"] == "gpt-4-turbo-2024-04-09"

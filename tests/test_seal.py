@@ -1,4 +1,5 @@
-"""Tests of rlhf_audit.seal: scoring, agreement/regimes/resistance, imprint OLS, angle, robustness.
+"""Tests of the SEAL study (rlhf_audit.reward.*, re-exported as rlhf_audit.seal): scoring, ties,
+agreement/regimes/resistance, VIF check and imprint OLS, angle, robustness, planted RMs.
 
 Analyses are checked against planted answers; stochastic ones over many seeds.
 """
@@ -312,11 +313,97 @@ def test_planted_agreement_rate_is_recovered_within_its_interval():
     assert abs(np.mean(ests) - p_post) < 3 * math.sqrt(p_post * (1 - p_post) / n / 120)
 
 
-def test_ties_count_as_disagreement():
+def test_exact_ties_are_neither_agreement_nor_disagreement_and_are_counted():
     rng = np.random.default_rng(0)
-    r = {c: np.zeros(4) for c in seal.REWARD_COLUMNS}
-    e = seal.agreement(make_pairs(4, rng, r=r), settings_for(("helpful", "harmless"), n_boot=50))
-    assert e["agreement_post"].value == 0.0
+    n, n_tie_post, n_tie_pre = 1000, 37, 11
+    base = rng.normal(size=n)
+    agree = rng.random(n) < 0.7
+    gap = rng.uniform(0.1, 1, n)
+    r = {"r_post_rejected": base, "r_post_chosen": base + np.where(agree, gap, -gap),
+         "r_pre_rejected": base, "r_pre_chosen": base + gap}
+    r["r_post_chosen"][:n_tie_post] = base[:n_tie_post]  # exact ties
+    r["r_pre_chosen"][-n_tie_pre:] = base[-n_tie_pre:]
+    pairs = make_pairs(n, rng, r=r)
+    st = settings_for(("helpful", "harmless"), n_boot=100)
+    assert seal.tie_counts(pairs) == {"pre": n_tie_pre, "post": n_tie_post}
+    e = seal.agreement(pairs, st)
+    want = agree[n_tie_post:].mean()
+    assert e["agreement_post"].value == pytest.approx(want)
+    assert e["agreement_post"].n == n - n_tie_post
+    assert e["agreement_pre"].value == 1.0 and e["agreement_pre"].n == n - n_tie_pre
+    res = seal.alignment_resistance(pairs, st)
+    assert res.filter(pl.col("stratum") == "all")["resistance"].item() == pytest.approx(1 - want)
+    reg = seal.alignment_regimes(pairs, st)
+    assert reg["n_tied"].unique().to_list() == [n_tie_post + n_tie_pre]
+    assert reg["count"].sum() == n - n_tie_post - n_tie_pre
+    h = seal.headline(pairs, st)
+    assert h["n_ties_post"].value == n_tie_post and h["n_ties_pre"].value == n_tie_pre
+    assert h["n_ties_post"].n == n
+    # All tied: agreement is undefined, not 0.
+    flat = make_pairs(4, rng, r={c: np.zeros(4) for c in seal.REWARD_COLUMNS})
+    a = seal.agreement(flat, st)["agreement_post"]
+    assert math.isnan(a.value) and "undefined" in a.method
+
+
+def test_reward_models_score_in_float32_whatever_dtype_auto_says(tmp_path, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_audit import models
+
+    _tiny_rm("deberta", tmp_path)
+    d = tmp_path / "deberta"
+    # dtype: auto on a GPU means bf16; the scoring loader must not follow it.
+    monkeypatch.setattr(models, "resolve_dtype", lambda dtype, dev: (
+        torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)))
+    lm_like, _ = models.load_reward_model({"path": str(d)}, device="cpu", dtype="auto")
+    assert next(lm_like.parameters()).dtype == torch.bfloat16
+    model, tok = seal.load_scoring_model({"path": str(d)}, device="cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    rng = np.random.default_rng(5)
+    prefixes, responses = _texts(rng, 12)
+    pairs = pl.DataFrame({"pair_id": [f"q{i}" for i in range(6)],
+                          "chosen": [p + r for p, r in zip(prefixes[0::2], responses[0::2],
+                                                           strict=True)],
+                          "rejected": [p + r for p, r in zip(prefixes[1::2], responses[1::2],
+                                                             strict=True)]})
+    st = seal.ScoringSettings(marker="assistant :")
+    got = seal.score_pairs(model, tok, pairs, st)
+    ref = AutoModelForSequenceClassification.from_pretrained(d, dtype=torch.float32)
+    want = seal.score_pairs(ref, tok, pairs, st)
+    np.testing.assert_allclose(got["r_chosen"].to_numpy(), want["r_chosen"].to_numpy(),
+                               rtol=1e-6, atol=1e-6)
+    # bf16 scoring would quantise the rewards: the gap the float32 path avoids.
+    bf = seal.score_pairs(lm_like, tok, pairs, seal.ScoringSettings(marker="assistant :",
+                                                                    dtype="bfloat16"))
+    assert np.abs(bf["r_chosen"].to_numpy() - want["r_chosen"].to_numpy()).max() > 1e-3
+    # A model handed over in bf16 is cast to float32 before scoring.
+    seal.score_pairs(lm_like, tok, pairs, st)
+    assert next(lm_like.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        seal.ensure_scoring_dtype(model, "int8")
+
+
+def test_no_truncation_by_default_and_cut_texts_are_counted(tmp_path):
+    model, tok = _tiny_rm("deberta", tmp_path)
+    rng = np.random.default_rng(2)
+    prefixes, responses = _texts(rng, 10)
+    pairs = pl.DataFrame({"pair_id": [f"q{i}" for i in range(5)],
+                          "chosen": [p + r for p, r in zip(prefixes[0::2], responses[0::2],
+                                                           strict=True)],
+                          "rejected": [p + r for p, r in zip(prefixes[1::2], responses[1::2],
+                                                             strict=True)]})
+    full = seal.score_pairs(model, tok, pairs, seal.ScoringSettings(marker="assistant :"))
+    assert not full["truncated_chosen"].any() and not full["truncated_rejected"].any()
+    lengths = np.concatenate([full["n_tokens_chosen"].to_numpy(),
+                              full["n_tokens_rejected"].to_numpy()])
+    limit = int(np.median(lengths))
+    cut = seal.score_pairs(model, tok, pairs, seal.ScoringSettings(marker="assistant :",
+                                                                   max_length=limit))
+    summ = seal.truncation_summary(cut)
+    assert summ == {"n_texts": 10, "n_truncated": int((lengths > limit).sum()),
+                    "max_tokens": int(lengths.max())}
+    assert summ["n_truncated"] > 0
+    assert seal.truncation_summary(full)["n_truncated"] == 0
 
 
 def test_regime_shares_recovered_from_planted_transition_matrix():
@@ -461,47 +548,91 @@ def test_shift_angle_regression_recovers_planted_feature_effect():
 # --------------------------------------------------------------------------- robustness
 
 
-def _robustness_data(seed, n=600, effect=0.25, base_rate=0.08):
-    """Original pairs all aligned; rewriting flips chosen sentiment for some pairs, and a flip
-    raises the chance of becoming misaligned by ``effect``; harmless flips do nothing."""
+B_CHOSEN, B_REJECTED, P_RIGHT_BEFORE = 0.12, -0.10, 0.75
+
+
+def _robustness_data(seed, n=800, base_rate=0.3):
+    """Planted signed flip effects, SEAL's design.
+
+    The post RM gets a pair right before rewriting with probability
+    P_RIGHT_BEFORE; for those, P(wrong after) = base_rate + B_CHOSEN * d_c +
+    B_REJECTED * d_r, where d = original - rewritten sentiment label of that
+    side. Rejected-harmless labels flip with no effect; chosen-helpful never
+    flips. So over all pairs the slopes are P_RIGHT_BEFORE * B, and among the
+    pairs right before they are B."""
     rng = np.random.default_rng(seed)
     feats = ("harmless", "helpful", "sentiment")
+    right = rng.random(n) < P_RIGHT_BEFORE
+    gap = rng.uniform(0.5, 2, n)
     r = {"r_pre_chosen": rng.normal(1, 0.5, n), "r_pre_rejected": rng.normal(0, 0.5, n),
-         "r_post_chosen": rng.uniform(0.5, 2, n), "r_post_rejected": np.zeros(n)}
+         "r_post_chosen": np.where(right, gap, -gap), "r_post_rejected": np.zeros(n)}
     orig = make_pairs(n, rng, feats, r=r)
-    flip_s = rng.random(n) < 0.3
-    flip_h = rng.random(n) < 0.3
-    misal = rng.random(n) < base_rate + effect * flip_s
-    new_sent = np.where(flip_s, (orig["chosen_sentiment"].to_numpy() + 2) % 3 - 1,
-                        orig["chosen_sentiment"].to_numpy())
+
+    def moved(labels):
+        step = rng.choice([-1, 0, 1], n, p=[0.15, 0.7, 0.15])
+        return np.clip(labels + step, -1, 1)
+
+    sc, sr = orig["chosen_sentiment"].to_numpy(), orig["rejected_sentiment"].to_numpy()
+    new_c, new_r = moved(sc), moved(sr)
+    d_c, d_r = sc - new_c, sr - new_r
+    p_wrong = base_rate + B_CHOSEN * d_c + B_REJECTED * d_r
+    assert (p_wrong > 0).all() and (p_wrong < 1).all()
+    became = right & (rng.random(n) < p_wrong)
+    flip_h = rng.random(n) < 0.2
     new_harm = np.where(flip_h, 1 - orig["rejected_harmless"].to_numpy(),
                         orig["rejected_harmless"].to_numpy())
     rew = orig.with_columns(
-        pl.Series("chosen_sentiment", new_sent).cast(pl.Int8),
+        pl.Series("chosen_sentiment", new_c).cast(pl.Int8),
+        pl.Series("rejected_sentiment", new_r).cast(pl.Int8),
         pl.Series("rejected_harmless", new_harm).cast(pl.Int8),
-        pl.Series("r_post_chosen", np.where(misal, -orig["r_post_chosen"].to_numpy(),
+        pl.Series("r_post_chosen", np.where(became, -orig["r_post_chosen"].to_numpy(),
                                             orig["r_post_chosen"].to_numpy())))
     return orig, rew, feats
 
 
-def test_flip_lpm_recovers_planted_flip_effect():
-    hit_eff = hit_null = 0
-    n_seeds = 80
+@pytest.mark.parametrize("population,scale", [("all", P_RIGHT_BEFORE), ("correct_before", 1.0)])
+def test_flip_lpm_recovers_planted_signed_effects(population, scale):
+    want = {"flip_chosen_sentiment": B_CHOSEN * scale,
+            "flip_rejected_sentiment": B_REJECTED * scale, "flip_rejected_harmless": 0.0}
+    hits = dict.fromkeys(want, 0)
+    coefs = {k: [] for k in want}
+    n_seeds = 60
     for seed in range(n_seeds):
         orig, rew, feats = _robustness_data(seed)
-        t = seal.robustness_flip_regression(orig, rew, settings_for(feats))
-        eff = t.filter(pl.col("term") == "flip_chosen_sentiment").row(0, named=True)
-        null = t.filter(pl.col("term") == "flip_rejected_harmless").row(0, named=True)
-        hit_eff += eff["lo"] <= 0.25 <= eff["hi"]
-        hit_null += null["lo"] <= 0.0 <= null["hi"]
+        t = seal.robustness_flip_regression(orig, rew, settings_for(
+            feats, robustness_population=population))
+        for k, w in want.items():
+            row = t.filter(pl.col("term") == k).row(0, named=True)
+            hits[k] += row["lo"] <= w <= row["hi"]
+            coefs[k].append(row["coef"])
         # flips that never happen are reported as dropped, not silently removed
         assert t.filter(pl.col("term") == "flip_chosen_helpful")["dropped"].item()
-    assert 0.88 <= hit_eff / n_seeds <= 1.0
-    assert 0.88 <= hit_null / n_seeds <= 1.0
-    orig, rew, feats = _robustness_data(0, n=3000)
-    eff = seal.robustness_flip_regression(orig, rew, settings_for(feats)).filter(
-        pl.col("term") == "flip_chosen_sentiment").row(0, named=True)
-    assert eff["significant"] and abs(eff["coef"] - 0.25) < 0.06
+        assert t["population"][0] == population and t["encoding"][0] == "signed"
+        n_rows = t["n_obs"][0]
+        if population == "all":
+            assert n_rows == orig.height
+        else:
+            assert n_rows == int((orig["r_post_chosen"] > 0).sum())
+    for k, w in want.items():
+        assert 0.88 <= hits[k] / n_seeds <= 1.0, (k, hits[k])
+        assert abs(np.mean(coefs[k]) - w) < 4 * np.std(coefs[k]) / math.sqrt(n_seeds), k
+
+
+def test_unsigned_flips_lose_the_direction_signed_flips_keep():
+    orig, rew, feats = _robustness_data(0, n=6000)
+    signed = seal.robustness_flip_regression(orig, rew, settings_for(feats))
+    unsigned = seal.robustness_flip_regression(orig, rew, settings_for(
+        feats, flip_encoding="unsigned"))
+    s = signed.filter(pl.col("term") == "flip_chosen_sentiment").row(0, named=True)
+    u = unsigned.filter(pl.col("term") == "flip_chosen_sentiment").row(0, named=True)
+    assert s["significant"] and abs(s["coef"] - B_CHOSEN * P_RIGHT_BEFORE) < 0.03
+    # Up and down moves are equally likely here, so an indicator of "changed" sees no effect.
+    assert u["lo"] <= 0 <= u["hi"]
+    f = seal.flip_indicators(orig, rew, feats, "signed")
+    d = (orig["chosen_sentiment"].cast(pl.Int16) - rew["chosen_sentiment"].cast(pl.Int16))
+    assert f["flip_chosen_sentiment"].to_list() == d.cast(pl.Float64).to_list()
+    with pytest.raises(ValueError, match="flip_encoding"):
+        SealSettings(flip_encoding="abs")
 
 
 def test_robustness_summary_values():
@@ -515,7 +646,7 @@ def test_robustness_summary_values():
     o = orig.head(200)
     a_o = (o["r_post_chosen"] > o["r_post_rejected"]).to_numpy().mean()
     a_r = (sub["r_post_chosen"] > sub["r_post_rejected"]).to_numpy().mean()
-    assert e["agreement_post_original"].value == pytest.approx(a_o) == 1.0
+    assert e["agreement_post_original"].value == pytest.approx(a_o)
     assert e["agreement_post_rewritten"].value == pytest.approx(a_r)
     assert e["agreement_post_drop"].value == pytest.approx(a_o - a_r)
     x = np.concatenate([o["r_post_chosen"], o["r_post_rejected"]])
@@ -523,6 +654,12 @@ def test_robustness_summary_values():
     assert e["rewrite_reward_r"].value == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert e["rewrite_similarity"].value == pytest.approx(sim.mean())
     assert e["rewrite_reward_r"].n == 200
+    # Undefined correlations are reported as undefined with the reason, never as 0.
+    flat = sub.with_columns(pl.lit(1.5).alias("r_post_chosen"), pl.lit(1.5).alias(
+        "r_post_rejected"))
+    u = seal.robustness_summary(orig, flat, settings_for(feats, n_boot=50))["rewrite_reward_r"]
+    assert math.isnan(u.value) and math.isnan(u.lo) and "constant" in u.method
+    assert "only 2 values" in seal.correlation_estimate([1, 2], [2, 3]).method
     cos = seal.semantic_similarity(np.array([[1.0, 0], [1, 1]]), np.array([[0.0, 2], [2, 2]]))
     np.testing.assert_allclose(cos, [0.0, 1.0])
 
@@ -548,11 +685,16 @@ def test_select_rewrite_pairs_is_reproducible_and_order_free():
 
 def test_headline_keys_are_documented_and_complete(tmp_path):
     pairs, feats, _ = _imprint_data(0, n_pairs=120)
-    st = settings_for(feats, n_boot=100)
+    st = SealSettings(features=feats, target_features=("helpful", "harmless"),
+                      spoiler_features=("eloquent", "sentiment"), n_boot=100)
     rew_pairs = pairs.head(30).with_columns(pl.col("r_post_chosen") * 0.9)
     sim = pl.DataFrame({"pair_id": rew_pairs["pair_id"], "sim_chosen": np.full(30, 0.95),
                         "sim_rejected": np.full(30, 0.97)})
-    h = seal.headline(pairs, st, rewritten=rew_pairs, similarity=sim)
+    trunc = {"pre": {"n_texts": 240, "n_truncated": 3, "max_tokens": 900},
+             "post": {"n_texts": 240, "n_truncated": 0, "max_tokens": 900}}
+    h = seal.headline(pairs, st, rewritten=rew_pairs, similarity=sim, truncation=trunc)
+    assert h["n_truncated_pre"].value == 3 and h["n_truncated_pre"].n == 240
+    assert h["agreement_post_rewrite_original"].n == 30
     documented = seal.headline_keys(st.regressors)
     assert set(h) == set(documented)
     assert all(isinstance(e, seal.Estimate) and e.n > 0 for e in h.values())
@@ -597,3 +739,229 @@ def test_assemble_pairs_joins_scores_and_labels():
     assert out.columns == ["pair_id", "r_pre_chosen", "r_pre_rejected", "r_post_chosen",
                            "r_post_rejected", "chosen_helpful", "rejected_helpful"]
     assert out.row(0) == ("a", 1.0, 0.0, 6.0, 4.0, 1, 0)
+
+
+# --------------------------------------------------------------------------- collinearity
+
+
+def test_variance_inflation_matches_statsmodels():
+    from statsmodels.stats.outliers_influence import variance_inflation_factor
+
+    rng = np.random.default_rng(9)
+    n = 2000
+    a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    c = np.where(rng.random(n) < 0.9, a, rng.integers(0, 2, n))
+    X = np.column_stack([a, b, c, rng.integers(-1, 2, n)]).astype(float)
+    ref = [variance_inflation_factor(np.column_stack([np.ones(n), X]), j + 1) for j in range(4)]
+    np.testing.assert_allclose(seal.variance_inflation(X), ref, rtol=1e-8)
+    v = seal.variance_inflation(np.column_stack([a, b, a + b, np.ones(n)]).astype(float))
+    assert np.isinf(v[:3]).all() and np.isnan(v[3])
+
+
+def _collinear_data(seed, n_pairs=400):
+    """helpful and harmless are each coherent with 4% of labels flipped, so coherent has the
+    largest VIF (about 14; helpful and harmless about 6, 3.5 once coherent is gone);
+    anthropomorphic and sentiment are independent. Planted weights: coherent 0, so
+    dropping it leaves the others' imprints unbiased."""
+    rng = np.random.default_rng(seed)
+    feats = ("helpful", "harmless", "coherent", "anthropomorphic", "sentiment")
+    w = {"helpful": 1.2, "harmless": 0.8, "coherent": 0.0, "anthropomorphic": -0.5,
+         "sentiment": 0.3}
+    labels = {}
+    for s in SIDES:
+        coh = rng.integers(0, 2, n_pairs)
+        h = np.where(rng.random(n_pairs) < 0.96, coh, 1 - coh)
+        m = np.where(rng.random(n_pairs) < 0.96, coh, 1 - coh)
+        labels |= {f"{s}_helpful": h, f"{s}_harmless": m, f"{s}_coherent": coh,
+                   f"{s}_anthropomorphic": rng.integers(0, 2, n_pairs),
+                   f"{s}_sentiment": rng.integers(-1, 2, n_pairs)}
+    u = rng.normal(0, 1, n_pairs)
+    r = {}
+    for s in SIDES:
+        x = sum(w[f] * labels[f"{s}_{f}"] for f in feats)
+        r[f"r_post_{s}"] = x + u + rng.normal(0, 0.5, n_pairs)
+        r[f"r_pre_{s}"] = 0.5 * x + u + rng.normal(0, 0.5, n_pairs)
+    return make_pairs(n_pairs, rng, feats, r=r, labels=labels), feats, w
+
+
+def test_vif_check_drops_the_collinear_feature_and_names_it():
+    pairs, feats, w = _collinear_data(0)
+    st = SealSettings(features=feats, target_features=("helpful", "harmless", "coherent"),
+                      spoiler_features=("sentiment", "anthropomorphic"), vif_threshold=5.0,
+                      exclude_from_regression=("anthropomorphic",), n_boot=100)
+    vif = seal.collinearity_check(pairs, st)
+    row = {r["feature"]: r for r in vif.iter_rows(named=True)}
+    assert row["coherent"]["dropped"] and row["coherent"]["reason"] == "vif_above_threshold"
+    assert row["coherent"]["vif_initial"] > 5 and row["coherent"]["drop_step"] == 1
+    assert row["anthropomorphic"]["reason"] == "excluded_by_config"
+    for f in ("helpful", "harmless", "sentiment"):
+        assert not row[f]["dropped"] and row[f]["vif_final"] < 5, f
+    assert vif.filter(pl.col("dropped"))["feature"].sort().to_list() == [
+        "anthropomorphic", "coherent"]
+    # Without a threshold nothing is dropped but the VIFs are still reported.
+    keep_all = seal.collinearity_check(pairs, SealSettings(
+        features=feats, target_features=(), spoiler_features=(), vif_threshold=None))
+    assert not keep_all["dropped"].any() and keep_all["vif_initial"].max() > 5
+    imp = seal.feature_imprint(pairs, st, vif)
+    post = {r["term"]: r for r in imp.filter(pl.col("outcome") == "post").iter_rows(named=True)}
+    assert post["coherent"]["dropped"] and post["coherent"]["coef"] is None
+    assert "anthropomorphic" not in post  # excluded by config: no row at all
+    h = seal.headline(pairs, st, imprint=imp, vif=vif)
+    assert math.isnan(h["imprint_post_coherent"].value)
+    assert "collinearity check" in h["imprint_post_coherent"].method
+    b = h["imprint_post_helpful_bonferroni"]
+    n95 = h["imprint_post_helpful"]
+    assert b.value == n95.value and b.lo < n95.lo and b.hi > n95.hi
+
+
+def test_imprint_after_vif_drop_and_target_spoiler_contrast_cover_planted_values():
+    hits = dict.fromkeys(["helpful", "harmless", "sentiment", "contrast"], 0)
+    n_seeds = 80
+    for seed in range(n_seeds):
+        pairs, feats, w = _collinear_data(seed, n_pairs=300)
+        st = SealSettings(features=feats, target_features=("helpful", "harmless", "coherent"),
+                          spoiler_features=("sentiment", "anthropomorphic"), vif_threshold=7.0)
+        imp = seal.feature_imprint(pairs, st)
+        post = {r["term"]: r for r in imp.filter(pl.col("outcome") == "post")
+                .iter_rows(named=True)}
+        # Over these seeds coherent's VIF is >= 8.9 and, without it, the others' <= 5.4.
+        assert post["coherent"]["dropped"] and not post["helpful"]["dropped"]
+        for f in ("helpful", "harmless", "sentiment"):
+            hits[f] += post[f]["lo"] <= w[f] <= post[f]["hi"]
+        # Targets still estimated: helpful, harmless; spoilers: sentiment, anthropomorphic.
+        c = (w["helpful"] + w["harmless"]) / 2 - (w["sentiment"] + w["anthropomorphic"]) / 2
+        row = post[seal.CONTRAST_TERM]
+        assert row["role"] == "contrast"
+        hits["contrast"] += row["lo"] <= c <= row["hi"]
+    for k, h in hits.items():
+        assert 0.88 <= h / n_seeds <= 1.0, (k, h)
+
+
+def test_schema_defaults_of_the_analysis_keys_build_valid_settings():
+    from pathlib import Path
+
+    from rlhf_audit.config import load_schema
+
+    root = Path(__file__).resolve().parents[1]
+    props = load_schema(root / "workflow/schemas/config.schema.yaml")["properties"]["reward"][
+        "properties"]
+    keys = ("features", "target_features", "spoiler_features", "exclude_from_regression",
+            "gamma_features", "vif_threshold", "robustness_rm", "robustness_population",
+            "flip_encoding", "n_boot", "seed")
+    for k in keys:
+        assert props[k]["description"] and "default" in props[k], k
+    st = SealSettings(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in ((k, props[k]["default"]) for k in keys)})
+    assert st.robustness_population == "all" and st.flip_encoding == "signed"
+    assert props["score_dtype"]["default"] == "float32" and props["max_length"]["default"] is None
+    assert seal.ScoringSettings().dtype == "float32" and seal.ScoringSettings().max_length is None
+
+
+def test_each_reward_rule_imports_only_what_it_runs():
+    from pathlib import Path
+
+    from rlhf_audit.codehash import local_closure
+
+    root = Path(__file__).resolve().parents[1]
+
+    def closure(script):
+        return {p.relative_to(root / "src/rlhf_audit").as_posix()
+                for p in local_closure(root / "scripts" / script) if "src" in p.parts}
+
+    score = closure("score_rewards.py")
+    assert "reward/score.py" in score
+    # An analysis, labelling or figure edit must not rerun GPU scoring.
+    assert not score & {"reward/analysis.py", "reward/figures.py", "labelling.py", "plotting.py",
+                        "seal.py", "rewrite.py"}, score
+    assert not closure("plot_rewards.py") & {"reward/score.py", "reward/analysis.py"}
+    assert not closure("rewrite_pairs.py") & {"reward/score.py", "reward/analysis.py", "seal.py"}
+    assert not closure("label_texts.py") & {"reward/score.py", "reward/analysis.py", "seal.py",
+                                            "rewrite.py"}
+
+
+# --------------------------------------------------------------------------- planted reward models
+
+
+class _BagRM(torch.nn.Module):
+    """A reward model whose logit is the sum of per-token weights: the imprint of a feature
+    word is its weight, exactly, and identical texts tie exactly."""
+
+    def __init__(self, weights):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.w = torch.nn.Parameter(torch.as_tensor(weights, dtype=torch.float32))
+        self.config = SimpleNamespace(pad_token_id=0)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=(self.w[input_ids] * attention_mask).sum(1, keepdim=True))
+
+
+def _planted_run(seed):
+    tok, v = _word_tokenizer("deberta")
+    vocab = tok.get_vocab()
+    feature_words = {"helpful": "thanks", "harmless": "sun", "eloquent": "music"}
+    filler = [w for w in WORDS[3:] if w not in feature_words.values()]
+    rng = np.random.default_rng(seed)
+    planted = {"post": {"helpful": 1.5, "harmless": 1.0, "eloquent": -0.5},
+               "pre": {"helpful": 0.5, "harmless": 0.2, "eloquent": 0.0}}
+    models = {}
+    for rm, w in planted.items():
+        weights = rng.normal(0, 0.3, v)
+        weights[:4] = 0  # specials
+        for f, word in feature_words.items():
+            weights[vocab[word]] = w[f]
+        models[rm] = _BagRM(weights)
+    n, n_same = 400, 23
+    rows, labels = [], []
+    for i in range(n):
+        prompt = "\n\nhuman : " + " ".join(rng.choice(filler, 4)) + "\n\n"
+        sides = {}
+        for side in SIDES:
+            has = {f: int(rng.random() < 0.5) for f in feature_words}
+            words = list(rng.choice(filler, int(rng.integers(2, 8))))
+            words += [feature_words[f] for f, h in has.items() if h]
+            rng.shuffle(words)
+            sides[side] = (prompt + "assistant : " + " ".join(words), has)
+        if i < n_same:  # the same reply twice: an exact tie for both reward models
+            sides["rejected"] = sides["chosen"]
+        rows.append({"pair_id": f"q{i:04d}", "chosen": sides["chosen"][0],
+                     "rejected": sides["rejected"][0]})
+        for side in SIDES:
+            labels.append({"pair_id": f"q{i:04d}", "side": side, **sides[side][1]})
+    pairs = pl.DataFrame(rows)
+    st = seal.ScoringSettings(marker="assistant :", batch_size=64)
+    scores = {rm: seal.score_pairs(m, tok, pairs, st) for rm, m in models.items()}
+    from rlhf_audit.labelling import labels_wide, validate_labels
+
+    feats = tuple(feature_words)
+    lab = labels_wide(validate_labels(pl.DataFrame(labels), feats, ()), feats)
+    table = seal.assemble_pairs(scores["pre"], scores["post"], lab)
+    settings = SealSettings(features=feats, target_features=("helpful", "harmless"),
+                            spoiler_features=("eloquent",), n_boot=200)
+    h = seal.headline(table, settings, truncation={rm: seal.truncation_summary(s)
+                                                   for rm, s in scores.items()})
+    return h, planted, feats, n, n_same
+
+
+def test_planted_reward_models_imprints_and_ties_are_recovered_end_to_end():
+    """Text -> tokenizer -> two planted reward models -> pairs table -> headline, over seeds."""
+    hits, total, est = 0, 0, {}
+    n_seeds = 12
+    for seed in range(n_seeds):
+        h, planted, feats, n, n_same = _planted_run(seed)
+        assert h["n_ties_pre"].value == n_same and h["n_ties_post"].value == n_same
+        assert h["agreement_post"].n == n - n_same and h["n_truncated_post"].value == 0
+        truth = {f"imprint_post_{f}": planted["post"][f] for f in feats} | {
+            f"imprint_shift_{f}": planted["post"][f] - planted["pre"][f] for f in feats} | {
+            "imprint_post_target_minus_spoiler": (1.5 + 1.0) / 2 + 0.5}
+        for k, w in truth.items():
+            e = h[k]
+            hits += e.lo <= w <= e.hi
+            total += 1
+            est.setdefault(k, []).append(e.value)
+    assert hits / total >= 0.88, hits / total
+    for k, vals in est.items():
+        assert abs(np.mean(vals) - truth[k]) < 4 * np.std(vals) / math.sqrt(n_seeds) + 1e-9, k

@@ -9,7 +9,8 @@ Labellers are pluggable; all of them take :class:`LabelItem` s (pair id, side,
 text) and return the same long table (one row per item):
 
     pair_id: str, side: str ("chosen"/"rejected"), <feature>: Int8 (null when
-    missing), label_ok: bool, attempts: Int16, error: str (null when ok)
+    missing), label_ok: bool, attempts: Int16, error: str (null when ok),
+    error_kind: str (null when ok; see ERROR_KINDS), from_cache: bool
 
 - :class:`TableLabeller`: ground truth from a labels table (the organism's
   generator writes one; users may bring a JSONL/Parquet file keyed by
@@ -23,17 +24,28 @@ text) and return the same long table (one row per item):
   :class:`ChatCompletionsClient` (any OpenAI-compatible chat-completions
   endpoint, stdlib ``urllib`` only). Replies that stay invalid are kept as rows
   with null labels, ``label_ok = False`` and the last error: counted, reported,
-  never dropped.
+  never dropped (:func:`failures_table` lists them).
+
+At SEAL's scale (321,600 texts) labels are cached per text in a
+:class:`LabelCache` (SQLite, stdlib). The key is the text's sha256, the
+labeller spec (backend identity, features, definitions, prompt length) and
+:data:`PROMPT_VERSION`, not the code version: an interrupted or enlarged run
+labels only what is missing, and an edit elsewhere in the library relabels
+nothing. Bump PROMPT_VERSION whenever :func:`build_label_prompt` changes what
+it asks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import random
 import re
+import sqlite3
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,6 +107,34 @@ class EndpointError(RuntimeError):
     """The chat-completions endpoint refused the request in a way retrying cannot fix."""
 
 
+class AuthenticationError(EndpointError):
+    """HTTP 401/403: the key is missing, wrong or lacks access; the job stops at once."""
+
+
+PROMPT_VERSION = "1"
+"""Version of the labelling prompt (:func:`build_label_prompt`); part of every cache key."""
+
+ERROR_KINDS: dict[str, str] = {
+    "invalid_reply": "the model answered, but not with a valid JSON object of the features",
+    "transient": "no reply after the client's retries (timeouts, connection errors, HTTP 429/5xx)",
+    "http_4xx": "the endpoint refused this request (HTTP 4xx other than 401/403)",
+}
+"""What a failed text's ``error_kind`` means."""
+
+
+@dataclass(frozen=True)
+class NoReply:
+    """What a backend returns instead of a reply it could not get (see ERROR_KINDS)."""
+
+    kind: str
+    """'transient' or 'http_4xx'."""
+    detail: str
+    """What went wrong, e.g. 'HTTP 400 (Bad Request)'; never holds the key."""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
 @dataclass(frozen=True)
 class LabelItem:
     """One text to label."""
@@ -110,7 +150,8 @@ class LabelItem:
 def _schema(features: Sequence[str]) -> dict:
     s = {"pair_id": pl.String, "side": pl.String}
     s.update({f: pl.Int8 for f in features})
-    s.update({"label_ok": pl.Boolean, "attempts": pl.Int16, "error": pl.String})
+    s.update({"label_ok": pl.Boolean, "attempts": pl.Int16, "error": pl.String,
+              "error_kind": pl.String, "from_cache": pl.Boolean})
     return s
 
 
@@ -124,7 +165,7 @@ def _check_features(features: Sequence[str], ternary: Sequence[str]) -> None:
     dup = sorted({f for f in features if list(features).count(f) > 1})
     if dup:
         raise ValueError(f"features: {dup} listed more than once")
-    reserved = {"pair_id", "side", "label_ok", "attempts", "error"}
+    reserved = {"pair_id", "side", "label_ok", "attempts", "error", "error_kind", "from_cache"}
     if reserved & set(features):
         raise ValueError(f"features: {sorted(reserved & set(features))} clash with column names")
 
@@ -197,7 +238,7 @@ def _validate_records(records: Iterable[tuple[int, Mapping]], features: Sequence
             except ValueError as err:
                 raise LabelsError(f"{at} (pair_id {pid!r}, side {side}): key {err}. "
                                   f"{fix}") from None
-        out.update(label_ok=True, attempts=0, error=None)
+        out.update(label_ok=True, attempts=0, error=None, error_kind=None, from_cache=False)
         rows.append(out)
     if not rows:
         raise LabelsError(f"{source}: no rows")
@@ -358,8 +399,69 @@ def parse_label_reply(reply: str | None, features: Sequence[str],
     return {f: coerce_label(obj[f], f, f in tern) for f in features}
 
 
-Complete = Callable[[list[str]], list[str | None]]
-"""A text-completion backend: prompts in, one reply per prompt out (None = no reply)."""
+Complete = Callable[[list[str]], list["str | NoReply | None"]]
+"""A text-completion backend: prompts in, one reply per prompt out (None or a
+:class:`NoReply` = no reply). A backend may carry an ``identity`` attribute (a
+JSON-able mapping naming the model and how it is asked); the label cache keys on it."""
+
+
+# --------------------------------------------------------------------------- label cache
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class LabelCache:
+    """Labels by (text, labeller spec, prompt version) in one SQLite file.
+
+    Only valid labels are stored, so a failure is retried by the next run.
+    Safe for several jobs at once (SQLite's file lock; writers wait up to
+    ``timeout_s``). Rows are committed per chunk, so an interrupted run keeps
+    what it had labelled.
+    """
+
+    def __init__(self, path: str | os.PathLike, timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout_s
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS labels (key TEXT PRIMARY KEY, spec TEXT "
+                       "NOT NULL, labels TEXT NOT NULL, created REAL NOT NULL)")
+
+    def _connect(self):
+        return sqlite3.connect(self.path, timeout=self._timeout)
+
+    @staticmethod
+    def key(text: str, spec_hash: str) -> str:
+        return hashlib.sha256(f"{spec_hash}\0{text_sha256(text)}".encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        uniq = list(dict.fromkeys(keys))
+        with self._connect() as db:
+            for s in range(0, len(uniq), 500):
+                chunk = uniq[s:s + 500]
+                q = f"SELECT key, labels FROM labels WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, v in db.execute(q, chunk):
+                    out[k] = json.loads(v)
+        return out
+
+    def put_many(self, rows: Iterable[tuple[str, str, Mapping[str, int]]]) -> int:
+        """Store (key, spec_hash, labels) rows; returns how many were written."""
+        data = [(k, spec, _canonical(dict(v)), time.time()) for k, spec, v in rows]
+        if data:
+            with self._connect() as db:
+                db.executemany("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", data)
+        return len(data)
+
+    def __len__(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
 
 
 @dataclass(frozen=True)
@@ -374,16 +476,25 @@ class LMLabellerSettings:
     """Raise LabellingError when more than this share of texts stays unlabelled."""
     batch_size: int = 64
     """Prompts handed to the backend per call."""
+    checkpoint_every: int = 512
+    """Texts labelled (all attempts) before their labels are written to the cache."""
     definitions: Mapping[str, str] = field(default_factory=dict)
     """Feature meanings that replace or extend FEATURE_DEFINITIONS in the prompt."""
 
 
 class LMLabeller:
-    """Labels from a language model behind ``complete`` (see module docstring)."""
+    """Labels from a language model behind ``complete`` (see module docstring).
+
+    With a ``cache`` (:class:`LabelCache`) texts already labelled under the same
+    spec are read from it and new labels are written to it every
+    ``checkpoint_every`` texts; the backend must then say who it is
+    (``identity``, or the ``backend_identity`` argument).
+    """
 
     def __init__(self, complete: Complete, features: Sequence[str] = DEFAULT_FEATURES,
                  ternary_features: Sequence[str] = TERNARY_FEATURES,
-                 settings: LMLabellerSettings = LMLabellerSettings()):
+                 settings: LMLabellerSettings = LMLabellerSettings(),
+                 cache: LabelCache | None = None, backend_identity: Mapping | None = None):
         _check_features(features, ternary_features)
         if settings.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -391,13 +502,31 @@ class LMLabeller:
         self.features = tuple(features)
         self.ternary = tuple(f for f in ternary_features if f in features)
         self.settings = settings
+        self.cache = cache
+        ident = backend_identity if backend_identity is not None else getattr(
+            complete, "identity", None)
+        if cache is not None and ident is None:
+            raise ValueError("a label cache needs the backend's identity (the model it asks); "
+                             "pass backend_identity or use complete_from_config")
+        self.backend_identity = ident
+
+    @property
+    def spec(self) -> dict:
+        """Everything that decides a text's labels, apart from the text itself."""
+        return {"backend": self.backend_identity, "features": list(self.features),
+                "ternary": list(self.ternary), "definitions": dict(self.settings.definitions),
+                "max_chars": self.settings.max_chars, "prompt_version": PROMPT_VERSION}
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(_canonical(self.spec).encode()).hexdigest()
 
     def prompt(self, text: str) -> str:
         return build_label_prompt(text, self.features, self.ternary,
                                   self.settings.definitions, self.settings.max_chars)
 
-    def _ask(self, prompts: list[str]) -> list[str | None]:
-        out: list[str | None] = []
+    def _ask(self, prompts: list[str]) -> list:
+        out: list = []
         bs = max(1, self.settings.batch_size)
         for s in range(0, len(prompts), bs):
             chunk = prompts[s:s + bs]
@@ -408,13 +537,15 @@ class LMLabeller:
             out.extend(replies)
         return out
 
-    def label(self, items: Sequence[LabelItem]) -> pl.DataFrame:
-        """Long label table for ``items`` (order kept; invalid -> null labels, label_ok False)."""
-        n = len(items)
+    def _label_chunk(self, texts: Sequence[str]) -> list[tuple[dict | None, str | None,
+                                                               str | None, int]]:
+        """(labels or None, error, error_kind, attempts) per text, all attempts done."""
+        n = len(texts)
         values: list[dict[str, int] | None] = [None] * n
         errors: list[str | None] = [None] * n
+        kinds: list[str | None] = [None] * n
         attempts = [0] * n
-        base = [self.prompt(it.text) for it in items]
+        base = [self.prompt(t) for t in texts]
         pending = list(range(n))
         for attempt in range(self.settings.max_attempts):
             if not pending:
@@ -422,7 +553,7 @@ class LMLabeller:
             prompts = []
             for i in pending:
                 p = base[i]
-                if attempt > 0:
+                if attempt > 0 and kinds[i] == "invalid_reply":
                     # A deterministic model repeats itself unless told what went wrong.
                     p += (f"\n\nYour previous answer could not be used: {errors[i]}. Answer again "
                           "with only the JSON object, with exactly the keys listed above.")
@@ -431,34 +562,82 @@ class LMLabeller:
             still = []
             for i, reply in zip(pending, replies, strict=True):
                 attempts[i] += 1
+                if isinstance(reply, NoReply) or reply is None:
+                    nr = reply or NoReply("transient", "no reply was received")
+                    errors[i], kinds[i] = (nr.detail if reply is None else str(nr)), nr.kind
+                    if nr.kind != "http_4xx":  # the same request would be refused again
+                        still.append(i)
+                    continue
                 try:
                     values[i] = parse_label_reply(reply, self.features, self.ternary)
-                    errors[i] = None
+                    errors[i] = kinds[i] = None
                 except ValueError as err:
-                    errors[i] = str(err)
+                    errors[i], kinds[i] = str(err), "invalid_reply"
                     still.append(i)
             pending = still
             if pending:
-                log.info("labelling attempt %d: %d of %d replies invalid", attempt + 1,
+                log.info("labelling attempt %d: %d of %d replies unusable", attempt + 1,
                          len(pending), n)
+        return list(zip(values, errors, kinds, attempts, strict=True))
+
+    def label(self, items: Sequence[LabelItem]) -> pl.DataFrame:
+        """Long label table for ``items`` (order kept; invalid -> null labels, label_ok False)."""
+        n = len(items)
+        results: list[tuple] = [None] * n  # type: ignore[list-item]
+        from_cache = [False] * n
+        spec_hash = self.spec_hash
+        keys = [LabelCache.key(it.text, spec_hash) for it in items]
+        if self.cache is not None:
+            hit = self.cache.get_many(keys)
+            for i, k in enumerate(keys):
+                v = hit.get(k)
+                if v is not None and set(v) == set(self.features):
+                    results[i] = (v, None, None, 0)
+                    from_cache[i] = True
+            log.info("label cache %s: %d of %d texts already labelled", self.cache.path,
+                     sum(from_cache), n)
+        todo = [i for i in range(n) if not from_cache[i]]
+        # The same text twice (e.g. a shared reply) is asked once.
+        first: dict[str, int] = {}
+        for i in todo:
+            first.setdefault(keys[i], i)
+        ask = list(first.values())
+        step = max(1, self.settings.checkpoint_every)
+        for s in range(0, len(ask), step):
+            chunk = ask[s:s + step]
+            out = self._label_chunk([items[i].text for i in chunk])
+            for i, r in zip(chunk, out, strict=True):
+                results[i] = r
+            if self.cache is not None:
+                self.cache.put_many((keys[i], spec_hash, r[0]) for i, r in zip(chunk, out,
+                                                                               strict=True)
+                                    if r[0] is not None)
+            log.info("labelled %d of %d texts to ask", min(s + step, len(ask)), len(ask))
+        for i in todo:
+            if results[i] is None:
+                results[i] = results[first[keys[i]]]
         rows = []
-        for it, v, e, a in zip(items, values, errors, attempts, strict=True):
+        for it, (v, e, kind, a), fc in zip(items, results, from_cache, strict=True):
             row = {"pair_id": str(it.pair_id), "side": it.side}
             row.update({f: (v[f] if v else None) for f in self.features})
-            row.update(label_ok=v is not None, attempts=a, error=e)
+            row.update(label_ok=v is not None, attempts=a, error=e, error_kind=kind,
+                       from_cache=fc)
             rows.append(row)
         table = pl.DataFrame(rows, schema=_schema(self.features))
-        n_missing = len(pending)
+        bad = table.filter(~pl.col("label_ok"))
+        n_missing = bad.height
+        examples = "; ".join(sorted(set(bad["error"].drop_nulls().to_list()))[:3])
         if n_missing:
-            examples = "; ".join(sorted({errors[i] or "" for i in pending})[:3])
-            log.warning("%d of %d texts have no valid labels after %d attempts (kept as missing); "
-                        "e.g. %s", n_missing, n, self.settings.max_attempts, examples)
+            log.warning("%d of %d texts have no valid labels after %d attempts (kept as missing, "
+                        "listed in the failures table); e.g. %s", n_missing, n,
+                        self.settings.max_attempts, examples)
         if n and n_missing / n > self.settings.max_missing_share:
             raise LabellingError(
                 f"{n_missing} of {n} texts ({n_missing / n:.1%}) got no valid labels after "
                 f"{self.settings.max_attempts} attempts, over max_missing_share="
                 f"{self.settings.max_missing_share}. Errors such as: {examples}. Check the "
-                "labelling model/endpoint, or raise max_attempts.")
+                "labelling model/endpoint, or raise max_attempts. Labels obtained so far are "
+                "in the cache; a rerun asks only for the rest.")
         return table
 
 
@@ -466,13 +645,16 @@ class LMLabeller:
 
 
 def hf_complete(model, tokenizer, *, generate: Callable | None = None, max_new_tokens: int = 256,
-                batch_size: int = 16, use_chat_template: bool | None = None) -> Complete:
+                batch_size: int = 16, use_chat_template: bool | None = None,
+                temperature: float = 0.0, identity: Mapping | None = None) -> Complete:
     """A ``complete`` callable backed by a local Hugging Face instruct model.
 
     Prompts are wrapped as one user message with the tokenizer's chat template
     (when it has one, or when ``use_chat_template`` says so) and decoded
-    greedily through ``generate`` (default ``rlhf_audit.generation.generate``,
-    injectable for tests).
+    through ``generate`` (default ``rlhf_audit.generation.generate``,
+    injectable for tests): greedily at ``temperature`` 0, else sampled at that
+    temperature with a new seed per call (so a retry can differ).
+    ``identity`` names the model for the label cache.
     """
     if generate is None:
         from rlhf_audit.generation import generate as _generate
@@ -480,6 +662,7 @@ def hf_complete(model, tokenizer, *, generate: Callable | None = None, max_new_t
         generate = _generate
     templ = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None \
         else use_chat_template
+    calls = [0]
 
     def complete(prompts: list[str]) -> list[str | None]:
         if templ:
@@ -488,12 +671,15 @@ def hf_complete(model, tokenizer, *, generate: Callable | None = None, max_new_t
                      for p in prompts]
         else:
             final = list(prompts)
+        kw = {} if temperature <= 0 else {"temperature": temperature, "seed": calls[0]}
+        calls[0] += 1
         gens = generate(model, tokenizer, final, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, do_sample=False,
+                        batch_size=batch_size, do_sample=temperature > 0,
                         # The chat template already carries the special tokens it wants.
-                        add_special_tokens=not templ)
+                        add_special_tokens=not templ, **kw)
         return [g.text for g in gens]
 
+    complete.identity = dict(identity) if identity is not None else None  # type: ignore[attr-defined]
     return complete
 
 
@@ -503,8 +689,8 @@ class EndpointSettings:
 
     base_url: str = "https://api.openai.com/v1"
     """URL up to and including the API version; '/chat/completions' is appended."""
-    model: str = "gpt-4-turbo"
-    """Model name sent in the request."""
+    model: str = "gpt-4-turbo-2024-04-09"
+    """Model name sent in the request; pin a dated snapshot, not an alias that moves."""
     api_key_env: str | None = "OPENAI_API_KEY"
     """Environment variable holding the API key (never logged); None for no key."""
     timeout_s: float = 60.0
@@ -523,22 +709,39 @@ class EndpointSettings:
     """Send response_format={"type": "json_object"} (turn off for servers that reject it)."""
     concurrency: int = 4
     """Requests in flight at once."""
+    max_consecutive_refusals: int = 25
+    """Stop (EndpointError) after this many HTTP 4xx refusals in a row: a wrong model name or
+    URL would otherwise be sent 321,600 times."""
+
+    @property
+    def identity(self) -> dict:
+        """What decides the replies (for the label cache): not the key, timeouts or retries."""
+        return {"kind": "openai", "base_url": self.base_url.rstrip("/"), "model": self.model,
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "json_mode": self.json_mode}
 
 
 class ChatCompletionsClient:
     """``complete`` for an OpenAI-compatible endpoint, with timeout, retries and backoff.
 
     Transient failures (timeouts, connection errors, HTTP 429 and 5xx, a body
-    that is not a chat completion) are retried; when tries run out the reply is
-    None (the labeller counts it as missing). Other HTTP errors (400, 401, 403,
-    404) raise :class:`EndpointError` at once: retrying cannot fix a bad key or
-    URL. The API key is read from the environment and never logged.
+    that is not a chat completion) are retried; when tries run out the reply
+    is ``NoReply('transient', ...)``. Other HTTP 4xx errors (400, 404, 413, ...)
+    concern that request: the reply is ``NoReply('http_4xx', 'HTTP 400 ...')``
+    and the caller records it per text; ``max_consecutive_refusals`` of them in
+    a row raise :class:`EndpointError`. HTTP 401/403 raise
+    :class:`AuthenticationError` at once and no further request is sent. The
+    API key is read from the environment and never logged.
     """
 
     def __init__(self, settings: EndpointSettings = EndpointSettings()):
         self.settings = settings
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
+        self.identity = settings.identity
         self._key = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._refusals = 0
         if settings.api_key_env:
             self._key = os.environ.get(settings.api_key_env)
             if not self._key:
@@ -546,8 +749,21 @@ class ChatCompletionsClient:
                                     "export the API key there (or set api_key_env to null for "
                                     "an endpoint without a key)")
 
-    def _request(self, prompt: str) -> str | None:
+    def _refused(self, code: int, reason: str) -> NoReply:
+        with self._lock:
+            self._refusals += 1
+            many = self._refusals >= self.settings.max_consecutive_refusals
+        if many:
+            self._stop.set()
+            raise EndpointError(
+                f"{self.url} refused {self._refusals} requests in a row (last: HTTP {code} "
+                f"{reason}); check base_url and model {self.settings.model!r}") from None
+        return NoReply("http_4xx", f"HTTP {code} ({reason})")
+
+    def _request(self, prompt: str) -> str | NoReply:
         s = self.settings
+        if self._stop.is_set():
+            return NoReply("transient", "not sent: the client stopped after an earlier error")
         body = {"model": s.model, "messages": [{"role": "user", "content": prompt}],
                 "temperature": s.temperature, "max_tokens": s.max_tokens}
         if s.json_mode:
@@ -561,6 +777,8 @@ class ChatCompletionsClient:
             if attempt:
                 wait = min(s.max_backoff_s, s.backoff_s * 2 ** (attempt - 1))
                 time.sleep(wait * (0.5 + random.random() / 2))
+            if self._stop.is_set():
+                return NoReply("transient", "not sent: the client stopped after an earlier error")
             req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
@@ -569,21 +787,29 @@ class ChatCompletionsClient:
                 if err.code == 429 or err.code >= 500:
                     last = f"HTTP {err.code}"
                     continue
-                raise EndpointError(f"{self.url} answered HTTP {err.code} ({err.reason}); check "
-                                    f"base_url, model {s.model!r} and the key in "
-                                    f"{s.api_key_env}") from None
+                if err.code in (401, 403):
+                    self._stop.set()
+                    raise AuthenticationError(
+                        f"{self.url} answered HTTP {err.code} ({err.reason}): the API key in "
+                        f"{s.api_key_env} is missing, wrong or has no access to model "
+                        f"{s.model!r}. Stopped at once; labels obtained so far are kept in the "
+                        "cache.") from None
+                return self._refused(err.code, err.reason)
             except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
                 continue
             try:
-                return json.loads(raw)["choices"][0]["message"]["content"]
+                content = json.loads(raw)["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
                 last = "response body is not a chat completion"
                 continue
+            with self._lock:
+                self._refusals = 0
+            return content
         log.warning("no reply from %s after %d tries (%s)", self.url, s.max_retries + 1, last)
-        return None
+        return NoReply("transient", f"no reply after {s.max_retries + 1} tries ({last})")
 
-    def __call__(self, prompts: list[str]) -> list[str | None]:
+    def __call__(self, prompts: list[str]) -> list[str | NoReply]:
         if self.settings.concurrency <= 1 or len(prompts) <= 1:
             return [self._request(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
@@ -627,28 +853,58 @@ def labels_wide(labels: pl.DataFrame, features: Sequence[str]) -> pl.DataFrame:
 
 
 def missing_summary(labels: pl.DataFrame) -> dict[str, int]:
-    """Counts of texts and of texts without valid labels (for the run's log and report)."""
+    """Counts of texts, of texts without valid labels (also per error kind) and of texts read
+    from the label cache (for the run's log and provenance)."""
     n = labels.height
     bad = labels.filter(~pl.col("label_ok"))
-    return {"n_texts": n, "n_missing": bad.height,
-            "n_pairs_with_missing": bad.select("pair_id").n_unique() if bad.height else 0}
+    out = {"n_texts": n, "n_missing": bad.height,
+           "n_pairs_with_missing": bad.select("pair_id").n_unique() if bad.height else 0}
+    if "error_kind" in labels.columns:
+        for kind in ERROR_KINDS:
+            out[f"n_{kind}"] = int((bad["error_kind"] == kind).sum())
+    if "from_cache" in labels.columns:
+        out["n_from_cache"] = int(labels["from_cache"].sum())
+    return out
+
+
+def failures_table(labels: pl.DataFrame) -> pl.DataFrame:
+    """One row per text without valid labels: pair_id, side, attempts, error_kind, error."""
+    cols = {"pair_id": pl.String, "side": pl.String, "attempts": pl.Int16,
+            "error_kind": pl.String, "error": pl.String}
+    if "error_kind" not in labels.columns:
+        labels = labels.with_columns(pl.lit(None, dtype=pl.String).alias("error_kind"))
+    return labels.filter(~pl.col("label_ok")).select(
+        [pl.col(c).cast(t) for c, t in cols.items()])
 
 
 def complete_from_config(endpoint: Mapping, spec: Mapping | None = None, device: str = "auto",
-                         json_mode: bool = True) -> Complete:
+                         json_mode: bool = True, temperature: float = 0.0,
+                         concurrency: int = 4) -> Complete:
     """A ``complete`` callable for an endpoint config (workflow key ``{kind: hf|openai, ...}``).
 
-    ``spec`` is the model spec of an ``hf`` endpoint's model (a key of ``models``).
+    ``spec`` is the model spec of an ``hf`` endpoint's model (a key of
+    ``models``). The one chat-completions client of the project: the labeller
+    and the rewriter both come through here. The callable's ``identity`` names
+    the model and how it is asked (for the label cache).
     """
     if endpoint["kind"] == "hf":
-        from rlhf_audit.models import load_causal_lm
+        from rlhf_audit.models import ModelSpec, load_causal_lm, weights_hash
 
         if spec is None:
             raise ValueError("an 'hf' endpoint needs the spec of its model")
-        model, tok = load_causal_lm(spec, device=device)
-        return hf_complete(model, tok, max_new_tokens=endpoint.get("max_new_tokens", 256))
+        ms = spec if isinstance(spec, ModelSpec) else ModelSpec.from_config(
+            {k: v for k, v in spec.items() if k in ("hf", "revision", "path")})
+        model, tok = load_causal_lm(ms, device=device)
+        max_new = endpoint.get("max_new_tokens", 256)
+        # A local directory can be retrained in place: name it by its weights.
+        ident = {"kind": "hf", "spec": ms.to_dict(), "max_new_tokens": max_new,
+                 "temperature": temperature,
+                 "weights_sha256": weights_hash(ms) if ms.path else None}
+        return hf_complete(model, tok, max_new_tokens=max_new, temperature=temperature,
+                           identity=ident)
     return ChatCompletionsClient(EndpointSettings(
         base_url=endpoint["base_url"], model=endpoint["model"],
         api_key_env=endpoint.get("api_key_env", "OPENAI_API_KEY"),
         timeout_s=endpoint.get("timeout_s", 60), max_retries=endpoint.get("max_retries", 3),
-        max_tokens=endpoint.get("max_new_tokens", 256), json_mode=json_mode))
+        max_tokens=endpoint.get("max_new_tokens", 256), json_mode=json_mode,
+        temperature=temperature, concurrency=concurrency))

@@ -193,6 +193,7 @@ def rewrite_kind():
 
 def rewrite_params(wildcards):
     r = dict(config["reward"]["rewrite"])
+    r["seed"] = config["reward"]["seed"]  # "seed of rewrite sampling and bootstrap"
     if r.get("lm", {}).get("kind") == "hf":
         r["lm_spec"] = model_spec(r["lm"]["model"])
     return r
@@ -244,8 +245,9 @@ def label_inputs(wildcards):
 
 
 def reward_model_params(wildcards):
+    # Reward models score in reward.score_dtype (float32), not the LMs' workflow-wide dtype.
     return {"name": wildcards.rm, "spec": model_spec(wildcards.rm),
-            "device": config["device"], "dtype": config["dtype"],
+            "device": config["device"], "dtype": config["reward"]["score_dtype"],
             "keep_marker": config["reward"]["keep_marker"]}
 
 
@@ -272,10 +274,17 @@ def analyse_reward_inputs(wildcards):
 
 
 def seal_settings(wildcards):
+    # Analysis settings only: they reach analyse_rewards, never scoring or labelling.
     r = config["reward"]
     return {"features": list(r["features"]), "target_features": list(r["target_features"]),
             "spoiler_features": list(r["spoiler_features"]), "n_boot": r["n_boot"],
-            "seed": r["seed"]}
+            "seed": r["seed"],
+            "exclude_from_regression": list(r["exclude_from_regression"]),
+            "gamma_features": list(r["gamma_features"]),
+            "vif_threshold": r["vif_threshold"],
+            "robustness_rm": r["robustness_rm"],
+            "robustness_population": r["robustness_population"],
+            "flip_encoding": r["flip_encoding"]}
 
 
 # ---- partisan

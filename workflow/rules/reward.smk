@@ -9,6 +9,7 @@ rule rewrite_pairs:
     output:
         pairs="results/reward/rewrites/{dataset}.parquet",
         similarity="results/reward/rewrites/{dataset}_similarity.parquet",
+        failures="results/reward/rewrites/{dataset}_failures.parquet",
     params:
         rewrite=rewrite_params,
         device=config["device"],
@@ -28,6 +29,7 @@ rule label_texts:
         unpack(label_inputs),
     output:
         labels="results/reward/labels/{dataset}_{variant}.parquet",
+        failures="results/reward/labels/{dataset}_{variant}_failures.parquet",
     wildcard_constraints:
         variant="original|rewritten",
     params:
@@ -71,6 +73,7 @@ rule analyse_rewards:
         unpack(analyse_reward_inputs),
     output:
         pairs="results/reward/{rpair}/pairs.parquet",
+        collinearity="results/reward/{rpair}/imprint_vif.parquet",
         imprint="results/reward/{rpair}/imprint.parquet",
         regimes="results/reward/{rpair}/regimes.parquet",
         resistance="results/reward/{rpair}/resistance.parquet",
