@@ -293,7 +293,7 @@ def scan_features(
             else np.full(meta.height, -1, np.int32)
         )
         tok_parts.append(pl.DataFrame({"p": codes, "token_index": tok_idx, "token_id": tok_id}))
-        codes_dev = torch.as_tensor(codes, device=sae.device)
+        codes_dev = torch.as_tensor(np.array(codes, dtype=np.int64), device=sae.device)
         for start in range(0, meta.height, settings.encode_batch_size):
             stop = min(start + settings.encode_batch_size, meta.height)
             x = X[start:stop].to(sae.device)
@@ -421,7 +421,7 @@ def scan_features(
     )
     means = None
     if settings.prompt_means:
-        n_tok = torch.as_tensor(prompts["n_tokens"].to_numpy(), dtype=torch.float64)[:, None]
+        n_tok = torch.as_tensor(prompts["n_tokens"].to_numpy().astype(np.float64))[:, None]
         k = len(reg.ids)
         means = pl.DataFrame(
             {

@@ -19,8 +19,10 @@ sporadically in base are completely inactive in instruct. The measurement:
    statements carry other framings), never used to select.
 4. **Control.** Each policy feature is matched to ``controls_per_feature`` non-policy
    features with the nearest base firing rate on the measurement half. The share
-   silent in instruct is reported for both, with their paired difference; every
-   interval is a bootstrap over measurement-half statements (within label).
+   silent in instruct is reported for both, with their paired difference; intervals
+   resample measurement-half statements (within label) and, crossed with them, the
+   policy features ("never fires" is an extreme statistic: resampling statements alone
+   under-covers, which a planted null showed).
 5. **Reconstruction.** FVE, L0 and the spliced-in loss per model (the scan job ran
    the model with the SAE spliced in), and the fraction of the left-right separation
    along the partisan direction that the SAE reconstructs in each model, so that a
@@ -51,6 +53,8 @@ DEFAULT_STATEMENT_PATTERN = (
 )
 """How a shipped prompt id ``{issue}-{label}-{k}-{framing}`` names its statement."""
 MODELS = ("base", "instruct")
+SELECTION_DIRECTION = "shrinkage-LDA of the model's own selection-half statements"
+"""Where the partisan direction of the reconstruction check comes from by default."""
 
 HEADLINE_KEYS: dict[str, str] = {
     "n_policy_features": (
@@ -61,19 +65,22 @@ HEADLINE_KEYS: dict[str, str] = {
     ),
     "share_inactive_in_instruct": (
         "Share of the policy features that never fire on any instruct token of the "
-        "measurement-half statements (held out from selection; same SAE); interval: "
-        "bootstrap over those statements. Was: same prompts as selection, features resampled."
+        "measurement-half statements (held out from selection; same SAE); interval: crossed "
+        "bootstrap over those statements and the policy features. Was: the selection's own "
+        "prompts, features resampled."
     ),
     "share_inactive_in_instruct_control": (
         "The same share for the control features: per policy feature, the non-policy "
         "features nearest in base token firing rate on the measurement half (averaged per "
-        "policy feature); interval: bootstrap over measurement-half statements."
+        "policy feature); interval: crossed bootstrap over measurement-half statements and "
+        "policy features."
     ),
     "share_inactive_in_instruct_excess": (
         "Paired difference share_inactive_in_instruct - share_inactive_in_instruct_control "
         "(per policy feature: silent minus the share of its rate-matched controls silent); "
-        "interval: bootstrap over measurement-half statements. > 0: policy features fall "
-        "silent in instruct more often than features that fire as often in base."
+        "interval: crossed bootstrap over measurement-half statements and policy features. "
+        "> 0: policy features fall silent in instruct more often than features that fire as "
+        "often in base."
     ),
     "share_inactive_in_instruct_excess_p": (
         "Two-sided bootstrap p-value of share_inactive_in_instruct_excess = 0 (the value; no "
@@ -81,11 +88,13 @@ HEADLINE_KEYS: dict[str, str] = {
     ),
     "policy_firing_rate_base": (
         "Mean over policy features of the token-level firing rate on base activations of the "
-        "measurement-half statements; interval: bootstrap over those statements."
+        "measurement-half statements; interval: crossed bootstrap over those statements and "
+        "the policy features."
     ),
     "policy_firing_rate_instruct": (
         "Mean over policy features of the token-level firing rate on instruct activations of "
-        "the measurement-half statements; interval: bootstrap over those statements."
+        "the measurement-half statements; interval: crossed bootstrap over those statements "
+        "and the policy features."
     ),
     "fve_base": (
         "Fraction of variance of base residual activations (content tokens of labelled "
@@ -512,6 +521,18 @@ def _boot_weights(labels: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return W
 
 
+CROSSED = ("percentile bootstrap, 95%, over measurement-half statements (within label) "
+           "crossed with policy features")
+
+
+def _feature_draws(n: int, n_rep: int, seed: int) -> np.ndarray:
+    """[n_rep, n] feature indices: row 0 all features once, then resamples."""
+    rng = np.random.default_rng(seed)
+    F = rng.integers(0, n, (n_rep, n))
+    F[0] = np.arange(n)
+    return F
+
+
 def _estimate(reps: np.ndarray, n: int, unit: str, method: str = "") -> Estimate:
     """Estimate from [n_boot + 1] replicates (row 0 the full-sample value)."""
     value = float(reps[0])
@@ -541,6 +562,29 @@ def partisan_direction_diffmean(X: np.ndarray, labels: np.ndarray) -> np.ndarray
     if not norm > 0:
         raise ValueError("partisan direction: left and right statement means coincide")
     return d / norm
+
+
+def partisan_direction_lda(X: np.ndarray, labels: np.ndarray, issues: np.ndarray) -> np.ndarray:
+    """Unit shrinkage-LDA direction (left -> right) of statement rows ``X`` [n, d].
+
+    ``(S + shrinkage)^-1 (mean right - mean left)``, with S the Ledoit-Wolf estimate of
+    the covariance of the statements about their (issue, label) means. Unlike the raw
+    diff-of-means it downweights the high-variance noise directions a decaying residual
+    spectrum has, which would otherwise dominate a projection read on held-out statements.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    Z = X.astype(np.float64, copy=True)
+    for key in {(i, lab) for i, lab in zip(issues, labels, strict=True)}:
+        m = (issues == key[0]) & (labels == key[1])
+        Z[m] -= Z[m].mean(0)
+    cov = LedoitWolf(assume_centered=True).fit(Z).covariance_
+    delta = X[labels == "right"].mean(0) - X[labels == "left"].mean(0)
+    w = np.linalg.solve(cov, delta)
+    norm = float(np.linalg.norm(w))
+    if not norm > 0:
+        raise ValueError("partisan direction: left and right statement means coincide")
+    return w / norm
 
 
 def partisan_fraction(X: np.ndarray, R: np.ndarray, u: np.ndarray, labels: np.ndarray,
@@ -598,8 +642,8 @@ def analyse_policy_features(
     """Select on base's selection half, measure both models on the measurement half.
 
     ``directions``: model role -> unit partisan direction [d_in] (e.g. the partisan
-    study's), or None for diff-of-means directions fitted on each model's own
-    selection-half statements. ``direction_source`` names them in the output.
+    study's), or None for shrinkage-LDA directions (:func:`partisan_direction_lda`) fitted
+    on each model's own selection-half statements. ``direction_source`` names them.
     """
     s = settings
     if base.d_sae != instruct.d_sae:
@@ -635,12 +679,20 @@ def analyse_policy_features(
         inactive = (np.asarray((Ci_u.T @ W.T).T) == 0).astype(float)  # [rep, n_uniq]
         ina_pol = inactive[:, inv[: len(policy)]]
         ina_ctl = inactive[:, inv[len(policy):]].reshape(len(W), len(policy), -1).mean(2)
-        share_p, share_c = ina_pol.mean(1), ina_ctl.mean(1)
-        diff = share_p - share_c
+        # Crossed bootstrap: statements (W) and policy features (with their controls) are
+        # both resampled; "never fires" is an extreme statistic whose statement-only
+        # bootstrap misses which features happen to be silent.
+        F = _feature_draws(len(policy), len(W), s.seed + 2)
+
+        def over_features(M):
+            return np.take_along_axis(M, F, axis=1).mean(1)
+
+        share_p, share_c = over_features(ina_pol), over_features(ina_ctl)
+        diff = over_features(ina_pol - ina_ctl)
         cb_u = np.asarray((Cb[:, policy].T @ W.T).T)
         ci_u = np.asarray((Ci[:, policy].T @ W.T).T)
-        fr_b = (cb_u / (W @ Tb)[:, None]).mean(1)
-        fr_i = (ci_u / (W @ Ti)[:, None]).mean(1)
+        fr_b = over_features(cb_u / (W @ Tb)[:, None])
+        fr_i = over_features(ci_u / (W @ Ti)[:, None])
     else:
         ctrl = np.zeros((0, s.controls_per_feature), dtype=np.int64)
         share_p = share_c = diff = fr_b = fr_i = np.full(len(W), np.nan)
@@ -677,15 +729,18 @@ def analyse_policy_features(
         recon_est[f"spliced_ce_increase_{m}"] = _estimate(ce_inc, n_all, "nats per token")
         recon_est[f"spliced_kl_{m}"] = _estimate(kl, n_all, "nats per token")
         frac = np.full(len(W), np.nan)
-        source = direction_source or "diff-of-means on the selection half"
+        source = direction_source or SELECTION_DIRECTION
         if scan.prompt_means is not None:
             X, R = statement_means(scan, st_prompts, split)
             if directions is not None and m in directions:
                 u = np.asarray(directions[m], dtype=np.float64)
             else:
-                sel_rows = np.flatnonzero((split["half"] == "selection").to_numpy())
-                u = partisan_direction_diffmean(X[sel_rows], lab_all[sel_rows])
-                source = "diff-of-means on the selection half"
+                sel_rows = np.flatnonzero(
+                    ((split["half"] == "selection") & split["label"].is_in(PARTISAN_LABELS)
+                     ).to_numpy())
+                u = partisan_direction_lda(X[sel_rows], lab_all[sel_rows],
+                                           split["issue"].to_numpy()[sel_rows])
+                source = SELECTION_DIRECTION
             u = u / np.linalg.norm(u)
             frac = partisan_fraction(X[meas], R[meas], u, lab, W)
         recon_est[f"partisan_fraction_reconstructed_{m}"] = _estimate(
@@ -706,14 +761,15 @@ def analyse_policy_features(
     n_pol = len(policy)
     headline = {
         "n_policy_features": sel.n_selected,
-        "share_inactive_in_instruct": _estimate(share_p, n_meas, "share of features"),
-        "share_inactive_in_instruct_control": _estimate(share_c, n_meas, "share of features"),
-        "share_inactive_in_instruct_excess": _estimate(diff, n_meas, "share of features"),
+        "share_inactive_in_instruct": _estimate(share_p, n_meas, "share of features", CROSSED),
+        "share_inactive_in_instruct_control": _estimate(share_c, n_meas, "share of features",
+                                                        CROSSED),
+        "share_inactive_in_instruct_excess": _estimate(diff, n_meas, "share of features", CROSSED),
         "share_inactive_in_instruct_excess_p": Estimate(
             _boot_p(diff) if n_pol else math.nan, math.nan, math.nan, n_meas, "p-value",
-            "two-sided percentile-bootstrap p over measurement-half statements"),
-        "policy_firing_rate_base": _estimate(fr_b, n_meas, "firing tokens per token"),
-        "policy_firing_rate_instruct": _estimate(fr_i, n_meas, "firing tokens per token"),
+            "two-sided p from the crossed bootstrap of the excess (statements x features)"),
+        "policy_firing_rate_base": _estimate(fr_b, n_meas, "firing tokens per token", CROSSED),
+        "policy_firing_rate_instruct": _estimate(fr_i, n_meas, "firing tokens per token", CROSSED),
         **recon_est,
     }
     assert set(headline) == set(HEADLINE_KEYS), set(headline) ^ set(HEADLINE_KEYS)
