@@ -192,7 +192,7 @@ class _PromptRegistry:
     def codes(self, meta: pl.DataFrame, batch_no: int) -> np.ndarray:
         issue = pl.col("issue") if "issue" in meta.columns else pl.lit(None, pl.String)
         pairs = meta.select("prompt_id", "label", issue.cast(pl.String).alias("issue")).unique(
-            subset=["prompt_id"], maintain_order=True
+            subset=["prompt_id", "label"], maintain_order=True
         )
         for pid, lab, iss in pairs.iter_rows():
             c = self.code.get(pid)
