@@ -49,8 +49,19 @@ CLAIMS: tuple[Claim, ...] = (
           source="Neutral Mask, claim 2"),
     Claim("partisan", "Variance ratio instruct/base (~11x compression)", "variance_ratio",
           (0.070 / 0.234) ** 2, source="Neutral Mask, claim 2 (0.070^2 / 0.234^2)"),
-    Claim("sae", "Policy features that fire in base are completely inactive in instruct",
-          "share_inactive_in_instruct", 1.0, source="Neutral Mask, claim 3"),
+    Claim("sae", "Policy features that fire in base are completely inactive in instruct "
+          "(share silent on held-out statements; test: the published 1.0 lies inside the 95% "
+          "interval)", "share_inactive_in_instruct", 1.0, source="Neutral Mask, claim 3"),
+    Claim("sae", "Policy features fall silent in instruct more often than non-policy features "
+          "matched on base firing rate (test: paired difference of the shares silent on "
+          "held-out statements, crossed bootstrap over statements and features; yes when the "
+          "interval lies above 0)", "share_inactive_in_instruct_excess", None, "> 0",
+          "Neutral Mask, claim 3"),
+    Claim("sae", "Silence is not the SAE's error term: its reconstruction keeps the partisan "
+          "component in instruct (test: share of the held-out left-right separation along the "
+          "partisan direction that the reconstruction keeps; yes when the interval lies above "
+          "0.5)", "partisan_fraction_reconstructed_instruct", None, "> 0.5",
+          "validity check of Neutral Mask, claim 3"),
     Claim("steering", "Feature-level steering moves instruct output far less than base "
           "(instruct/base slope ratio)", "disconnect_ratio_feature_projection", None, "< 1",
           "Neutral Mask, claim 4"),

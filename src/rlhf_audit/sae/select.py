@@ -61,7 +61,8 @@ HEADLINE_KEYS: dict[str, str] = {
         "Number of SAE features selected as policy-encoding on the base model: left vs right "
         "statements of the selection half, van Elteren rank-sum test stratified by issue on "
         "statement-level mean activations, Benjamini-Hochberg over features; n = selection-"
-        "half statements; no interval (a count of discoveries)."
+        "half statements; no interval (a count of discoveries). Was: prompt-level Fisher "
+        "tests (partisan vs neutral or left vs right) on all prompts."
     ),
     "share_inactive_in_instruct": (
         "Share of the policy features that never fire on any instruct token of the "
@@ -89,7 +90,7 @@ HEADLINE_KEYS: dict[str, str] = {
     "policy_firing_rate_base": (
         "Mean over policy features of the token-level firing rate on base activations of the "
         "measurement-half statements; interval: crossed bootstrap over those statements and "
-        "the policy features."
+        "the policy features. Was: all prompts, features resampled."
     ),
     "policy_firing_rate_instruct": (
         "Mean over policy features of the token-level firing rate on instruct activations of "
