@@ -445,3 +445,22 @@ def test_scan_roundtrips_through_parquet(tmp_path):
     assert back.tally().equals(scan.tally())
     with pytest.raises(FileNotFoundError, match="scan.json"):
         S.read_scan(tmp_path)
+
+
+def test_each_sae_rule_hashes_only_the_code_it_runs():
+    # A rule reruns when the code it imports changes: the GPU scan must not rerun for an
+    # edit to the selection, the figure or the training, nor the figure for a scan edit.
+    from pathlib import Path
+
+    from rlhf_audit.codehash import local_closure
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+
+    def closure(name):
+        return {p.name for p in local_closure(scripts / name) if p.parent.name == "sae"}
+
+    assert closure("scan_sae_features.py") == {"__init__.py", "load.py", "scan.py"}
+    assert closure("select_policy_features.py") == {"__init__.py", "load.py", "scan.py",
+                                                    "select.py"}
+    assert closure("plot_sae.py") == {"__init__.py", "figures.py"}
+    assert closure("train_organism_sae.py") == {"__init__.py", "train.py"}

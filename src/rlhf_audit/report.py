@@ -227,6 +227,7 @@ def key_docs() -> dict[str, dict[str, str]]:
     """Study -> {key (or template with {feature}) -> description}, from the study modules."""
     from rlhf_audit import calibration, partisan, sae, seal, steering
     from rlhf_audit.organism import train
+    from rlhf_audit.sae import select as _sae_keys  # noqa: F401  (the hash sees the SAE keys)
 
     return {"organism": dict(train.HEADLINE_KEYS), "partisan": dict(partisan.HEADLINE_KEYS),
             "sae": dict(sae.HEADLINE_KEYS), "steering": dict(steering.HEADLINE_KEYS),

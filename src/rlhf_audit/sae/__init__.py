@@ -13,85 +13,67 @@ Split along the rules, so that a rule's code closure holds only what it runs:
   rate-matched control, and the headline.
 - :mod:`~rlhf_audit.sae.figures`: the figure.
 
-Everything is re-exported here; workflow scripts import from the submodules.
+Every public name is re-exported here, lazily (PEP 562), so that importing one submodule
+does not import the others: the workflow hashes a script's imports to decide what reruns,
+and a GPU rule must not rerun when only the analysis changed. Workflow scripts import
+from the submodules, so that the hash sees the module they use.
 """
 
-from rlhf_audit.sae.figures import plot_policy_firing
-from rlhf_audit.sae.load import check_sae_fits, load_sae, sae_layer
-from rlhf_audit.sae.scan import (
-    SPLICE_SCHEMA,
-    UNLABELLED,
-    FeatureScan,
-    ScanSettings,
-    encode_features,
-    read_scan,
-    run_scan,
-    scan_features,
-    spliced_loss,
-    tally_features,
-    tally_from_scan,
-    write_scan,
-)
-from rlhf_audit.sae.select import (
-    DEFAULT_STATEMENT_PATTERN,
-    HEADLINE_KEYS,
-    LABELS,
-    NEUTRAL_LABEL,
-    PARTISAN_LABELS,
-    PolicySelection,
-    SAEAnalysisSettings,
-    SAEStudy,
-    analyse_policy_features,
-    match_controls,
-    partisan_direction_diffmean,
-    partisan_direction_lda,
-    partisan_fraction,
-    select_policy_features,
-    split_statements,
-    statement_means,
-    statement_table,
-    top_prompts,
-    van_elteren,
-)
-from rlhf_audit.sae.train import SAESettings, reconstruction_quality_dense, train_sae
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_STATEMENT_PATTERN",
-    "HEADLINE_KEYS",
-    "LABELS",
-    "NEUTRAL_LABEL",
-    "PARTISAN_LABELS",
-    "SPLICE_SCHEMA",
-    "UNLABELLED",
-    "FeatureScan",
-    "PolicySelection",
-    "SAEAnalysisSettings",
-    "SAESettings",
-    "SAEStudy",
-    "ScanSettings",
-    "analyse_policy_features",
-    "check_sae_fits",
-    "encode_features",
-    "load_sae",
-    "match_controls",
-    "partisan_direction_diffmean",
-    "partisan_direction_lda",
-    "partisan_fraction",
-    "plot_policy_firing",
-    "read_scan",
-    "run_scan",
-    "reconstruction_quality_dense",
-    "sae_layer",
-    "scan_features",
-    "select_policy_features",
-    "spliced_loss",
-    "split_statements",
-    "statement_means",
-    "statement_table",
-    "tally_features",
-    "tally_from_scan",
-    "top_prompts",
-    "train_sae",
-    "van_elteren",
-    "write_scan",
-]
+import importlib
+
+_EXPORTS = {
+    "DEFAULT_STATEMENT_PATTERN": "select",
+    "FeatureScan": "scan",
+    "HEADLINE_KEYS": "select",
+    "LABELS": "select",
+    "NEUTRAL_LABEL": "select",
+    "PARTISAN_LABELS": "select",
+    "PolicySelection": "select",
+    "SAEAnalysisSettings": "select",
+    "SAESettings": "train",
+    "SAEStudy": "select",
+    "SPLICE_SCHEMA": "scan",
+    "ScanSettings": "scan",
+    "UNLABELLED": "scan",
+    "analyse_policy_features": "select",
+    "check_sae_fits": "load",
+    "encode_features": "scan",
+    "load_sae": "load",
+    "match_controls": "select",
+    "partisan_direction_diffmean": "select",
+    "partisan_direction_lda": "select",
+    "partisan_fraction": "select",
+    "plot_policy_firing": "figures",
+    "read_scan": "scan",
+    "reconstruction_quality_dense": "train",
+    "run_scan": "scan",
+    "sae_layer": "load",
+    "scan_features": "scan",
+    "select_policy_features": "select",
+    "spliced_loss": "scan",
+    "split_statements": "select",
+    "statement_means": "select",
+    "statement_table": "select",
+    "tally_features": "scan",
+    "tally_from_scan": "scan",
+    "top_prompts": "select",
+    "train_sae": "train",
+    "van_elteren": "select",
+    "write_scan": "scan",
+}
+"""Public name -> the submodule that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlhf_audit.sae' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rlhf_audit.sae.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
