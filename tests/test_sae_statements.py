@@ -227,3 +227,16 @@ def test_partisan_fraction_is_unbiased_at_realistic_dimension():
         assert np.std(raw) > 3 * np.std(held), (phi, raw)
         if phi < 0.5:
             assert np.mean(naive) > phi + 0.3, (phi, naive)
+
+
+def test_shipped_statements_group_into_their_claims():
+    from rlhf_audit.prompts import PROMPTS_DIR
+
+    rows = pl.read_ndjson(PROMPTS_DIR / "partisan_statements.jsonl")
+    prompts = rows.select(pl.col("id").alias("prompt_id"), "label", "issue")
+    st = S.statement_table(prompts, S.SAEAnalysisSettings())
+    per = st.group_by("statement", "label").agg(pl.len(), (pl.col("framing") == "plain").sum())
+    assert per.height == 44 * (4 + 4 + 3)
+    assert set(per.filter(pl.col("label") != "neutral")["len"]) == {6}
+    assert set(per.filter(pl.col("label") == "neutral")["len"]) == {3}
+    assert set(per["framing"]) == {1}  # one plain framing per statement
