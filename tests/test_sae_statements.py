@@ -139,6 +139,11 @@ def test_planted_policy_features_leanings_and_control_gap():
     ratio = ctl["control_firing_rate_base"] / ctl["firing_rate_base"]
     assert ratio.min() > 0.5 and ratio.max() < 2.0
     assert h["policy_firing_rate_instruct"].value == 0.0
+    # the hand SAE reconstructs these inputs exactly: all of the partisan separation is kept
+    for m in ("base", "instruct"):
+        assert h[f"partisan_fraction_reconstructed_{m}"].value == pytest.approx(1.0, abs=1e-6)
+        assert "selection-half" in h[f"partisan_fraction_reconstructed_{m}"].method
+    assert st.reconstruction["fve"].to_list() == pytest.approx([1.0, 1.0])
     assert h["n_policy_features"].n == st.selection.split.filter(
         pl.col("half") == "selection").height
 
