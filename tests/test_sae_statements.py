@@ -245,3 +245,25 @@ def test_shipped_statements_group_into_their_claims():
     assert set(per.filter(pl.col("label") != "neutral")["len"]) == {6}
     assert set(per.filter(pl.col("label") == "neutral")["len"]) == {3}
     assert set(per["framing"]) == {1}  # one plain framing per statement
+
+
+def test_partisan_study_directions_are_read_per_model(tmp_path):
+    base, inst, roles = planted_study(1, n_issues=8, n_background=40)
+    d = roles["d"]
+    rng = np.random.default_rng(0)
+    rows = [{"model": m, "layer": L, "method": meth, "threshold": 0.0,
+             "direction": rng.normal(size=d).astype(np.float32).tolist()}
+            for m in ("base", "instruct") for L in (1, 2) for meth in ("diffmean", "logreg")]
+    path = tmp_path / "directions.parquet"
+    pl.DataFrame(rows, schema_overrides={"direction": pl.List(pl.Float32)}).write_parquet(path)
+    dirs, source = S.select.directions_from_table(path, 2, "diffmean")
+    want = next(r for r in rows if (r["model"], r["layer"], r["method"]) == ("instruct", 2,
+                                                                              "diffmean"))
+    np.testing.assert_allclose(dirs["instruct"], want["direction"], rtol=1e-6)
+    sae = hand_sae(np.eye(d, dtype=np.float32))
+    st = S.analyse_policy_features(S.scan_features(sae, base), S.scan_features(sae, inst),
+                                   S.SAEAnalysisSettings(n_boot=20), dirs, source)
+    assert set(st.reconstruction["partisan_direction_source"]) == {source}
+    assert "partisan study" in st.headline["partisan_fraction_reconstructed_base"].method
+    with pytest.raises(ValueError, match="layer 5"):
+        S.select.directions_from_table(path, 5, "diffmean")

@@ -39,6 +39,7 @@ _EXPORTS = {
     "UNLABELLED": "scan",
     "analyse_policy_features": "select",
     "check_sae_fits": "load",
+    "directions_from_table": "select",
     "encode_features": "scan",
     "load_sae": "load",
     "match_controls": "select",
@@ -68,7 +69,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+_SUBMODULES = ("figures", "load", "scan", "select", "train")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"rlhf_audit.sae.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'rlhf_audit.sae' has no attribute {name!r}")
@@ -76,4 +82,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])
