@@ -3,7 +3,7 @@
 import polars as pl
 
 from rlhf_audit.runtime import setup
-from rlhf_audit.sae import plot_policy_firing
+from rlhf_audit.sae.figures import plot_policy_firing
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup(sm.log[0])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from rlhf_audit.extract import iter_token_batches
 from rlhf_audit.runtime import setup
-from rlhf_audit.sae import SAESettings, train_sae
+from rlhf_audit.sae.train import SAESettings, train_sae
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)

@@ -7,7 +7,6 @@ planted dictionary for training.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -225,7 +224,7 @@ def test_streaming_tally_equals_dense(batch, encode_batch, shuffle):
     X = rng.normal(size=(meta.height, 16)).astype(np.float32)
     sae = random_topk_sae()
     order = rng.permutation(meta.height) if shuffle else None
-    settings = S.SAEAnalysisSettings(encode_batch_size=encode_batch, compact_rows=20)
+    settings = S.ScanSettings(encode_batch_size=encode_batch, compact_rows=20)
     scan = S.scan_features(sae, chunks(meta, X, batch, order), settings)
     tally = scan.tally()
     ref = dense_reference(sae, meta.with_columns(pl.col("label").fill_null(S.UNLABELLED)), X)
@@ -257,6 +256,17 @@ def test_streaming_tally_equals_dense(batch, encode_batch, shuffle):
     assert rec["fve"] == pytest.approx(dense["fve"], rel=1e-6)
     assert rec["mse"] == pytest.approx(dense["mse"], rel=1e-6)
     assert rec["l0"] == pytest.approx(dense["l0"], rel=1e-12)
+    # per-prompt mean residual and mean reconstruction equal the dense ones
+    with torch.no_grad():
+        recon = sae.decode(sae.encode(torch.as_tensor(X))).numpy()
+    means = scan.prompt_means.sort("prompt_id")
+    pid = meta["prompt_id"].to_numpy()
+    for r in means.sample(8, seed=1).iter_rows(named=True):
+        m = pid == r["prompt_id"]
+        np.testing.assert_allclose(r["mean_x"], X[m].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r["mean_recon"], recon[m].mean(0), rtol=1e-4, atol=1e-5)
+    content = scan.content_tokens.sort("prompt_id", "token_index")
+    assert content.height == meta.height
 
 
 def test_reconstruction_quality_known_answer():
@@ -291,153 +301,18 @@ def test_bad_input_is_named():
         S.tally_features(sae, chunks(relabelled, X, 100))
 
 
-# ----------------------------------------------------------------- policy features
-
-
-def test_fisher_vectorised_matches_scipy():
-    from scipy.stats import fisher_exact
-
-    rng = np.random.default_rng(0)
-    tables = [rng.integers(0, 30, 4) for _ in range(300)]
-    tables += [np.array([a, 60 - a, c, 60 - c]) for a, c in rng.integers(0, 61, (200, 2))]
-    tables += [np.array(t) for t in ([0, 0, 3, 4], [5, 0, 5, 0], [0, 60, 0, 60], [30, 30, 30, 30])]
-    T = np.stack(tables)
-    for alt in ("two-sided", "greater", "less"):
-        ours = S.fisher_exact_2x2(T[:, 0], T[:, 1], T[:, 2], T[:, 3], alt)
-        ref = [fisher_exact(t.reshape(2, 2), alternative=alt).pvalue for t in T]
-        np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-12, err_msg=alt)
-
-
-def test_fisher_is_valid_under_the_null_over_many_tables():
-    # Same firing rate in both groups: the share of p < 0.05 must not exceed 0.05
-    # beyond sampling error (Fisher is conservative, so it is usually well below).
-    rng = np.random.default_rng(1)
-    n = 20_000
-    a = rng.binomial(60, 0.1, n)
-    c = rng.binomial(60, 0.1, n)
-    p = S.fisher_exact_2x2(a, 60 - a, c, 60 - c)
-    assert (p < 0.05).mean() <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n)
-    p1 = S.fisher_exact_2x2(a, 60 - a, c, 60 - c, "greater")
-    assert (p1 < 0.05).mean() <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n)
-    # and it has power against a planted difference (0.3 vs 0.05)
-    a = rng.binomial(60, 0.3, 2000)
-    c = rng.binomial(60, 0.05, 2000)
-    assert (S.fisher_exact_2x2(a, 60 - a, c, 60 - c, "greater") < 0.05).mean() > 0.95
-
-
-def planted_study(settings: S.SAEAnalysisSettings | None = None):
-    settings = settings or S.SAEAnalysisSettings(n_boot=500, n_stability_subsamples=100)
-    sae = planted_sae()
-    base = S.scan_features(sae, chunks(*planted_tokens(), 250), settings)
-    inst = S.scan_features(sae, chunks(*planted_tokens(instruct=True), 250), settings)
-    sel = S.select_policy_features(base, settings)
-    comp = S.compare_firing(base.tally(), inst.tally(), sel)
-    return sae, base, inst, sel, comp
-
-
-def test_policy_selection_recovers_planted_features():
-    settings = S.SAEAnalysisSettings(n_boot=500, n_stability_subsamples=100)
-    _, base, inst, sel, comp = planted_study(settings)
-    feats = sel.features
-    assert sorted(sel.selected["feature"].to_list()) == [F_LEFT, F_PARTISAN]
-    by = dict(zip(feats["feature"].to_list(), feats["selected_by"].to_list(), strict=True))
-    assert by[F_LEFT] == "both" and by[F_PARTISAN] == "partisan_vs_neutral"
-    assert by[F_GENERAL] is None and by[F_NEUTRAL] is None and by[F_NOISE] is None
-    assert feats.filter(pl.col("feature") == F_LEFT)["leaning"][0] == "left"
-    rare = feats.filter(pl.col("feature") == F_RARE).row(0, named=True)
-    assert not rare["tested"] and rare["p_partisan_vs_neutral"] is None
-    assert F_NEVER not in feats["feature"].to_list()
-    left = feats.filter(pl.col("feature") == F_LEFT).row(0, named=True)
-    assert (left["n_firing_prompts_left"], left["n_firing_prompts_right"]) == (18, 0)
-    assert left["prompt_rate_partisan"] == pytest.approx(18 / 120)
-    assert sel.n_selected.value == 2 and sel.n_selected.n == 180
-    stab = dict(zip(feats["feature"], feats["selection_stability"], strict=True))
-    # half-samples: 15 of 60 partisan vs 0 of 30 neutral prompts still rejects every time
-    assert stab[F_PARTISAN] > 0.9 and stab[F_GENERAL] == 0.0 and stab[F_NOISE] == 0.0
-
-    pol = comp.filter(pl.col("policy")).sort("feature")
-    assert pol["feature"].to_list() == [F_LEFT, F_PARTISAN]
-    assert pol["inactive_in_instruct"].to_list() == [True, True]
-    assert pol["firing_rate_base"].to_list() == pytest.approx([18 / 1080, 30 / 1080])
-    assert pol["firing_rate_instruct"].to_list() == [0.0, 0.0]
-    gen = comp.filter(pl.col("feature") == F_GENERAL).row(0, named=True)
-    assert not gen["inactive_in_instruct"] and gen["firing_rate_instruct"] == 1.0
-
-    h = S.headline(sel, comp, base, inst, settings)
-    assert set(h) == set(S.HEADLINE_KEYS)
-    share = h["share_inactive_in_instruct"]
-    assert (share.value, share.lo, share.hi, share.n) == (1.0, 1.0, 1.0, 2)
-    assert h["policy_firing_rate_instruct"].value == 0.0
-    assert h["policy_firing_rate_base"].value == pytest.approx((18 + 30) / 2 / 1080)
-    assert h["fve_base"].value == pytest.approx(1.0) and h["fve_instruct"].value == pytest.approx(
-        1.0
-    )
-    # L0: every token fires F_GENERAL, plus the planted extras
-    extra_base = 18 + 30 + 12 + 18 + 2
-    assert h["l0_base"].value == pytest.approx(1 + extra_base / 1080)
-    assert h["l0_instruct"].value == pytest.approx(1 + (extra_base - 48) / 1080)
-    assert h["l0_base"].lo <= h["l0_base"].value <= h["l0_base"].hi and h["l0_base"].n == 180
-
-
-def test_instruct_still_firing_policy_feature_is_counted_active():
-    # Plant: the partisan feature survives in instruct on a few prompts -> share 1/2.
-    settings = S.SAEAnalysisSettings(n_boot=300, n_stability_subsamples=20)
-    sae = planted_sae()
-    meta, X = planted_tokens(instruct=True)
-    X[
-        (meta["prompt_id"] == "right-05").to_numpy() & (meta["token_index"] == 5).to_numpy(),
-        F_PARTISAN,
-    ] = 2.0
-    base = S.scan_features(sae, planted_tokens(), settings)
-    inst = S.scan_features(sae, (meta, X), settings)
-    sel = S.select_policy_features(base, settings)
-    comp = S.compare_firing(base.tally(), inst.tally(), sel)
-    h = S.headline(sel, comp, base, inst, settings)
-    assert h["share_inactive_in_instruct"].value == 0.5
-    assert comp.filter(pl.col("feature") == F_PARTISAN)["firing_rate_instruct"][0] == 1 / 1080
-
-
-def test_null_features_are_rarely_selected():
-    # 300 features firing at the same prompt rate on every label: BH at q=0.05 under
-    # the global null rejects anything in at most ~5% of studies; over 20 studies the
-    # total selected must stay small.
-    rng = np.random.default_rng(3)
-    n_feat, n_prompt = 300, 40
-    W = np.eye(n_feat, dtype=np.float32)
-    sae = hand_sae(W)
-    total = 0
-    settings = S.SAEAnalysisSettings(n_stability_subsamples=0)
-    for _ in range(20):
-        labels = np.repeat(["left", "right", "neutral"], n_prompt)
-        X = (rng.random((len(labels), n_feat)) < 0.15).astype(np.float32)
-        meta = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(len(labels))], "label": labels})
-        sel = S.select_policy_features(S.scan_features(sae, (meta, X), settings), settings)
-        total += int(sel.features["selected"].sum())
-    assert total <= 5
-
-
-def test_top_prompts_ranks_by_max_activation():
-    _, base, _, sel, _ = planted_study(S.SAEAnalysisSettings(n_boot=10, n_stability_subsamples=2))
-    top = S.top_prompts(base.prompt_features, [F_LEFT, F_PARTISAN], k=3)
-    left = top.filter(pl.col("feature") == F_LEFT)
-    assert left["prompt_id"].to_list() == ["left-52", "left-51", "left-50"]
-    assert left["rank"].to_list() == [1, 2, 3]
-    assert left["max_activation"].to_list() == pytest.approx([1.52, 1.51, 1.50])
-    assert set(left["max_token_index"]) == {3} and set(left["max_token_id"]) == {102}
-    assert top.filter(pl.col("feature") == F_PARTISAN).height == 3
-
-
-def test_selection_needs_all_three_labels():
-    meta, X = planted_tokens()
-    keep = (meta["label"] != "neutral").to_numpy()
-    scan = S.scan_features(planted_sae(), (meta.filter(pl.Series(keep)), X[keep]))
-    with pytest.raises(ValueError, match="neutral"):
-        S.select_policy_features(scan)
+# ----------------------------------------------------------------- figure
 
 
 def test_figure_is_written(tmp_path):
-    *_, comp = planted_study(S.SAEAnalysisSettings(n_boot=10, n_stability_subsamples=2))
-    S.plot_policy_firing(comp, tmp_path / "fig.png", title="planted")
+    from sae_planted import hand_sae as planted_hand_sae
+    from sae_planted import planted_study as planted
+
+    base, inst, roles = planted(0, n_issues=6, n_background=30)
+    sae = planted_hand_sae(np.eye(roles["d"], dtype=np.float32))
+    study = S.analyse_policy_features(S.scan_features(sae, base), S.scan_features(sae, inst),
+                                      S.SAEAnalysisSettings(n_boot=20))
+    S.plot_policy_firing(study.comparison, tmp_path / "fig.png", title="planted")
     assert (tmp_path / "fig.png").stat().st_size > 1000 and (tmp_path / "fig.pdf").exists()
 
 
@@ -559,13 +434,33 @@ def test_train_sae_rejects_bad_input(tmp_path):
 
 
 def test_scan_roundtrips_through_parquet(tmp_path):
-    settings = S.SAEAnalysisSettings(n_boot=10, n_stability_subsamples=5)
-    scan = S.scan_features(planted_sae(), planted_tokens(), settings)
+    scan = S.scan_features(planted_sae(), planted_tokens())
     S.write_scan(scan, tmp_path / "scan", provenance={"model": "base"})
     back = S.read_scan(tmp_path / "scan")
     assert back.d_in == D_IN and back.d_sae == 7
     assert back.prompts.equals(scan.prompts)
     assert back.prompt_features.equals(scan.prompt_features)
+    assert back.prompt_means.equals(scan.prompt_means)
+    assert back.splice is None  # no spliced-in loss was computed
     assert back.tally().equals(scan.tally())
     with pytest.raises(FileNotFoundError, match="scan.json"):
         S.read_scan(tmp_path)
+
+
+def test_each_sae_rule_hashes_only_the_code_it_runs():
+    # A rule reruns when the code it imports changes: the GPU scan must not rerun for an
+    # edit to the selection, the figure or the training, nor the figure for a scan edit.
+    from pathlib import Path
+
+    from rlhf_audit.codehash import local_closure
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+
+    def closure(name):
+        return {p.name for p in local_closure(scripts / name) if p.parent.name == "sae"}
+
+    assert closure("scan_sae_features.py") == {"__init__.py", "load.py", "scan.py"}
+    assert closure("select_policy_features.py") == {"__init__.py", "load.py", "scan.py",
+                                                    "select.py"}
+    assert closure("plot_sae.py") == {"__init__.py", "figures.py"}
+    assert closure("train_organism_sae.py") == {"__init__.py", "train.py"}

@@ -354,13 +354,60 @@ def sae_params(wildcards):
 
 def sae_scan_inputs(wildcards):
     model = pair_models(wildcards.pair)[wildcards.role]
-    return {"shards": activation_set(model)["shards"], "sae": sae_files(wildcards.sae)}
+    out = {"shards": activation_set(model)["shards"], "sae": sae_files(wildcards.sae),
+           "prompts": normalised(config["extract"]["dataset"])}
+    if config["sae"]["spliced_loss"]:
+        out["model"] = model_files(model)
+    return out
+
+
+def sae_scan_model(wildcards):
+    """The model the scan job splices the SAE into, tokenised as extraction did."""
+    model = pair_models(wildcards.pair)[wildcards.role]
+    return {"name": model, "spec": model_spec(model), "dtype": config["dtype"],
+            "splice": bool(config["sae"]["spliced_loss"]),
+            "chat_template": bool(config["extract"]["chat_template"][wildcards.role]),
+            "max_length": config["extract"]["max_length"]}
+
+
+def sae_scan_settings(wildcards):
+    return {"splice_batch_size": config["sae"]["splice_batch_size"]}
 
 
 def sae_analysis_settings(wildcards):
     s = config["sae"]
     return {"q": s["fdr_q"], "min_firing_rate": s["min_firing_rate"],
-            "top_k_prompts": s["top_prompts"], "n_boot": s["n_boot"], "seed": s["seed"]}
+            "top_k_prompts": s["top_prompts"], "n_boot": s["n_boot"], "seed": s["seed"],
+            "min_statements_fired": s["min_statements_fired"], "split_seed": s["split_seed"],
+            "controls_per_feature": s["controls_per_feature"],
+            "statement_pattern": s["statement_pattern"], "plain_framing": s["plain_framing"]}
+
+
+def sae_scan_dirs(wildcards):
+    return {role: f"results/sae/{wildcards.pair}/{wildcards.sae}/scan_{role}"
+            for role in ("base", "instruct")}
+
+
+SAE_SCAN_TABLES = ("scan.json", "prompts.parquet", "prompt_features.parquet",
+                   "prompt_means.parquet", "splice.parquet")
+
+
+def sae_select_inputs(wildcards):
+    out = {f"{role}_{name.split('.')[0]}": f"{d}/{name}"
+           for role, d in sae_scan_dirs(wildcards).items() for name in SAE_SCAN_TABLES}
+    if sae_direction(wildcards)["source"] == "partisan":
+        out["directions"] = f"results/partisan/{wildcards.pair}/directions.parquet"
+    return out
+
+
+def sae_direction(wildcards):
+    """Where the partisan direction of the SAE's reconstruction check comes from."""
+    source = config["sae"]["partisan_direction"]
+    if source == "partisan" and wildcards.pair not in pairs_for("partisan"):
+        raise WorkflowError(f"sae.partisan_direction: partisan needs the partisan study on pair "
+                            f"{wildcards.pair!r}; add it to partisan.pairs or use selection_half")
+    return {"source": source, "layer": config["sae"]["saes"][wildcards.sae]["layer"],
+            "method": config["partisan"]["methods"][0]}
 
 
 # ---- steering

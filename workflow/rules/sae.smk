@@ -1,6 +1,8 @@
 # Stage 5, SAE (The Neutral Mask, claim 3): the organism's own SAE is trained
 # with sae-lens on its base model's residuals; every SAE is read on both
-# models of a pair, token by token, in one streaming pass per model.
+# models of a pair, token by token, in one streaming pass per model (which also
+# splices the SAE into the model for its spliced-in loss). Policy features are
+# selected on one half of the statements; both models are measured on the other.
 
 
 rule train_organism_sae:
@@ -26,12 +28,15 @@ rule scan_sae_features:
     output:
         prompts="results/sae/{pair}/{sae}/scan_{role}/prompts.parquet",
         features="results/sae/{pair}/{sae}/scan_{role}/prompt_features.parquet",
+        means="results/sae/{pair}/{sae}/scan_{role}/prompt_means.parquet",
+        splice="results/sae/{pair}/{sae}/scan_{role}/splice.parquet",
         meta="results/sae/{pair}/{sae}/scan_{role}/scan.json",
     wildcard_constraints:
         role="base|instruct",
     params:
         sae=sae_params,
-        analysis=sae_analysis_settings,
+        scan=sae_scan_settings,
+        model=sae_scan_model,
         device=config["device"],
         code=script_code("scan_sae_features.py"),
     threads: 1
@@ -47,19 +52,20 @@ rule scan_sae_features:
 
 rule select_policy_features:
     input:
-        base="results/sae/{pair}/{sae}/scan_base/scan.json",
-        instruct="results/sae/{pair}/{sae}/scan_instruct/scan.json",
-        base_tables=["results/sae/{pair}/{sae}/scan_base/prompts.parquet", "results/sae/{pair}/{sae}/scan_base/prompt_features.parquet"],
-        instruct_tables=["results/sae/{pair}/{sae}/scan_instruct/prompts.parquet", "results/sae/{pair}/{sae}/scan_instruct/prompt_features.parquet"],
+        unpack(sae_select_inputs),
     output:
         tally="results/sae/{pair}/{sae}/tally.parquet",
         features="results/sae/{pair}/{sae}/policy_features.parquet",
+        split="results/sae/{pair}/{sae}/statement_split.parquet",
         comparison="results/sae/{pair}/{sae}/firing_base_vs_instruct.parquet",
+        controls="results/sae/{pair}/{sae}/controls.parquet",
         top_prompts="results/sae/{pair}/{sae}/top_prompts.parquet",
         reconstruction="results/sae/{pair}/{sae}/reconstruction.parquet",
         headline="results/sae/{pair}/{sae}/headline.json",
     params:
         analysis=sae_analysis_settings,
+        scan_dirs=sae_scan_dirs,
+        direction=sae_direction,
         code=script_code("select_policy_features.py"),
     log:
         "results/logs/select_policy_features/{pair}/{sae}.log",
