@@ -21,8 +21,7 @@ from rlhf_audit.runtime import provenance, setup
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
 p = sm.params.settings
-settings = CalibrationSettings(levels=tuple(p["levels"]), strategies=tuple(p["strategies"]),
-                               n_boot=p["n_boot"], seed=p["seed"])
+settings = CalibrationSettings.from_params(p)
 parts = []
 for role, m in sm.params.models.items():
     gens = pl.read_parquet(sm.input[role])

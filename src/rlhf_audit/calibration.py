@@ -102,7 +102,7 @@ import re
 import string
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,7 +137,8 @@ WORD_LEVELS: dict[str, float] = {
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """Settings of the injected-confidence study (the lead maps these into config.yaml)."""
+    """Settings of the injected-confidence study: the ``calibration`` config section's
+    analysis keys (workflow/schemas/config.schema.yaml), via :meth:`from_params`."""
 
     levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     """Injected external confidence levels, probabilities in [0, 1] (paper: not stated)."""
@@ -161,6 +162,16 @@ class CalibrationSettings:
     """Resample whole problems (all levels of one problem together) in the bootstrap, so
     that the n of an interval is the number of problems, not of prompts."""
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> CalibrationSettings:
+        """Settings from the ``calibration`` config section as the workflow passes it
+        (``params.settings``): keys that are fields are taken (lists become tuples), others
+        (``templates``, generation keys) are ignored."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()
+              if k in names}
+        return cls(**kw)
+
     def __post_init__(self):
         bad = [x for x in self.levels if not 0.0 <= float(x) <= 1.0]
         if bad:
@@ -171,6 +182,9 @@ class CalibrationSettings:
                              f"{self.internal_measure!r}")
         if self.compliance_tol_pp < 0:
             raise ValueError("compliance_tol_pp must be >= 0")
+        if isinstance(self.truncate_at, str) or any(not m for m in self.truncate_at):
+            raise ValueError(f"truncate_at must be a list of non-empty markers, got "
+                             f"{self.truncate_at!r}")
 
 
 # --------------------------------------------------------------------------------------
