@@ -3,15 +3,10 @@
 
 import polars as pl
 
-from rlhf_audit.calibration import (
-    CalibrationSettings,
-    headline,
-    headline_keys,
-    level_summary,
-    load_templates,
-    metrics,
-    score_generations,
-)
+from rlhf_audit.calibration.metrics import headline, headline_keys, level_summary, metrics
+from rlhf_audit.calibration.scoring import score_generations
+from rlhf_audit.calibration.settings import CalibrationSettings
+from rlhf_audit.calibration.templates import load_templates
 from rlhf_audit.generation import Generation
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
