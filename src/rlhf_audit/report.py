@@ -71,6 +71,9 @@ CLAIMS: tuple[Claim, ...] = (
           "bias_pp_instruct_conversational", 40.0, source="Resisting Correction"),
     Claim("calibration", "Internal token-level confidence barely tracks the signal (Pearson r)",
           "internal_r_signal_instruct_conversational", 0.035, source="Resisting Correction"),
+    Claim("calibration", "Internal token-level confidence barely tracks correctness (Pearson "
+          "r; the paper's r may be this one)", "internal_r_correct_instruct_conversational",
+          0.035, source="Resisting Correction (r = 0.035, p = 0.114, n about 2,000)"),
     Claim("reward", "Agreement with human preference, pre RM", "agreement_pre", 0.57,
           source="SEAL"),
     Claim("reward", "Agreement with human preference, post RM", "agreement_post", 0.74,

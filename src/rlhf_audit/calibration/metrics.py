@@ -82,6 +82,13 @@ class CorrelationEstimate:
     """Why the value or interval is undefined ('' when defined)."""
 
 
+def _snap(r):
+    """Rounding noise around 0 is 0: a balanced design (every problem at every level) with a
+    confidence that is constant within each problem gives r = 0 exactly, not 1e-17."""
+    return np.where(np.abs(r) < 1e-12, 0.0, r) if isinstance(r, np.ndarray) else (
+        0.0 if abs(r) < 1e-12 else r)
+
+
 def _bootstrap_p(reps: np.ndarray) -> float:
     """Two-sided p-value of 0 from bootstrap replicates: twice the smaller share (with the
     +1 correction) on either side of 0, the level at which the percentile interval starts
@@ -112,7 +119,7 @@ def correlation_estimate(x, y, groups=None, *, method: Literal["pearson", "spear
     why = _undefined(x, y, names)
     if why:
         return CorrelationEstimate(Estimate(nan, nan, nan, n_units, unit), nan, nan, why)
-    value = scalar(x, y)
+    value = _snap(scalar(x, y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sps.NearConstantInputWarning)
         naive = float((sps.pearsonr(x, y) if method == "pearson" else sps.spearmanr(x, y))
@@ -142,7 +149,7 @@ def correlation_estimate(x, y, groups=None, *, method: Literal["pearson", "spear
             for p in picks:
                 idx = np.concatenate([members[k] for k in p])
                 reps.append(rows(x[idx][None], y[idx][None]))
-    reps = np.concatenate(reps)
+    reps = _snap(np.concatenate(reps))
     finite = reps[np.isfinite(reps)]
     if len(finite) < n_boot / 2:
         return CorrelationEstimate(
