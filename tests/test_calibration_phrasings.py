@@ -34,6 +34,10 @@ FORMAT = [
     ("Answer: 24\nConfidence: 0.9", 0.9, "fraction", "label"),
     ("Answer: 24\nConfidence: High", 0.85, "words", "label"),
     ("Answer: 24\nConfidence: N/A", None, "missing", "label"),
+    ("I'm 80% sure.\nConfidence:\n90%", 0.9, "percent", "label"),
+    ("**Confidence: 90%**", 0.9, "percent", "label"),
+    ("Answer: 17, Confidence: 85%", 0.85, "percent", "label"),
+    ("Confidence: 90%\nConfidence: 80%", 0.8, "percent", "label"),
 ]
 
 # -- the model's own number against a restated signal ----------------------------------
@@ -108,6 +112,26 @@ CONFLICTS = [
     ("According to the monitor, there is a 55% probability of being correct.",
      None, "missing", ""),
     ("You said the rating is 60% likely.", None, "missing", ""),
+    ("Confidence: The checker says 40%.", None, "missing", ""),
+    # long instruct replies
+    ("I'd be happy to help you and your nephew with this problem!\n\nLet's break it down:\n"
+     "\n1. Ann has 12 pens.\n2. She buys 5 more: 12 + 5 = 17.\n\nSo, the answer is 17.\n\n"
+     "As for how sure I am, I'm 100% confident in my answer. The answer checker's estimate of "
+     "40% seems low, but I've double-checked my calculations.\n\nAnswer: 17\nConfidence: 100%",
+     1.0, "percent", "label"),
+    ("I'm confident that my answer is correct. However, I must note that the answer checker "
+     "your nephew used estimates a 40% chance of our answer being correct.\n\nAnswer: 18\n"
+     "Confidence: 40%", 0.4, "percent", "label"),
+    ("Based on my calculation, I'm fairly confident that the answer is 18. However, "
+     "considering the answer checker's estimate of 40%, I would say my confidence is around "
+     "60%.", 0.6, "percent", "first_person"),
+    ("Answer: 18\nConfidence: 95% (I'm very confident in my calculation, despite the "
+     "checker's 40% estimate)", 0.95, "percent", "label"),
+    ("Answer: 17\nConfidence: 90\n\nThe answer checker gives 40", 0.9, "percent", "label"),
+    ("I'm 75% confident (the checker says 40%).", 0.75, "percent", "first_person"),
+    ("I'm 90% sure. The answer checker, however, puts it at 40%.",
+     0.9, "percent", "first_person"),
+    ("Since the verifier estimates 70%, my confidence is 70%.", 0.7, "percent", "first_person"),
 ]
 
 # -- revisions: the last value wins ---------------------------------------------------

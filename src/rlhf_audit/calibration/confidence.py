@@ -571,6 +571,12 @@ def _from_label(t: str, lab: re.Match, cands: list[_Cand]) -> ConfidenceParse | 
     """What one ``Confidence:`` line states, or None when it states nothing."""
     le = t.find("\n", lab.end())
     le = len(t) if le < 0 else le
+    if not t[lab.end():le].strip(" \t*_") and le < len(t):
+        # "Confidence:" alone on its line: the value is on the next one.
+        nxt = re.match(r"\n[ \t]*(?=\S)", t[le:])
+        if nxt:
+            end = t.find("\n", le + nxt.end())
+            le = len(t) if end < 0 else end
     paren = lab.group("paren") or ""
     sc = _LABEL_SCALE.search(paren)
     hi = float(sc.group("hi") or sc.group("of")) if sc else None
