@@ -252,15 +252,16 @@ def _problems(n: int) -> pl.DataFrame:
                          "answer": [f"{x} + 5 = {x + 5}\n#### {x + 5}" for x in a]})
 
 
-def _restating_run(own_of_problem, n=40):
+def _restating_run(own_of, n=40):
+    """``own_of(problem index, reply index)`` is the confidence the model states as its own."""
     tok = CharTokenizer()
     items = build_prompts(_problems(n), [0.1, 0.3, 0.5, 0.7, 0.9], ["conversational"],
                           load_templates(), chat=True, tokenizer=tok)
     gens = []
     for i, r in enumerate(items.iter_rows(named=True)):
-        pidx = int(r["problem_id"][1:])
         text = RESTATING_REPLIES[i % len(RESTATING_REPLIES)].format(
-            inj=round(100 * r["injected"]), ans=int(r["gold"]), own=own_of_problem(pidx))
+            inj=round(100 * r["injected"]), ans=int(r["gold"]),
+            own=own_of(int(r["problem_id"][1:]), i))
         ids = [ord(ch) for ch in text]
         gens.append(Gen(r["prompt"], text, ids, [-0.1] * len(ids)))
     scored = score_generations(items, gens, tok).with_columns(model=pl.lit("instruct"))
@@ -268,30 +269,52 @@ def _restating_run(own_of_problem, n=40):
 
 
 def test_restated_signal_then_own_confidence_gives_rho_near_zero():
-    """Own confidence is fixed per problem (85-97%, whatever the signal): planted rho 0 and
-    bias = mean own - 50 pp. Reading the restated signal would give rho 1."""
-    def own(p):
-        return 85 + (p * 5) % 13
-
-    scored, h = _restating_run(own)
-    assert scored["parse_kind"].unique().to_list() == ["percent"]
-    assert scored["correct"].all()
-    expected = np.array([own(int(p[1:])) for p in scored["problem_id"]]) / 100
-    assert np.allclose(scored["verbalized"].to_numpy(), expected)
-    rho = h["rho_instruct_conversational"]
-    assert abs(rho.value) < 1e-9 and rho.covers(0.0) and rho.n == 40
-    bias = h["bias_pp_instruct_conversational"]
-    assert bias.value == pytest.approx(100 * expected.mean() - 50)
-    inj = scored["injected"].to_numpy()
-    assert h["compliance_instruct_conversational"].value == pytest.approx(
-        np.mean(np.abs(expected - inj) <= 0.01 + 1e-9))  # compliance_tol_pp = 1
+    """The model restates the checker's number, then states its own habitual confidence
+    (85-95%, whatever the signal): planted rho 0 and bias = mean own - 50 pp. Reading the
+    restated signal would give rho 1 and bias 0."""
+    rhos, covered = [], 0
+    for seed in range(8):
+        own = np.random.default_rng(seed).integers(85, 96, 40 * 5)
+        scored, h = _restating_run(lambda p, i, own=own: int(own[i]))
+        assert scored["parse_kind"].unique().to_list() == ["percent"]
+        assert scored["correct"].all()
+        assert np.array_equal(scored["verbalized"].to_numpy(), own / 100)  # never the signal
+        rho = h["rho_instruct_conversational"]
+        assert rho.n == 40
+        rhos.append(rho.value)
+        covered += rho.covers(0.0)
+        bias = h["bias_pp_instruct_conversational"]
+        assert bias.value == pytest.approx(own.mean() - 50)
+    # rho of 200 independent replies has sd about 0.07: its mean over 8 runs about 0.025
+    assert abs(np.mean(rhos)) < 0.08 and max(abs(r) for r in rhos) < 0.25
+    assert covered >= 6
 
 
 def test_restated_signal_then_one_fixed_confidence_is_undefined():
-    _, h = _restating_run(lambda p: 93)
+    """Stating 93% at every level (or one fixed number per problem) leaves rho undefined,
+    with the reason, never 0 [0, 0]."""
+    _, h = _restating_run(lambda p, i: 93)
     rho = h["rho_instruct_conversational"]
-    assert math.isnan(rho.value) and "constant (0.93" in rho.reason
+    assert math.isnan(rho.value) and math.isnan(rho.lo) and "constant (0.93" in rho.reason
     assert h["bias_pp_instruct_conversational"].value == pytest.approx(43.0)
+    _, h = _restating_run(lambda p, i: 85 + (p * 5) % 13)
+    rho = h["rho_instruct_conversational"]
+    assert math.isnan(rho.value) and "within any problem" in rho.reason
+    assert "reason" in rho.to_dict() and rho.to_dict()["value"] is None
+
+
+def test_internal_confidence_that_ignores_the_level_is_undefined_against_it():
+    """Internal confidence identical at every level of a problem (the same answer tokens):
+    its r with the signal is 0 by construction, so it is reported undefined; its r with
+    correctness (a between-problem question) stays defined."""
+    df = planted(30, np.random.default_rng(11), effect=0.2, strategy="command")
+    df = df.with_columns(pl.col("internal_conf_mean").mean().over("problem_id"),
+                         pl.col("internal_conf_min").mean().over("problem_id"))
+    m = metrics(df, CLUSTERED)
+    sig = _row(m, "internal_r_signal")
+    assert sig["value"] is None and sig["p_value"] is None and "within any problem" in sig[
+        "reason"]
+    assert _row(m, "internal_r_correct")["value"] > 0.5
 
 
 def test_chat_replies_are_not_truncated_base_replies_are():

@@ -31,6 +31,29 @@ def _undefined(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> str:
     return ""
 
 
+def _constant_within(v: np.ndarray, groups: np.ndarray, name: str) -> str:
+    """Why a correlation of ``v`` with the injected level says nothing ('' when it does):
+    ``v`` never changes with the level inside a problem. Every problem is put at every
+    level, so the pooled correlation is then 0 (or a composition artefact of which replies
+    parsed) by construction, not an estimate. A globally constant ``v`` is left to
+    :func:`_undefined`; problems with one reply only are a between-problem design, and
+    decide nothing here."""
+    if len(v) < 3 or np.ptp(v) == 0:
+        return ""
+    order = np.argsort(groups, kind="stable")
+    g, vv = groups[order], v[order]
+    starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(g)])
+    if not (sizes >= 2).any():
+        return ""
+    spread = np.maximum.reduceat(vv, starts) - np.minimum.reduceat(vv, starts)
+    if np.all(spread[sizes >= 2] == 0):
+        return (f"{name} does not change with the injected level within any problem "
+                f"(constant within each of {int((sizes >= 2).sum())} problems): its "
+                "correlation with the level is 0 by construction, not an estimate")
+    return ""
+
+
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     """scipy.stats.spearmanr, NaN when undefined (a constant input or fewer than 3 rows)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -220,8 +243,21 @@ def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
             grp = None if grp is None else grp[mask]
         return bootstrap(fn, *arrays, groups=grp, unit=unit, **kw)
 
-    def correlation(metric, method, x, y, mask, unit, with_p):
+    problems = g["problem_id"].to_numpy()
+
+    def correlation(metric, method, x, y, mask, unit, with_p, response=None):
         grp = groups_all[mask] if groups_all is not None else None
+        why = ""
+        if response is not None:  # a correlation with the level, which varies per problem
+            v = (x if response == "x" else y)[mask]
+            name = _CORRELATIONS[metric][0 if response == "x" else 1]
+            why = _constant_within(v, problems[mask], name)
+        if why:
+            nan = float("nan")
+            n_units = len(np.unique(grp)) if grp is not None else int(mask.sum())
+            add(metric, Estimate(nan, nan, nan, n_units, unit), int(mask.sum()),
+                nan if with_p else None, nan if with_p else None, why)
+            return
         c = correlation_estimate(x[mask], y[mask], grp, method=method, unit=unit,
                                  names=_CORRELATIONS[metric], **kw)
         add(metric, c.estimate, int(mask.sum()), c.p_value if with_p else None,
@@ -241,7 +277,8 @@ def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
     if both.any():
         m = int(both.sum())
         add("mean_injected", boot(lambda v: 100 * v.mean(), inj, mask=both, unit="%"), m)
-        correlation("rho", "spearman", inj, verbal, both, "Spearman rho", with_p=False)
+        correlation("rho", "spearman", inj, verbal, both, "Spearman rho", with_p=False,
+                    response="y")
         add("bias_pp", boot(lambda a, b: 100 * float(np.mean(b - a)), inj, verbal, mask=both,
                             unit="pp"), m)
         tol = s.compliance_tol_pp / 100 + 1e-9  # float noise must not break exact copies
@@ -257,7 +294,7 @@ def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
         sig = has_int & np.isfinite(inj)
         if sig.any():
             correlation("internal_r_signal", "pearson", internal, inj, sig, "Pearson r",
-                        with_p=True)
+                        with_p=True, response="x")
     counts = {"n_items": n, "n_answer_missing": int(g["answer"].null_count())}
     kinds = g["parse_kind"].to_list()
     for kind in PARSE_KINDS:
@@ -281,7 +318,10 @@ def metrics(scored: pl.DataFrame, settings: CalibrationSettings = DEFAULT_SETTIN
     ``p_value`` from the same bootstrap over problems (:func:`_bootstrap_p`; scipy's when
     not clustering) and ``p_value_naive`` from scipy.stats.pearsonr over replies. A
     correlation with a constant input is undefined: value, interval and p are null and
-    ``reason`` says why. Counts of every parse kind and of replies without an answer are
+    ``reason`` says why. So is a correlation with the injected level (rho,
+    internal_r_signal) whose other side never changes with the level inside a problem
+    (:func:`_constant_within`): it is 0 by construction, and 0 [0, 0] would read as a
+    precise finding. Counts of every parse kind and of replies without an answer are
     rows too, so refusals and misses are always reported.
     """
     need = [c for c in ("model", "strategy", "problem_id", "injected", "verbalized",
