@@ -3,7 +3,7 @@
 
 import polars as pl
 
-from rlhf_audit.calibration.metrics import headline, headline_keys, level_summary, metrics
+from rlhf_audit.calibration.analysis import headline, headline_keys, level_summary, metrics
 from rlhf_audit.calibration.scoring import score_generations
 from rlhf_audit.calibration.settings import CalibrationSettings
 from rlhf_audit.calibration.templates import load_templates

@@ -86,3 +86,37 @@ def test_shipped_configs_validate():
     for path in ("config.yaml", "configs/paper.yaml", "tests/configs/organism_small.yaml"):
         cfg = yaml.safe_load((ROOT / path).read_text())
         assert _section(cfg)["internal_measure"] in ("mean", "min")
+
+
+# -- code hashes: a rule reruns for the calibration code it runs, not for the rest -------
+
+SUBMODULES = {"analysis", "answers", "confidence", "figures", "scoring", "settings",
+              "templates", "text"}
+
+
+def _closure(script):
+    from rlhf_audit.codehash import local_closure
+
+    return {p.stem for p in local_closure(ROOT / "scripts" / script)
+            if p.parent.name == "calibration"}
+
+
+def test_each_rule_hashes_only_the_calibration_modules_it_runs():
+    assert _closure("generate_calibration.py") == {"__init__", "templates", "text"}
+    assert _closure("plot_calibration.py") == {"__init__", "figures"}
+    assert _closure("score_calibration.py") == SUBMODULES - {"figures"} | {"__init__"}
+
+
+def test_library_and_scripts_import_calibration_submodules():
+    """A package-level import would leave the defining module out of the code hash (the
+    package re-exports lazily), so a change there would not rerun the rule."""
+    import ast
+
+    files = list((ROOT / "scripts").glob("*.py")) + list((ROOT / "src").rglob("*.py"))
+    bad = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "rlhf_audit.calibration":
+                bad += [f"{f.relative_to(ROOT)}: {a.name}" for a in node.names
+                        if a.name not in SUBMODULES]
+    assert not bad, bad

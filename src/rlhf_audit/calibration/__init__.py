@@ -11,90 +11,69 @@ Flow: :func:`load_templates` -> :func:`build_prompts` -> ``rlhf_audit.generation
 -> :func:`score_generations` -> :func:`metrics` / :func:`headline` / :func:`level_summary`
 -> :func:`plot_verbalized_vs_injected`.
 
-Modules (a rule's script imports the one it runs, so that its code hash holds only that):
-``templates`` (prompts), ``answers`` (final answers), ``confidence`` (the verbalized-
-confidence parser, whose rules are in its docstring), ``scoring``, ``metrics`` and
-``figures``; ``settings`` and ``text`` are shared. Everything public is re-exported here.
+Modules, along the rules: ``templates`` (prompts; all that generate_calibration runs),
+``answers`` (final answers), ``confidence`` (the verbalized-confidence parser, whose rules
+are in its docstring), ``scoring``, ``analysis`` (metrics, headline) and ``figures``;
+``settings`` and ``text`` are shared. Every public name is re-exported here, lazily: a
+rule's code hash (rlhf_audit.codehash) holds the package ``__init__`` of every module it
+imports, so eager re-exports would make a parser or metric edit rerun the GPU generation.
+Scripts and library code therefore import from the submodule (tests/test_calibration_config.py
+checks it); package-level names are for tests and interactive use.
 """
 
-from rlhf_audit.calibration.answers import AnswerParse, extract_answer, truncate_reply
-from rlhf_audit.calibration.confidence import (
-    PARSE_KINDS,
-    WORD_LEVELS,
-    ConfidenceParse,
-    _confidence_spans,
-    parse_confidence,
-)
-from rlhf_audit.calibration.figures import plot_verbalized_vs_injected
-from rlhf_audit.calibration.metrics import (
-    HEADLINE_KEYS,
-    HEADLINE_METRICS,
-    METRICS,
-    METRICS_SCHEMA,
-    CorrelationEstimate,
-    _pearson,
-    _spearman,
-    correlation_estimate,
-    headline,
-    headline_key,
-    headline_keys,
-    level_summary,
-    metrics,
-)
-from rlhf_audit.calibration.scoring import (
-    SCORED_COLUMNS,
-    internal_confidence,
-    locate_token_span,
-    score_generations,
-)
-from rlhf_audit.calibration.settings import CalibrationSettings
-from rlhf_audit.calibration.templates import (
-    ITEM_SCHEMA,
-    PLACEHOLDERS,
-    TEMPLATES_PATH,
-    CalibrationTemplates,
-    StrategyTemplate,
-    TemplateError,
-    build_prompts,
-    load_templates,
-)
-from rlhf_audit.calibration.text import parse_gold
+import importlib
 
-__all__ = [
-    "AnswerParse",
-    "CalibrationSettings",
-    "CalibrationTemplates",
-    "ConfidenceParse",
-    "CorrelationEstimate",
-    "HEADLINE_KEYS",
-    "HEADLINE_METRICS",
-    "ITEM_SCHEMA",
-    "METRICS",
-    "METRICS_SCHEMA",
-    "PARSE_KINDS",
-    "PLACEHOLDERS",
-    "SCORED_COLUMNS",
-    "StrategyTemplate",
-    "TEMPLATES_PATH",
-    "TemplateError",
-    "WORD_LEVELS",
-    "_confidence_spans",
-    "_pearson",
-    "_spearman",
-    "build_prompts",
-    "correlation_estimate",
-    "extract_answer",
-    "headline",
-    "headline_key",
-    "headline_keys",
-    "internal_confidence",
-    "level_summary",
-    "load_templates",
-    "locate_token_span",
-    "metrics",
-    "parse_confidence",
-    "parse_gold",
-    "plot_verbalized_vs_injected",
-    "score_generations",
-    "truncate_reply",
-]
+_EXPORTS = {
+    "AnswerParse": "answers",
+    "CalibrationSettings": "settings",
+    "CalibrationTemplates": "templates",
+    "ConfidenceParse": "confidence",
+    "CorrelationEstimate": "analysis",
+    "HEADLINE_KEYS": "analysis",
+    "HEADLINE_METRICS": "analysis",
+    "ITEM_SCHEMA": "templates",
+    "METRICS": "analysis",
+    "METRICS_SCHEMA": "analysis",
+    "PARSE_KINDS": "confidence",
+    "PLACEHOLDERS": "templates",
+    "SCORED_COLUMNS": "scoring",
+    "StrategyTemplate": "templates",
+    "TEMPLATES_PATH": "templates",
+    "TemplateError": "templates",
+    "WORD_LEVELS": "confidence",
+    "_confidence_spans": "confidence",
+    "_pearson": "analysis",
+    "_spearman": "analysis",
+    "build_prompts": "templates",
+    "correlation_estimate": "analysis",
+    "extract_answer": "answers",
+    "headline": "analysis",
+    "headline_key": "analysis",
+    "headline_keys": "analysis",
+    "internal_confidence": "scoring",
+    "level_summary": "analysis",
+    "load_templates": "templates",
+    "locate_token_span": "scoring",
+    "metrics": "analysis",
+    "parse_confidence": "confidence",
+    "parse_gold": "text",
+    "plot_verbalized_vs_injected": "figures",
+    "score_generations": "scoring",
+    "truncate_reply": "answers",
+}
+"""Public name -> the submodule that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
