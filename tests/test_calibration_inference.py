@@ -330,3 +330,21 @@ def test_chat_replies_are_not_truncated_base_replies_are():
         sc = score_generations(items, [Gen(items["prompt"][0], "\n" + text, ids,
                                            [-0.1] * len(ids))], tok)
         assert sc["answer"][0] == answer and sc["verbalized"][0] == conf
+
+
+def test_no_parsed_reply_reports_every_signal_metric_undefined():
+    """The organism's base never states a confidence under command: rho, bias and
+    compliance are in the headline as undefined with the reason, not left out."""
+    df = planted(10, np.random.default_rng(12), effect=0.1, strategy="command").with_columns(
+        verbalized=pl.lit(None, pl.Float64), parse_kind=pl.lit("missing"))
+    h = headline(df, CLUSTERED)
+    for metric in ("rho", "bias_pp", "compliance", "mean_verbalized"):
+        e = h[f"{metric}_instruct_command"]
+        assert math.isnan(e.value) and "0 of 90 parsed" in e.reason, (metric, e)
+    assert h["parse_rate_instruct_command"].value == 0.0
+    assert math.isfinite(h["internal_r_correct_instruct_command"].value)
+    none = df.with_columns(internal_conf_mean=pl.lit(None, pl.Float64),
+                           internal_conf_min=pl.lit(None, pl.Float64))
+    h = headline(none, CLUSTERED)
+    for key in ("internal_r_correct", "internal_r_correct_p", "internal_r_signal_p_naive"):
+        assert "no answer located" in h[f"{key}_instruct_command"].reason, key

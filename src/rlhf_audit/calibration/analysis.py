@@ -268,12 +268,24 @@ def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
     inj = g["injected"].to_numpy().astype(float)
     correct = g["correct"].to_numpy().astype(float)
     parsed = np.isfinite(verbal)
-    both = parsed & np.isfinite(inj)
+    signal = np.isfinite(inj)
+    both = parsed & signal
+    nan = float("nan")
+
+    def none(metrics_units, reason, with_p=False):
+        """Metrics that cannot be computed at all: null, with the reason, never left out."""
+        for metric, unit in metrics_units:
+            add(metric, Estimate(nan, nan, nan, 0, unit), 0, nan if with_p else None,
+                nan if with_p else None, reason)
+
     add("accuracy", boot(np.mean, correct, unit="share"), n)
     add("parse_rate", boot(np.mean, parsed.astype(float), unit="share"), n)
+    no_parse = f"no reply states a confidence (0 of {n} parsed)"
     if parsed.any():
         add("mean_verbalized", boot(lambda v: 100 * v.mean(), verbal, mask=parsed, unit="%"),
             int(parsed.sum()))
+    else:
+        none([("mean_verbalized", "%")], no_parse)
     if both.any():
         m = int(both.sum())
         add("mean_injected", boot(lambda v: 100 * v.mean(), inj, mask=both, unit="%"), m)
@@ -284,6 +296,9 @@ def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
         tol = s.compliance_tol_pp / 100 + 1e-9  # float noise must not break exact copies
         complied = (np.abs(verbal - inj) <= tol).astype(float)
         add("compliance", boot(np.mean, complied, mask=both, unit="share"), m)
+    elif signal.any():
+        none([("mean_injected", "%"), ("rho", "Spearman rho"), ("bias_pp", "pp"),
+              ("compliance", "share")], no_parse)
     internal = g[f"internal_conf_{s.internal_measure}"].to_numpy().astype(float)
     has_int = np.isfinite(internal)
     if has_int.any():
@@ -291,10 +306,17 @@ def _estimates_for_group(g: pl.DataFrame, s: CalibrationSettings) -> list[dict]:
         add("mean_internal_conf", boot(np.mean, internal, mask=has_int, unit="probability"), k)
         correlation("internal_r_correct", "pearson", internal, correct, has_int, "Pearson r",
                     with_p=True)
-        sig = has_int & np.isfinite(inj)
+        sig = has_int & signal
         if sig.any():
             correlation("internal_r_signal", "pearson", internal, inj, sig, "Pearson r",
                         with_p=True, response="x")
+    else:
+        no_int = (f"no answer located in the generated tokens (0 of {n} replies), so no "
+                  "internal confidence")
+        none([("mean_internal_conf", "probability")], no_int)
+        none([("internal_r_correct", "Pearson r")]
+             + ([("internal_r_signal", "Pearson r")] if signal.any() else []), no_int,
+             with_p=True)
     counts = {"n_items": n, "n_answer_missing": int(g["answer"].null_count())}
     kinds = g["parse_kind"].to_list()
     for kind in PARSE_KINDS:
