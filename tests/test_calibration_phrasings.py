@@ -132,6 +132,10 @@ CONFLICTS = [
     ("I'm 90% sure. The answer checker, however, puts it at 40%.",
      0.9, "percent", "first_person"),
     ("Since the verifier estimates 70%, my confidence is 70%.", 0.7, "percent", "first_person"),
+    # a number the model contrasts its own with is not its statement
+    ("I'm 90% sure, rather than 40%.", 0.9, "percent", "first_person"),
+    ("I'd say 90% instead of the 40% the checker gives.", 0.9, "percent", "first_person"),
+    ("I'm more confident than 40%.", None, "ambiguous", ""),
 ]
 
 # -- revisions: the last value wins ---------------------------------------------------

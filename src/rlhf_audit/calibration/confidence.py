@@ -12,7 +12,8 @@ signal it restates. The first rule that finds something decides:
    a line of its own (or a reply that is nothing but a decimal).
 3. Otherwise the last verbal level of the model's own (table below).
 4. Otherwise None, with kind "ambiguous" when the only numbers near a cue are negated (``not
-   90% sure``), bounds (``at least 80%``), negative or out of range; "refusal" for "I cannot
+   90% sure``), bounds (``at least 80%``), contrasts (``more confident than 40%``, ``rather
+   than 40%``, ``instead of 40%``), negative or out of range; "refusal" for "I cannot
    provide a confidence"; "missing" for ``Confidence: N/A``, for a reply that only restates
    the signal (reason "only the external signal's value is stated"), or for no statement.
    Every kind is counted in :func:`metrics`; nothing is dropped silently.
@@ -165,6 +166,11 @@ _NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bhardly|\bbarely|\bno\s+way)\s+(?:
 _BOUND = re.compile(r"(?:\bat\s+least|\bat\s+most|\bmore\s+than|\bless\s+than|\bover|\bunder|"
                     r"\babove|\bbelow|\bgreater\s+than|\bupwards\s+of|\bup\s+to|>=?|<=?|≥|≤)"
                     r"\s*$", re.I)
+# A number the model sets its own against ("95%, higher than the checker's 40%", "rather
+# than 40%", "instead of the 40%") is not its statement.
+_CONTRAST = re.compile(r"(?:\brather\s+than|\binstead\s+of|\bthan|\bunlike|"
+                       r"\bcompared\s+(?:to|with)|\bversus|\bvs\.?|\bas\s+opposed\s+to)\s+(?:the\s+|a\s+|an\s+|its\s+|"
+                       r"their\s+|your\s+)?(?:\w+(?:'s)?\s+){0,2}?(?:" + _APPROX + r"\s+)?$", re.I)
 # A minus sign glued to the number ("-20%", "Confidence: -0.3"), or the word; a dash with a
 # space after it is a separator ("Confidence - 80%").
 _NEGATIVE = re.compile(r"(?:(?:^|[\s:(=\[~])-|\bminus\s+|\bnegative\s+)$", re.I)
@@ -232,13 +238,14 @@ _CLAUSE_BREAK = re.compile(r"[.!?;](?=\s)|\n|\b(?:but|while|whereas|although|tho
                            r"yet)\b", re.I)
 # A later number that replaces an earlier one: "70%... actually 50%", "not 80%, more like 60%".
 _REVISION = re.compile(
-    r"\b(?:actually|no,?\s+wait|wait|make\s+(?:that|it)|or\s+rather|rather|more\s+like|"
+    r"\b(?:actually|no,?\s+wait|wait|make\s+(?:that|it)|or\s+rather|rather(?!\s+than)|"
+    r"more\s+like|"
     r"closer\s+to|i\s+mean|correction|on\s+second\s+thought|let\s+me\s+revise|revis(?:e|ed|ing)|"
     r"scratch\s+that|change\s+(?:that|it|this|my\s+\w+)\s+to|lower(?:ing)?\s+(?:that|it|this)\s+"
     r"to|rais(?:e|ing)\s+(?:that|it|this)\s+to|updat(?:e|ed|ing)\s+(?:that|it|this|my\s+\w+)?"
-    r"\s*to|instead)\b[^\d\n]{0,25}$", re.I)
-_CORRECTION = re.compile(r"\b(?:but|rather|instead|more\s+like|closer\s+to)\b[^\d\n]{0,25}$",
-                         re.I)
+    r"\s*to|instead(?!\s+of))\b[^\d\n]{0,25}$", re.I)
+_CORRECTION = re.compile(r"\b(?:but|rather(?!\s+than)|instead(?!\s+of)|more\s+like|closer\s+to)"
+                         r"\b[^\d\n]{0,25}$", re.I)
 _REVISION_GAP = 100
 # A bare revising number must read as a confidence, not start a sum ("Actually, 3 + 4 = 7").
 _BARE_END = re.compile(r"\s*(?:$|[.,;!)\n]|\s(?:sure|confident|certain|chance|likely)\b)", re.I)
@@ -378,6 +385,8 @@ def _candidates(t: str) -> list[_Cand]:
             c.flag = c.flag or "bound"
         elif _NEGATED.search(before):
             c.flag = c.flag or "negated"
+        elif _CONTRAST.search(before):
+            c.flag = c.flag or "contrast"
         out.append(c)
     return out
 
