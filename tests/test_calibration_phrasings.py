@@ -193,6 +193,8 @@ SCALES = [
     ("Confidence: 12/10", None, "ambiguous", "label"),
     ("Confidence: 11 on a scale of 1 to 10", None, "ambiguous", "label"),
     ("Confidence (0-100): 85", 0.85, "percent", "label"),
+    ("There's roughly a 9 in 10 chance I'm right.", 0.9, "fraction", ""),
+    ("He walks 3 in 4 days. I'm 80% sure.", 0.8, "percent", "first_person"),
 ]
 
 # -- bare numbers after a label: "Confidence: 1" is ambiguous --------------------------

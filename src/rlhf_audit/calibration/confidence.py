@@ -48,6 +48,7 @@ phrasing                                               value        kind
 ``between 60 and 70%``, ``60-70%``                     0.65 (mid)   percent
 ``0.85`` (a decimal <= 1)                              0.85         fraction
 ``N/M``, ``N out of M`` (``8/10``, ``4 out of 5``)     N / M        fraction
+``N in M chance`` (``9 in 10 chance``)                 N / M        fraction
 ``N on a scale of L to M``, ``N on an L-M scale``,     N / M        fraction
 ``on a scale from L to M ... N`` (L = 0 or 1)
 ``Confidence (L-M): N``, ``Confidence (out of M): N``  N / M        fraction
@@ -148,6 +149,7 @@ _CANDIDATE = re.compile(
         (?P<bb>{_NUM})(?P<bbp>{_PCT})?)
   | (?<![\w.])(?P<range>(?P<ra>{_NUM})(?P<rap>{_PCT})?\s*(?:-|to\b)\s*
         (?P<rb>{_NUM})(?![\d])(?P<rbp>{_PCT})?)
+  | (?<![\w.])(?P<inratio>(?P<inn>\d+)\s+in\s+(?P<ind>\d+))(?=\s+(?:chance|odds|shot)\b)
   | (?<![\w.])(?P<ratio>(?P<rn>{_NUM})\s*(?:/|\(?\s*\bout\s+of\b)\s*(?P<rd>\d+)(?:\s*\))?)(?!\.?\d)
   | (?<![\w.])(?P<pct>(?P<pn>{_NUM}){_PCT})
   | \b(?P<wpct>(?P<wn>{_NUMWORD}){_PCT})
@@ -350,8 +352,9 @@ def _candidates(t: str) -> list[_Cand]:
             if a > b:
                 c.flag = "out of range"
             num_start = m.start()
-        elif g == "ratio":
-            n, d = float(m.group("rn")), float(m.group("rd"))
+        elif g in ("ratio", "inratio"):
+            n, d = ((float(m.group("rn")), float(m.group("rd"))) if g == "ratio"
+                    else (float(m.group("inn")), float(m.group("ind"))))
             if d == 0:
                 continue
             c = _Cand(m.start(), m.end(), n / d, "fraction")
