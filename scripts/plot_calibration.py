@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from rlhf_audit.calibration import plot_verbalized_vs_injected
+from rlhf_audit.calibration.figures import plot_verbalized_vs_injected
 from rlhf_audit.runtime import setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

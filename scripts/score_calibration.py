@@ -3,15 +3,10 @@
 
 import polars as pl
 
-from rlhf_audit.calibration import (
-    CalibrationSettings,
-    headline,
-    headline_keys,
-    level_summary,
-    load_templates,
-    metrics,
-    score_generations,
-)
+from rlhf_audit.calibration.analysis import headline, headline_keys, level_summary, metrics
+from rlhf_audit.calibration.scoring import score_generations
+from rlhf_audit.calibration.settings import CalibrationSettings
+from rlhf_audit.calibration.templates import load_templates
 from rlhf_audit.generation import Generation
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
@@ -21,8 +16,7 @@ from rlhf_audit.runtime import provenance, setup
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
 p = sm.params.settings
-settings = CalibrationSettings(levels=tuple(p["levels"]), strategies=tuple(p["strategies"]),
-                               n_boot=p["n_boot"], seed=p["seed"])
+settings = CalibrationSettings.from_params(p)
 parts = []
 for role, m in sm.params.models.items():
     gens = pl.read_parquet(sm.input[role])

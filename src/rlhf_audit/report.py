@@ -98,6 +98,9 @@ CLAIMS: tuple[Claim, ...] = (
           "bias_pp_instruct_conversational", 40.0, source="Resisting Correction"),
     Claim("calibration", "Internal token-level confidence barely tracks the signal (Pearson r)",
           "internal_r_signal_instruct_conversational", 0.035, source="Resisting Correction"),
+    Claim("calibration", "Internal token-level confidence barely tracks correctness (Pearson "
+          "r; the paper's r may be this one)", "internal_r_correct_instruct_conversational",
+          0.035, source="Resisting Correction (r = 0.035, p = 0.114, n about 2,000)"),
     Claim("reward", "Agreement with human preference, pre RM", "agreement_pre", 0.57,
           source="SEAL"),
     Claim("reward", "Agreement with human preference, post RM", "agreement_post", 0.74,
@@ -170,7 +173,8 @@ def _check(expectation: str, lo: float | None, hi: float | None,
     raise ValueError(f"unknown expectation {expectation!r}")
 
 
-VERDICTS = {"yes": "supported", "no": "not supported", "undecided": "undecided", "n/a": "n/a"}
+VERDICTS = {"yes": "supported", "no": "not supported", "undecided": "undecided", "n/a": "n/a",
+            "undefined": "undefined"}
 """Test outcome -> verdict word in the claims table."""
 
 
@@ -201,7 +205,8 @@ def claims_table(headline: dict) -> pl.DataFrame:
                          "published": c.published, "expectation": c.expectation,
                          "reproduced": None, "lo": None, "hi": None, "n": None,
                          "published_in_interval": "not run", "source": c.source,
-                         "test": _test_text(c, None), "verdict": "not run"})
+                         "test": _test_text(c, None), "verdict": "not run",
+                         "reason": None})
             continue
         for k in matches:
             rec = numbers[k]
@@ -217,23 +222,32 @@ def claims_table(headline: dict) -> pl.DataFrame:
                           else "yes" if lo <= c.published <= hi else "no")
             else:
                 inside = outcome
+            if rec.get("reason") and _finite(rec.get("value")) is None:
+                inside = "undefined"  # e.g. a correlation with a constant input
+                outcome = "undefined"
             rows.append({"study": c.study, "claim": c.claim, "pair": pair, "key": k,
                          "published": c.published, "expectation": c.expectation,
                          "reproduced": _finite(rec.get("value")), "lo": lo, "hi": hi,
                          "n": rec.get("n"), "published_in_interval": inside,
                          "source": c.source, "test": _test_text(c, bound),
-                         "verdict": VERDICTS[outcome]})
+                         "verdict": VERDICTS[outcome], "reason": rec.get("reason")})
     return pl.DataFrame(rows, schema={
         "study": pl.String, "claim": pl.String, "pair": pl.String, "key": pl.String,
         "published": pl.Float64, "expectation": pl.String, "reproduced": pl.Float64,
         "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64, "published_in_interval": pl.String,
-        "source": pl.String, "test": pl.String, "verdict": pl.String})
+        "source": pl.String, "test": pl.String, "verdict": pl.String,
+        "reason": pl.String})
 
 
 def _fmt(x) -> str:
     if x is None:
         return "–"
     return f"{x:.3g}"
+
+
+def _reproduced(r: dict) -> str | None:
+    """'undefined (why)' for a number the run could not define, else None."""
+    return f"undefined ({r['reason']})" if r.get("reason") and r["reproduced"] is None else None
 
 
 def _title(run_label: str) -> tuple[str, str]:
@@ -255,7 +269,7 @@ def claims_markdown(table: pl.DataFrame, run_label: str) -> str:
     for r in table.iter_rows(named=True):
         pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
         rep = (f"{_fmt(r['reproduced'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
-               if r["reproduced"] is not None else "–")
+               if r["reproduced"] is not None else _reproduced(r) or "–")
         lines.append(f"| {r['study']} | {r['claim']} | {r['pair'] or '–'} | {pub} | {rep} | "
                      f"{r['n'] if r['n'] is not None else '–'} | {r['published_in_interval']} | "
                      f"{r['test'] or '–'} | {r['verdict']} |")
@@ -274,7 +288,8 @@ def claims_html(table: pl.DataFrame, run_label: str, provenance: dict | None = N
     for r in table.iter_rows(named=True):
         pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
         ci = f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["reproduced"] is not None else "–"
-        cells = [r["study"], r["claim"], r["pair"] or "–", pub, _fmt(r["reproduced"]), ci,
+        cells = [r["study"], r["claim"], r["pair"] or "–", pub,
+                 _reproduced(r) or _fmt(r["reproduced"]), ci,
                  "–" if r["n"] is None else str(r["n"]), r["published_in_interval"],
                  r["test"] or "–", r["verdict"]]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -332,7 +347,9 @@ def headline_doc() -> str:
              "Keys are `{study}.{pair}.{key}` (SAE keys: `sae.{pair}.{sae}.{key}`). Each "
              "record has `value`, `lo` and `hi` (95% interval; percentile bootstrap unless "
              "`method` says otherwise), `n` (independent units: prompts, issues, questions, "
-             "problems, pairs or features), `unit`, `method` and `description`.", ""]
+             "problems, pairs or features), `unit`, `method` and `description`; a number that "
+             "is undefined (e.g. a correlation with a constant input) has `value`, `lo` and "
+             "`hi` null and a `reason`.", ""]
     for study, keys in key_docs().items():
         lines += [f"## {study}: {STUDY_TITLES[study]}", "", "| key | meaning |", "|---|---|"]
         lines += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in keys.items()]

@@ -31,11 +31,16 @@ class Estimate:
     """Unit of ``value`` (e.g. "AUC", "pp", "ratio")."""
     method: str = "percentile bootstrap, 95%"
     """How the interval was made."""
+    reason: str = ""
+    """Why ``value`` (or the interval) is undefined, e.g. a correlation with a constant
+    input; empty when it is defined (and then left out of :meth:`to_dict`)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("value", "lo", "hi"):
             d[k] = None if d[k] is None or not math.isfinite(d[k]) else float(d[k])
+        if not d["reason"]:
+            del d["reason"]
         return d
 
     def covers(self, x: float) -> bool:

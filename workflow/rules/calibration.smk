@@ -11,7 +11,7 @@ rule generate_calibration:
         role="base|instruct",
     params:
         model=steering_model_params,
-        settings=calibration_settings,
+        settings=calibration_generation_settings,
         code=script_code("generate_calibration.py"),
     threads: 2
     resources:
@@ -34,7 +34,7 @@ rule score_calibration:
         headline="results/calibration/{pair}/headline.json",
     params:
         models=calibration_models,
-        settings=calibration_settings,
+        settings=calibration_analysis_settings,
         code=script_code("score_calibration.py"),
     log:
         "results/logs/score_calibration/{pair}.log",

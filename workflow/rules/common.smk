@@ -503,11 +503,25 @@ def steering_analysis_inputs(wildcards):
 # ---- calibration
 
 
-def calibration_settings(wildcards):
+def calibration_generation_settings(wildcards):
+    """What the generations depend on; analysis settings stay out so that changing them
+    does not regenerate."""
     c = config["calibration"]
     return {"levels": list(c["levels"]), "strategies": list(c["strategies"]),
             "templates": c["templates"], "max_new_tokens": c["max_new_tokens"],
-            "batch_size": c["batch_size"], "n_boot": c["n_boot"], "seed": c["seed"]}
+            "batch_size": c["batch_size"], "seed": c["seed"]}
+
+
+def calibration_analysis_settings(wildcards):
+    """Parsing and metric settings (fields of rlhf_audit.calibration.CalibrationSettings)."""
+    c = config["calibration"]
+    return {"levels": list(c["levels"]), "strategies": list(c["strategies"]),
+            "templates": c["templates"], "n_boot": c["n_boot"], "seed": c["seed"],
+            "internal_measure": c["internal_measure"],
+            "compliance_tol_pp": c["compliance_tol_pp"],
+            "truncate_at": list(c["truncate_at"]),
+            "cluster_by_problem": c["cluster_by_problem"],
+            "answer_abs_tol": c["answer_abs_tol"]}
 
 
 def calibration_generation_inputs(wildcards):
