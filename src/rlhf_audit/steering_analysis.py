@@ -308,7 +308,8 @@ def _wording_weights(wordings: np.ndarray, n_boot: int, seed: int) -> np.ndarray
     w = np.asarray(wordings, dtype=str)
     out = np.ones((n_boot + 1, len(w)))
     rng = np.random.default_rng(seed + 7919)
-    for is_group in (np.char.startswith(w, "p"), np.char.startswith(w, "persona:")):
+    persona = np.char.startswith(w, "persona:")
+    for is_group in (np.char.startswith(w, "p") & ~persona, persona):
         uniq, inv = np.unique(w[is_group], return_inverse=True)
         if len(uniq) == 0:
             continue
