@@ -19,7 +19,7 @@ def compute():
     settings = SteeringSettings(
         layer=p["layer"], alphas=tuple(p["alphas"]), positions=p["positions"],
         max_new_tokens=p["max_new_tokens"], samples=p["samples"], do_sample=p["do_sample"],
-        temperature=p["temperature"], seed=p["seed"], n_boot=p["n_boot"])
+        temperature=p["temperature"], seed=p["seed"])
     questions = pl.read_ndjson(sm.input.questions)
     if p["n_questions"]:
         questions = questions.head(p["n_questions"])

@@ -26,8 +26,8 @@ sc, p = sm.params.scorer, sm.params.settings
 tables = {k: pl.read_parquet(sm.input[k]) for k in ("sweep", "primes")}
 terms = identity_terms(tables["primes"])
 log.info("masked before scoring: %s", terms)
-settings = SteeringSettings(layer=p["layer"], max_new_tokens=p["max_new_tokens"],
-                            projection_folds=p["projection_folds"], seed=p["seed"])
+settings = SteeringSettings(layer=p["layer"], projection_folds=p["projection_folds"],
+                            seed=p["seed"])
 
 if sc["scorer"] == "projection":
     from rlhf_audit.extract import read_vectors

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -184,8 +185,18 @@ def steering_contrast(
     Returns {"slopes": table (model, vector, family, score, slope, lo, hi, n, alpha_max),
     "disconnect": table (vector, family, score, null_family, n_null, difference, lo, hi,
     null_mean, null_sd, null_share_below, gap, gap_lo, gap_hi, n, alpha_max),
-    "estimates": {headline key: Estimate}}. n = issues.
+    "estimates": {headline key: Estimate}}. n = issues. A null vector whose every alpha
+    degenerated has NaN slopes and is left out of its family's mean (``n_null`` counts the
+    rest).
     """
+    with warnings.catch_warnings():  # nan-means of all-NaN slices are expected here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _steering_contrast(scores, score, degen, base_model, instruct_model,
+                                  max_degenerate_rate, n_boot, seed)
+
+
+def _steering_contrast(scores, score, degen, base_model, instruct_model, max_degenerate_rate,
+                       n_boot, seed) -> dict:
     if score not in scores.columns:
         raise ValueError(f"scores table has no column {score!r} (columns: {scores.columns})")
     for c in ("issue", "question_id"):

@@ -376,19 +376,34 @@ def steering_model_params(wildcards):
 
 
 def steering_settings(wildcards):
+    """What the generations depend on (and nothing else, so that a scorer or analysis
+    setting never reruns a generation)."""
     s = config["steering"]
     return {"layer": s["layer"], "alphas": list(s["alphas"]), "positions": s["positions"],
             "max_new_tokens": s["max_new_tokens"], "samples": s["samples"],
             "do_sample": s["do_sample"], "temperature": s["temperature"], "seed": s["seed"],
-            "n_boot": s["n_boot"], "n_questions": s["n_questions"],
+            "n_questions": s["n_questions"]}
+
+
+def steering_vector_settings(wildcards):
+    s = config["steering"]
+    return {"layer": s["layer"], "n_questions": s["n_questions"], "seed": s["seed"],
             "n_sae_features": s["n_sae_features"],
             "n_random_directions": s["n_random_directions"],
             "n_random_feature_sets": s["n_random_feature_sets"],
-            "degenerate_text_share": s["degenerate_text_share"],
-            "max_degenerate_rate": s["max_degenerate_rate"],
-            "projection_folds": s["projection_folds"],
-            "judge_kind": s["judge"]["kind"],
             "method": config["partisan"]["methods"][0], "sae_spec": steering_sae_spec()}
+
+
+def steering_score_settings(wildcards):
+    s = config["steering"]
+    return {"layer": s["layer"], "projection_folds": s["projection_folds"], "seed": s["seed"]}
+
+
+def steering_analysis_settings(wildcards):
+    s = config["steering"]
+    return {"n_boot": s["n_boot"], "seed": s["seed"],
+            "degenerate_text_share": s["degenerate_text_share"],
+            "max_degenerate_rate": s["max_degenerate_rate"]}
 
 
 def steering_sae_spec():

@@ -11,7 +11,7 @@ rule build_steering_vectors:
         vectors="results/steering/{pair}/vectors.parquet",
     params:
         base=steering_base_params,
-        settings=steering_settings,
+        settings=steering_vector_settings,
         code=script_code("build_steering_vectors.py"),
     threads: 2
     resources:
@@ -72,7 +72,7 @@ rule score_steering:
         scorer="projection|judge",
     params:
         scorer=steering_scorer_params,
-        settings=steering_settings,
+        settings=steering_score_settings,
         code=script_code("score_steering.py"),
     threads: 2
     resources:
@@ -96,7 +96,7 @@ rule analyse_steering:
         judge_failures="results/steering/{pair}/judge_failures.parquet",
         headline="results/steering/{pair}/headline.json",
     params:
-        settings=steering_settings,
+        settings=steering_analysis_settings,
         code=script_code("analyse_steering.py"),
     log:
         "results/logs/analyse_steering/{pair}.log",
@@ -114,7 +114,7 @@ rule plot_steering:
         judge=report("results/figures/steering/{pair}/dose_response_judge.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_dose_response.rst", labels={"pair": "{pair}", "figure": "dose response (judge scorer)"}),
         degeneration=report("results/figures/steering/{pair}/degeneration.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_degeneration.rst", labels={"pair": "{pair}", "figure": "degeneration"}),
     params:
-        settings=steering_settings,
+        settings=steering_analysis_settings,
         code=script_code("plot_steering.py"),
     log:
         "results/logs/plot_steering/{pair}.log",
