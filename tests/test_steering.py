@@ -247,6 +247,10 @@ def test_policy_features_are_oriented_to_point_right():
         assert np.allclose(np.linalg.norm(r, axis=1), 1)
     with pytest.raises(ValueError, match="pf.parquet: .*leaning"):
         policy_feature_rows(table.drop("leaning"), W, 4, source="pf.parquet")
+    strings = table.with_columns(pl.when(pl.col("leaning") > 0).then(pl.lit("right"))
+                                 .otherwise(pl.lit("left")).alias("leaning"))
+    with pytest.raises(ValueError, match="pf.parquet: .*int8, \\+1 right"):
+        policy_feature_rows(strings, W, 4, source="pf.parquet")
 
 
 def test_vector_set_same_norm_nulls_and_cosines():

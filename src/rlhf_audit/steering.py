@@ -283,7 +283,13 @@ def _policy_table(pf: pl.DataFrame, source: str) -> pl.DataFrame:
             f"{source}: policy-feature table lacks columns {sorted(missing)}; it needs "
             f"{sorted(POLICY_FEATURE_COLUMNS)} (rule select_policy_features)"
         )
-    return pf.select(pl.col(c).cast(t) for c, t in POLICY_FEATURE_COLUMNS.items())
+    try:
+        return pf.select(pl.col(c).cast(t, strict=True) for c, t in POLICY_FEATURE_COLUMNS.items())
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:
+        raise ValueError(
+            f"{source}: policy-feature columns must be feature (int), selected (bool), "
+            f"effect_lr (float) and leaning (int8, +1 right / -1 left): {err}"
+        ) from None
 
 
 def policy_feature_rows(

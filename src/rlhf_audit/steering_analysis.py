@@ -185,7 +185,8 @@ def steering_contrast(
     Returns {"slopes": table (model, vector, family, score, slope, lo, hi, n, alpha_max),
     "disconnect": table (vector, family, score, null_family, n_null, difference, lo, hi,
     null_mean, null_sd, null_share_below, gap, gap_lo, gap_hi, n, alpha_max),
-    "estimates": {headline key: Estimate}}. n = issues. A null vector whose every alpha
+    "estimates": {headline key: Estimate}}. n = issues. Comparisons with a null also
+    resample its vectors (with replacement) in every replicate. A null vector whose every alpha
     degenerated has NaN slopes and is left out of its family's mean (``n_null`` counts the
     rest).
     """
@@ -215,9 +216,23 @@ def _steering_contrast(scores, score, degen, base_model, instruct_model, max_deg
     S = _weighted_slopes(Y, alphas, keep, W)  # [B+1, 2, V]
     vi = {v: i for i, v in enumerate(vectors)}
     fam = {f: [vi[v] for v in vectors if vector_family(v) == f] for f in NULL_FAMILIES}
-    with np.errstate(all="ignore"):
-        null_slope = {f: np.nanmean(S[:, :, ix], axis=2) if ix else None
-                      for f, ix in fam.items()}
+    # each replicate also resamples the null vectors of a family (with replacement), so the
+    # intervals of anything compared with a null carry which random vectors were drawn
+    rng = np.random.default_rng((seed, 0x4E55))
+    wn = {}
+    for f, ix in fam.items():
+        w = np.ones((n_boot + 1, len(ix)))
+        for b in range(1, n_boot + 1 if ix else 1):
+            w[b] = np.bincount(rng.integers(0, len(ix), len(ix)), minlength=len(ix))
+        wn[f] = w
+
+    def null_mean(X, f):  # X [B+1, ..., K] over the family's vectors -> weighted nan-mean
+        w = wn[f].reshape(wn[f].shape[:1] + (1,) * (X.ndim - 2) + wn[f].shape[1:])
+        w = np.where(np.isfinite(X), w, 0.0)
+        with np.errstate(all="ignore"):
+            return np.where(w.sum(-1) > 0, (np.nan_to_num(X) * w).sum(-1) / w.sum(-1), np.nan)
+
+    null_slope = {f: null_mean(S[:, :, ix], f) if ix else None for f, ix in fam.items()}
     diff = S[:, 1, :] - S[:, 0, :]
     est: dict[str, Estimate] = {}
     slope_rows, dis_rows = [], []
@@ -252,8 +267,7 @@ def _steering_contrast(scores, score, degen, base_model, instruct_model, max_deg
         if ix:
             nd = diff[:, ix]  # [B+1, n_null]
             ok = np.isfinite(nd[0])
-            with np.errstate(all="ignore"):
-                gap = diff[:, j] - np.nanmean(nd, axis=1)
+            gap = diff[:, j] - null_mean(nd, f)
             g = _estimate(gap[0], gap[1:], n_iss, "score/alpha")
             est[f"disconnect_null_gap_{v}_{score}"] = g
             for role, mi in roles.items():
