@@ -680,7 +680,7 @@ def sweep(
 ) -> pl.DataFrame:
     """Generate under every vector x alpha (both signs) for every question and sample.
 
-    ``vectors`` maps a name to (layer, vector [d_model]) (see :func:`build_vectors`).
+    ``vectors`` maps a name to (layer, vector [d_model]) (see :func:`vectors_from_table`).
     Alpha 0 is generated once and its rows repeated under every vector name, so each
     vector's dose-response includes the same unsteered point. Sampling seeds depend only
     on (settings.seed, question, sample), so all alphas share random numbers.

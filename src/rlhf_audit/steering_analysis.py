@@ -15,7 +15,8 @@ model code, so changing an analysis never reruns a generation.
   base; its null gap is that difference minus the mean difference over its null family
   (random directions for the direction vectors, random feature sets for the feature
   vector). Intervals: percentile bootstrap over issues (questions of one issue move
-  together), every slope of every vector refitted on the same resample.
+  together), every slope of every vector refitted on the same resample, and the null
+  family's vectors resampled with replacement in the same replicate.
 - Identity primes: right-primed minus left-primed mean score, pooled over every wording;
   the bootstrap resamples issues and, independently, wordings (identity wordings and
   persona wordings each), so the interval carries the wording as a random effect. The
