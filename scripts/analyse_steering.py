@@ -1,25 +1,18 @@
-"""Dose-response, disconnect statistic, identity-prime effect (rule analyse_steering)."""
+"""Slopes, slope differences against the random nulls, identity-prime effects, judge
+failures per cell (rule analyse_steering)."""
 
 import polars as pl
 
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.steering import (
-    HEADLINE_KEYS,
-    degeneration_table,
-    dose_response,
-    dose_slopes,
-    headline,
-    prime_effects,
-    prime_means,
-)
+from rlhf_audit.steering import HEADLINE_KEYS, SCORES, SteeringSettings
+from rlhf_audit.steering_analysis import analyse
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
 p = sm.params.settings
 inp = sm.input
-SCORERS = ("projection", "judge")
 
 
 def scored(kind):
@@ -27,7 +20,7 @@ def scored(kind):
     parts = []
     for role in ("base", "instruct"):
         gens = pl.read_parquet(inp[f"{role}_{kind}"])
-        cols = [pl.read_parquet(inp[f"{role}_{kind}_{s}"]) for s in SCORERS]
+        cols = [pl.read_parquet(inp[f"{role}_{kind}_{s}"]) for s in SCORES]
         for c in cols:
             if c.height != gens.height:
                 raise ValueError(f"{role} {kind}: scores have {c.height} rows for "
@@ -36,25 +29,22 @@ def scored(kind):
     return pl.concat(parts)
 
 
-def per_scorer(table_fn, table):
-    """One table over every scorer (a scorer with no valid score adds no rows)."""
-    return pl.concat([table_fn(table, s, **kw) for s in SCORERS])
+stance_auc = None
+if "classifier" in inp.keys():
+    from rlhf_audit.stance import StanceClassifier
 
-
+    stance_auc = StanceClassifier.load(inp.classifier).heldout_auc
+settings = SteeringSettings(n_boot=p["n_boot"], seed=p["seed"],
+                            degenerate_text_share=p["degenerate_text_share"],
+                            max_degenerate_rate=p["max_degenerate_rate"])
 steer, primes = scored("sweep"), scored("primes")
-kw = {"n_boot": p["n_boot"], "seed": p["seed"]}
-dose = per_scorer(dose_response, steer)
-slopes = per_scorer(dose_slopes, steer)
-effects = per_scorer(prime_effects, primes)
-means = per_scorer(prime_means, primes)
-est = headline(steer, primes, "base", "instruct", **kw)
-prov = provenance(sm.rule, params=dict(p), n_generations=steer.height,
-                  n_primed=primes.height)
-out = sm.output
-write_table(dose, out.dose, prov)
-write_table(slopes, out.slopes, prov)
-write_table(effects, out.primes, prov)
-write_table(means, out.prime_means, prov)
-write_table(degeneration_table(steer), out.degeneration, prov)
-write_fragment(est, HEADLINE_KEYS, out.headline)
-log.info("steering: %d headline numbers", len(est))
+out = analyse(steer, primes, pl.read_parquet(inp.vectors), stance_auc=stance_auc,
+              settings=settings)
+prov = provenance(sm.rule, params=dict(p), n_generations=steer.height, n_primed=primes.height)
+for key, table in (("dose", "dose"), ("slopes", "slopes"), ("disconnect", "disconnect"),
+                   ("primes", "prime_effects"), ("prime_means", "prime_means"),
+                   ("degeneration", "degeneration"), ("judge_failures", "judge_failures")):
+    t = out[table]
+    write_table(t if t is not None else pl.DataFrame(), sm.output[key], prov)
+write_fragment(out["estimates"], HEADLINE_KEYS, sm.output.headline)
+log.info("steering: %d headline numbers", len(out["estimates"]))

@@ -27,7 +27,7 @@ def test_published_inside_and_outside_interval():
 
 
 def test_qualitative_claims_use_their_bound():
-    key = "steering.p.prime_effect_instruct_projection"
+    key = "steering.p.prime_effect_instruct_judge"
     for (lo, hi), verdict in (((0.1, 0.3), "yes"), ((-0.3, -0.1), "no"), ((-0.1, 0.2),
                                                                           "undecided")):
         t = claims_table(doc_with({key: rec(0.0, lo, hi)}))
@@ -63,3 +63,17 @@ def test_html_shows_provenance():
     t = claims_table(doc_with({}))
     page = claims_html(t, "paper", {"git_commit": "abc123", "models": {"m": {"hf": "x/y"}}})
     assert "Provenance" in page and "abc123" in page and "x/y" in page
+
+
+def test_steering_claims_are_tests_against_their_null():
+    from rlhf_audit.report import CLAIMS
+
+    rows = [c for c in CLAIMS if c.study == "steering"]
+    assert len(rows) >= 4
+    for c in rows:
+        assert "test:" in c.claim and c.expectation.split()[0] in "<>"
+        assert c.key.endswith("_judge")  # the judge is the primary scorer of claims 4-5
+        assert documented_key(f"steering.p.{c.key}")
+    key = "steering.p.disconnect_null_gap_feature_judge"
+    t = claims_table(doc_with({key: rec(-0.3, -0.4, -0.2, n=16)}))
+    assert t.filter(t["key"] == key)["published_in_interval"].item() == "yes"

@@ -1,4 +1,6 @@
-"""Steering hooks, vectors, scoring and the claim-4/5 statistics (planted answers)."""
+"""Steering hooks, vectors, prompts, generation and scoring (planted answers)."""
+
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -8,36 +10,39 @@ from tiny import tiny_tokenizer
 
 from rlhf_audit.generation import generate
 from rlhf_audit.steering import (
-    HEADLINE_KEYS,
     SteeringSettings,
     SteeringVector,
-    build_vectors,
+    crossfit_directions,
+    cut_at,
     decoder_layers,
-    degeneration_table,
-    disconnect_gap,
-    disconnect_ratio,
     distinct_n,
-    dose_response,
-    dose_slopes,
     feature_vector,
     format_prompts,
-    headline,
-    identity_prime_generations,
+    identity_terms,
+    is_degenerate,
     layer_activations,
-    plot_degeneration,
-    plot_steering,
-    prime_effect,
-    prime_effects,
-    prime_means,
+    mask_identity_terms,
+    non_text_share,
+    policy_feature_rows,
+    prime_design,
     projection_score,
+    random_feature_rows,
     random_vector,
     repeat_n,
-    score_generations,
+    residual_token_norm,
+    run_steering,
+    score_judge,
+    score_projection,
     signed_alphas,
     steer,
+    steering_vector_set,
     sweep,
     typical_residual_norm,
+    vector_family,
+    vectors_from_table,
 )
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "resources" / "prompts"
 
 D = 32
 PROMPTS = ["the tax", "we must cut the border wall policy now", "guns are a right ?"]
@@ -191,21 +196,11 @@ def test_cached_steered_generation_matches_uncached_reference(lm, positions):
             assert abs(w.token_logprobs[0] - g.token_logprobs[0]) > 1e-3
 
 
-def test_vectors_have_the_typical_norm():
+def test_typical_norm_and_feature_vector_units():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((500, D)) * 3.0
-    norm = typical_residual_norm(X)
-    assert norm == pytest.approx(np.median(np.linalg.norm(X, axis=1)))
-    direction = rng.standard_normal(D)
+    assert typical_residual_norm(X) == pytest.approx(np.median(np.linalg.norm(X, axis=1)))
     w = rng.standard_normal((3, D)) * np.array([[1.0], [10.0], [0.1]])
-    vecs = build_vectors(2, direction, norm, w_dec_rows=w, seed=1)
-    assert set(vecs) == {"direction", "feature", "random"}
-    for layer, v in vecs.values():
-        assert layer == 2 and v.shape == (D,) and v.dtype == np.float32
-        assert np.linalg.norm(v) == pytest.approx(norm, rel=1e-5)
-    assert np.allclose(
-        vecs["direction"][1] / norm, direction / np.linalg.norm(direction), atol=1e-6
-    )
     # each feature weighs the same whatever its decoder norm
     units = w / np.linalg.norm(w, axis=1, keepdims=True)
     fv = feature_vector(w, 1.0)
@@ -216,55 +211,179 @@ def test_vectors_have_the_typical_norm():
         typical_residual_norm(np.zeros(4))
 
 
+def _planted_sae(d=512, d_sae=2048, seed=0):
+    """Decoder rows: 8 policy features along +-u (leaning = the sign) plus noise, the rest
+    random; effect_lr carries the leaning's sign for the policy features."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    W = rng.standard_normal((d_sae, d)) / np.sqrt(d)
+    lean = np.array([1, -1, 1, -1, -1, 1, 1, -1])
+    feats = np.arange(8) * 37 + 5
+    W[feats] = lean[:, None] * u * 0.8 + rng.standard_normal((8, d)) / np.sqrt(d) * 0.6
+    eff = rng.standard_normal(d_sae) * 0.01
+    eff[feats] = lean * np.linspace(2.0, 0.5, 8)
+    table = pl.DataFrame({
+        "feature": np.arange(d_sae), "selected": np.isin(np.arange(d_sae), feats),
+        "effect_lr": eff, "leaning": np.sign(eff).astype(np.int8),
+        "q_partisan_vs_neutral": rng.uniform(size=d_sae),  # other columns are ignored
+    })
+    return u, W, table, feats, lean
+
+
+def test_policy_features_are_oriented_to_point_right():
+    u, W, table, feats, lean = _planted_sae()
+    rows, got, lg = policy_feature_rows(table, W, 4)
+    assert got == list(feats[:4]) and lg == list(lean[:4])  # strongest |effect_lr| first
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1)
+    assert (rows @ u > 0.5).all()  # every oriented row points right, left-leaning ones too
+    unoriented = W[feats[:4]].sum(0)
+    assert abs(unoriented @ u) / np.linalg.norm(unoriented) < 0.2  # signs cancel without it
+    nulls = random_feature_rows(table, W, 4, 10, seed=1)
+    assert len(nulls) == 10
+    for r, f, sg in nulls:
+        assert not set(f) & set(feats) and len(set(f)) == 4
+        assert sg == list(np.sign(table["effect_lr"].to_numpy()[f]).astype(int))
+        assert np.allclose(np.linalg.norm(r, axis=1), 1)
+    with pytest.raises(ValueError, match="pf.parquet: .*leaning"):
+        policy_feature_rows(table.drop("leaning"), W, 4, source="pf.parquet")
+    strings = table.with_columns(pl.when(pl.col("leaning") > 0).then(pl.lit("right"))
+                                 .otherwise(pl.lit("left")).alias("leaning"))
+    with pytest.raises(ValueError, match="pf.parquet: .*int8, \\+1 right"):
+        policy_feature_rows(strings, W, 4, source="pf.parquet")
+
+
+def test_vector_set_same_norm_nulls_and_cosines():
+    u, W, table, feats, _ = _planted_sae()
+    inst = u + np.random.default_rng(3).standard_normal(len(u)) * 0.05
+    t = steering_vector_set(2, 7.5, u * 3, direction_instruct=inst, policy_features=table,
+                            w_dec=W, n_features=4, n_random_directions=10,
+                            n_random_feature_sets=10, seed=0)
+    names = t["vector"].to_list()
+    assert names[:2] == ["direction", "direction_instruct"] and "feature" in names
+    assert sum(vector_family(n) == "random_direction" for n in names) == 10
+    assert sum(vector_family(n) == "random_features" for n in names) == 10
+    vecs = vectors_from_table(t)
+    for layer, v in vecs.values():
+        assert layer == 2 and v.dtype == np.float32
+        assert np.linalg.norm(v) == pytest.approx(7.5, rel=1e-5)
+    cos = dict(zip(names, t["cos_partisan"].to_list(), strict=True))
+    assert cos["direction"] == pytest.approx(1.0)
+    assert cos["feature"] > 0.8  # the oriented policy features point along the direction
+    rand = [c for n, c in cos.items() if vector_family(n) == "random_direction"]
+    assert max(abs(c) for c in rand) < 0.25  # d = 512: random directions are near-orthogonal
+    assert t.filter(pl.col("vector") == "feature")["features"][0].to_list() == list(feats[:4])
+    # no policy feature selected: no feature vector and no feature null
+    none = steering_vector_set(2, 1.0, u, policy_features=table.with_columns(
+        pl.lit(False).alias("selected")), w_dec=W)
+    assert set(map(vector_family, none["vector"].to_list())) == {"direction",
+                                                                 "random_direction"}
+
+
+def test_residual_token_norm_is_the_base_median_over_content_tokens(lm):
+    model, tok = lm
+    texts = ["the tax cut", "we must raise taxes on the market", "guns"]
+    norms = []
+    for t in texts:
+        ids = tok(t)["input_ids"]
+        with torch.no_grad():
+            hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        norms += hs[2][0, 1:].norm(dim=-1).tolist()  # block 1 output, BOS left out
+    assert residual_token_norm(model, tok, texts, 1, batch_size=2) == pytest.approx(
+        float(np.median(norms)), rel=1e-5)
+
+
 def test_signed_alphas_cover_both_signs():
     assert signed_alphas([0.5, 2, -0.5]) == [-2.0, -0.5, 0.0, 0.5, 2.0]
     with pytest.raises(ValueError):
         signed_alphas([float("nan")])
 
 
+def _shipped_design(n_questions=None):
+    qs = pl.read_ndjson(PROMPTS_DIR / "policy_questions.jsonl")
+    if n_questions:
+        qs = qs.head(n_questions)
+    return qs, prime_design(qs, pl.read_ndjson(PROMPTS_DIR / "identity_primes.jsonl"),
+                            pl.read_ndjson(PROMPTS_DIR / "neutral_personas.jsonl"))
+
+
+def test_prime_design_uses_every_wording_and_a_persona_control():
+    qs, design = _shipped_design()
+    primes = pl.read_ndjson(PROMPTS_DIR / "identity_primes.jsonl")
+    lr = design.filter(pl.col("condition").is_in(["left", "right"]))
+    assert lr.height == primes.height  # every row of the file
+    assert sorted(lr["message"].to_list()) == sorted(primes["text"].to_list())
+    assert lr["wording"].n_unique() == 4 and lr["prime"].n_unique() == 8
+    for cond, n in design.group_by("condition").len().iter_rows():
+        assert n == qs.height, cond
+    pers = design.filter(pl.col("condition") == "persona")
+    assert pers["prime"].n_unique() == 4
+    # a persona sentence carries none of the words that tell the sides apart
+    terms = identity_terms(design)
+    assert {"democrat", "republican", "progressive", "conservative"} <= set(terms)
+    assert "lifelong" not in terms and "i" not in terms
+    for p in pers["prime"].unique().to_list():
+        assert mask_identity_terms([p], terms) == [p]
+    with pytest.raises(ValueError, match="needs a left and a right prime"):
+        prime_design(qs, primes.filter(pl.col("identity") == "left"),
+                     pl.read_ndjson(PROMPTS_DIR / "neutral_personas.jsonl"))
+
+
+def test_mask_identity_terms():
+    terms = ["conservative", "democrat", "right"]
+    got = mask_identity_terms(["As a Conservative, I back Democrats; the right-wing Rightly"],
+                              terms)
+    assert got == ["As a someone, I back someone; the someone-wing Rightly"]
+
+
 def test_sweep_and_identity_primes_tables(lm):
     model, tok = lm
-    st = SteeringSettings(max_new_tokens=5, samples=2, do_sample=True, seed=3)
+    st = SteeringSettings(max_new_tokens=5, samples=2, do_sample=True, seed=3, alphas=(1.0,))
     v = random_vector(D, 2.0, seed=2)
     qs = {"tax": "the tax should", "guns": "guns are"}
-    df = sweep(
-        model,
-        tok,
-        qs,
-        {"direction": (1, v), "random": (1, -v)},
-        [1.0],
-        settings=st,
-        model_name="base",
-    )
+    df = sweep(model, tok, qs, {"direction": (1, v), "random_direction_00": (1, -v)}, [1.0],
+               settings=st, model_name="base", chat=True)
     assert df.height == 2 * 3 * 2 * 2  # vectors x alphas(-1,0,1) x questions x samples
     assert set(df["alpha"].to_list()) == {-1.0, 0.0, 1.0}
     zero = df.filter(pl.col("alpha") == 0).sort(["vector", "question_id", "sample"])
-    assert (
-        zero.filter(pl.col("vector") == "direction")["text"].to_list()
-        == zero.filter(pl.col("vector") == "random")["text"].to_list()
-    )
+    assert (zero.filter(pl.col("vector") == "direction")["text"].to_list()
+            == zero.filter(pl.col("vector") == "random_direction_00")["text"].to_list())
     # the rows are the generations generate() gives for that vector and alpha
-    prompts, _ = format_prompts(tok, ["the tax should", "the tax should"], chat=False)
-    direct = generate(
-        model,
-        tok,
-        prompts,
-        max_new_tokens=5,
-        do_sample=True,
-        seed=3,
-        steering=SteeringVector(1, v, 1.0),
-        batch_size=st.batch_size,
-    )
-    row = df.filter(
-        pl.col("vector") == "direction", pl.col("alpha") == 1.0, pl.col("question_id") == "tax"
-    ).sort("sample")
+    prompts, add = format_prompts(tok, ["the tax should", "the tax should"], chat=True)
+    direct = generate(model, tok, prompts, max_new_tokens=5, do_sample=True, seed=3,
+                      steering=SteeringVector(1, v, 1.0), batch_size=st.batch_size,
+                      add_special_tokens=add)
+    row = df.filter(pl.col("vector") == "direction", pl.col("alpha") == 1.0,
+                    pl.col("question_id") == "tax").sort("sample")
     assert row["text"].to_list() == [g.text for g in direct]
 
-    pr = identity_prime_generations(model, tok, qs, settings=st, model_name="instruct", chat=True)
-    assert pr.height == 3 * 2 * 2
-    assert set(pr["condition"].to_list()) == {"none", "left", "right"}
+    questions = pl.DataFrame({"id": ["tax", "guns"], "issue": ["taxes", "gun_policy"],
+                              "question": ["the tax should", "guns are"]})
+    primes = pl.DataFrame({
+        "id": ["tax-left-p0", "tax-right-p0", "guns-left-p1", "guns-right-p1"],
+        "question_id": ["tax", "tax", "guns", "guns"],
+        "identity": ["left", "right", "left", "right"],
+        "text": ["I vote left. the tax should", "I vote right. the tax should",
+                 "As a liberal, guns are", "As a conservative, guns are"]})
+    design = prime_design(questions, primes, pl.DataFrame({"id": ["a", "b"],
+                                                           "text": ["I fish.", "I sing."]}))
+    gens, pr = run_steering(model, tok, questions, {"direction": (1, v)}, design,
+                            settings=st, model_name="instruct", chat=True)
+    assert gens["issue"].to_list() == ["taxes" if q == "tax" else "gun_policy"
+                                       for q in gens["question_id"].to_list()]
+    assert pr.height == 4 * 2 * 2  # conditions x questions x samples
+    assert set(pr["condition"].to_list()) == {"none", "left", "right", "persona"}
+    assert set(pr.filter(pl.col("condition") == "persona")["prime"].to_list()) == {
+        "I fish.", "I sing."}
     chat_prompts, add = format_prompts(tok, ["hi"], chat=True)
     assert chat_prompts[0].startswith("<bos><|user|>hi") and add is False
+
+
+def test_plain_continuations_are_cut_at_the_next_question():
+    assert cut_at("Taxes should fall.\nQuestion: what next?\nAnswer: x", "\nQuestion:") == (
+        "Taxes should fall.")
+    assert cut_at("no stop here", "\nQuestion:") == "no stop here"
+    assert cut_at("a\nQuestion: b", "") == "a\nQuestion: b"
 
 
 def test_projection_score_reads_the_layer_mean_activation(lm):
@@ -303,223 +422,70 @@ def test_degeneration_measures():
     assert np.isnan(distinct_n("a", 2))
     assert repeat_n("a b c d e", 4) == 0.0
     assert repeat_n("x y z w x y z w", 4) == pytest.approx(1 / 5)
+    assert non_text_share("ok !! 12 fine") == pytest.approx(0.5)
+    assert is_degenerate("") and is_degenerate("!! ?? ## ok", 0.5)
+    assert is_degenerate("a b c d a b c d a b c d a b c d", 0.5)
+    assert not is_degenerate("Taxes should be lower for small firms.", 0.5)
 
 
-class _StubJudge:
+def test_crossfit_directions_never_see_the_questions_issues():
+    rng = np.random.default_rng(0)
+    issues = [f"i{k}" for k in range(10)]
+    rows, X = [], []
+    u = np.zeros(16)
+    u[0] = 1.0
+    for i in issues:
+        offset = rng.standard_normal(16) * 5  # issue-specific offset
+        for lab, sgn in (("left", -1), ("right", 1)):
+            for _ in range(4):
+                rows.append({"label": lab, "issue": i})
+                X.append(offset + sgn * u + rng.standard_normal(16) * 0.1)
+    meta, X = pl.DataFrame(rows), np.array(X)
+    dirs = crossfit_directions(meta, X, issues[:6], n_folds=3, seed=0)
+    assert set(dirs) == set(issues[:6])
+    lab, iss = meta["label"].to_numpy(), meta["issue"].to_numpy()
+    for i, (d, _) in dirs.items():
+        fold = {j for j, (dj, _) in dirs.items() if np.array_equal(dj, d)}
+        assert i in fold and len(fold) == 2  # 6 issues in 3 folds
+        tr = ~np.isin(iss, list(fold))
+        want = X[tr & (lab == "right")].mean(0) - X[tr & (lab == "left")].mean(0)
+        np.testing.assert_allclose(d, want)
+        assert d @ u / np.linalg.norm(d) > 0.9
+
+
+class _KeywordJudge:
+    """Scores +1 per right word and -1 per left word (a judge a prime echo could fool)."""
+
+    RIGHT, LEFT = ("conservative", "republican"), ("progressive", "democrat")
+
     def rate(self, texts, questions=None):
-        ok = [len(t) % 2 == 0 for t in texts]
-        return pl.DataFrame(
-            {
-                "judge_score": [0.5 if o else None for o in ok],
-                "judge_ok": ok,
-                "judge_error": [None if o else "garbage" for o in ok],
-            },
-            schema={"judge_score": pl.Float64, "judge_ok": pl.Boolean, "judge_error": pl.String},
-        )
+        def score(t):
+            w = t.lower()
+            return float(sum(w.count(k) for k in self.RIGHT) - sum(w.count(k) for k in self.LEFT))
+        ok = [bool(t.strip()) for t in texts]
+        return pl.DataFrame({
+            "judge_score": [score(t) if o else None for t, o in zip(texts, ok, strict=True)],
+            "judge_ok": ok, "judge_reply": ["kw"] * len(texts),
+            "judge_error": [None if o else "empty" for o in ok]})
 
 
-def test_score_generations_adds_all_scores(lm):
+def test_score_judge_and_projection_keep_every_row(lm):
     model, tok = lm
-    df = pl.DataFrame(
-        {"text": ["the tax cut", "no no no no no no", "guns"], "question": ["q", "q", "q"]}
-    )
-    direction = np.random.default_rng(1).standard_normal(D)
-    out = score_generations(df, model, tok, direction, 1, judge=_StubJudge())
-    for col in (
-        "projection",
-        "judge",
-        "judge_ok",
-        "judge_error",
-        "perplexity",
-        "distinct_2",
-        "repeat_4",
-    ):
-        assert col in out.columns
-    assert out["judge_ok"].to_list() == [False, False, True]  # odd lengths 11, 17 fail
-    assert out["judge"].to_list() == [None, None, 0.5]
-    assert out["distinct_2"][1] == pytest.approx(1 / 5)
-    none = score_generations(df, model, tok, direction, 1, judge=None)
-    assert none["judge"].null_count() == 3
-
-
-# ----------------------------------------------------------------- planted statistics
-
-SLOPES = {
-    ("base", "direction"): 0.40,
-    ("instruct", "direction"): 0.30,
-    ("base", "feature"): 0.50,
-    ("instruct", "feature"): 0.00,
-    ("base", "random"): 0.0,
-    ("instruct", "random"): 0.0,
-}
-ALPHAS = [-2.0, -1.0, 0.0, 1.0, 2.0]
-
-
-def _synthetic_scores(seed, n_q=40, noise=0.3, samples=2):
-    """Score table with planted slopes, a random intercept per question and noise."""
-    rng = np.random.default_rng(seed)
-    icpt = {f"q{i}": rng.normal(0, 0.5) for i in range(n_q)}
-    rows = []
-    for (m, v), b in SLOPES.items():
-        for q, c in icpt.items():
-            for a in ALPHAS:
-                for s in range(samples):
-                    rows.append(
-                        {
-                            "model": m,
-                            "vector": v,
-                            "alpha": a,
-                            "question_id": q,
-                            "sample": s,
-                            "projection": c + b * a + rng.normal(0, noise),
-                        }
-                    )
-    return pl.DataFrame(rows)
-
-
-def _synthetic_primes(seed, n_q=60, effect=(("base", 0.2), ("instruct", 0.8))):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for m, e in effect:
-        for i in range(n_q):
-            c = rng.normal(0, 0.3)
-            for cond, shift in (("none", 0.0), ("left", -e / 2), ("right", e / 2)):
-                rows.append(
-                    {
-                        "model": m,
-                        "condition": cond,
-                        "question_id": f"q{i}",
-                        "sample": 0,
-                        "projection": c + shift + rng.normal(0, 1.0),
-                    }
-                )
-    return pl.DataFrame(rows)
-
-
-def test_slopes_and_disconnect_recover_planted_values():
-    df = _synthetic_scores(0)
-    sl = dose_slopes(df, n_boot=300)
-    for r in sl.iter_rows(named=True):
-        true = SLOPES[(r["model"], r["vector"])]
-        # SE of the slope is about 0.011 here; coverage is checked over many datasets below
-        assert r["slope"] == pytest.approx(true, abs=0.05)
-        assert r["lo"] < r["slope"] < r["hi"] and r["hi"] - r["lo"] < 0.1 and r["n"] == 40
-    ratio_dir = disconnect_ratio(df, "base", "instruct", "direction", n_boot=300)
-    ratio_feat = disconnect_ratio(df, "base", "instruct", "feature", n_boot=300)
-    assert ratio_dir.value == pytest.approx(0.75, abs=0.1) and ratio_dir.covers(0.75)
-    assert ratio_feat.value == pytest.approx(0.0, abs=0.1) and ratio_feat.covers(0.0)
-    gap = disconnect_gap(df, "base", "instruct", n_boot=300)
-    assert gap.covers(0.75) and gap.lo > 0
-    dr = dose_response(df, n_boot=200)
-    assert dr.height == 6 * len(ALPHAS)
-    cell = dr.filter(pl.col("model") == "base", pl.col("vector") == "feature")
-    assert np.all(np.diff(cell.sort("alpha")["mean"].to_numpy()) > 0)
-
-
-def test_disconnect_interval_coverage_over_many_datasets():
-    """The 95% intervals of slope and ratio cover the planted values about 95% of the time."""
-    cover_slope, cover_ratio, n_rep = 0, 0, 40
-    for seed in range(n_rep):
-        df = _synthetic_scores(100 + seed, n_q=25, noise=0.6, samples=1)
-        g = df.filter(pl.col("model") == "instruct", pl.col("vector") == "direction")
-        from rlhf_audit.steering import slope_estimate
-
-        est = slope_estimate(
-            g["alpha"].to_numpy(),
-            g["projection"].to_numpy(),
-            g["question_id"].to_numpy(),
-            n_boot=300,
-            seed=seed,
-        )
-        cover_slope += est.covers(0.30)
-        cover_ratio += disconnect_ratio(
-            df, "base", "instruct", "direction", n_boot=300, seed=seed
-        ).covers(0.75)
-    assert cover_slope >= 0.8 * n_rep
-    assert cover_ratio >= 0.8 * n_rep
-
-
-def test_identity_prime_effect_recovers_planted_shift():
-    """Right-minus-left effect and Cohen's d: unbiased and ~95% covered over many datasets."""
-    sd = np.sqrt(0.3**2 + 1.0**2)  # question intercept + row noise
-    n_rep = 40
-    for model, e in (("base", 0.2), ("instruct", 0.8)):
-        effs, ds, cov_e, cov_d = [], [], 0, 0
-        for seed in range(n_rep):
-            eff, d = prime_effect(_synthetic_primes(seed), model, n_boot=200, seed=seed)
-            effs.append(eff.value)
-            ds.append(d.value)
-            cov_e += eff.covers(e)
-            cov_d += d.covers(e / sd)
-            assert eff.n == 60
-        # SE of the mean over datasets is about 0.18 / sqrt(40) = 0.03
-        assert np.mean(effs) == pytest.approx(e, abs=0.1)
-        assert np.mean(ds) == pytest.approx(e / sd, abs=0.1)
-        assert cov_e >= 0.8 * n_rep and cov_d >= 0.8 * n_rep
-    pr = _synthetic_primes(0)
-    tab = prime_effects(pr, n_boot=200)
-    assert set(tab["model"].to_list()) == {"base", "instruct"}
-    assert tab.filter(pl.col("model") == "instruct")["d_lo"][0] > 0
-    with pytest.raises(ValueError, match="left- or right-primed"):
-        prime_effect(pr.filter(pl.col("condition") != "left"), "base")
-
-
-def test_headline_keys_and_figures(tmp_path):
-    df = _synthetic_scores(1, n_q=20).with_columns(
-        pl.col("projection").alias("judge"),
-        pl.lit(True).alias("judge_ok"),
-        pl.lit(None, pl.String).alias("judge_error"),
-        pl.lit(10.0).alias("perplexity"),
-        pl.lit(0.9).alias("distinct_2"),
-        pl.lit(0.0).alias("repeat_4"),
-        pl.lit(True).alias("finished"),
-    )
-    df = df.with_columns(
-        pl.when(pl.col("question_id") == "q3").then(False).otherwise(True).alias("judge_ok")
-    )
-    df = df.with_columns(pl.when(pl.col("judge_ok")).then(pl.col("judge")).alias("judge"))
-    pr = _synthetic_primes(1, n_q=20).with_columns(
-        pl.col("projection").alias("judge"),
-        pl.lit(True).alias("judge_ok"),
-        pl.lit(None, pl.String).alias("judge_error"),
-    )
-    h = headline(df, pr, "base", "instruct", n_boot=100)
-    assert set(h) <= set(HEADLINE_KEYS)
-    for key in (
-        "steering_slope_base_feature_projection",
-        "disconnect_ratio_feature_judge",
-        "disconnect_gap_projection",
-        "prime_cohens_d_instruct_judge",
-        "prime_effect_base_projection",
-        "judge_failure_rate",
-    ):
-        assert key in h, key
-    assert h["steering_slope_base_feature_projection"].covers(0.5)
-    n_fail = df.filter(~pl.col("judge_ok")).height
-    assert h["judge_failure_rate"].value == pytest.approx(n_fail / (df.height + pr.height))
-    dr = dose_response(df, n_boot=100)
-    pm = prime_means(pr, n_boot=100)
-    plot_steering(dr, pm, tmp_path / "steer.png")
-    plot_degeneration(degeneration_table(df), tmp_path / "degen.png")
-    for name in ("steer.png", "steer.pdf", "degen.png", "degen.pdf"):
-        assert (tmp_path / name).stat().st_size > 1000
-
-
-def test_tables_of_a_score_with_no_valid_rows_keep_their_columns():
-    """A judge that failed on every text must not break the per-scorer tables."""
-    import polars as pl
-
-    from rlhf_audit.steering import dose_response, dose_slopes, prime_effects, prime_means
-
-    steer = pl.DataFrame({"model": ["base"] * 2, "vector": ["direction"] * 2,
-                          "alpha": [0.0, 1.0], "question_id": ["q1", "q2"],
-                          "projection": [0.1, 0.5], "judge": [None, None],
-                          "judge_ok": [False, False]},
-                         schema_overrides={"judge": pl.Float64})
-    primes = steer.rename({"vector": "condition"}).with_columns(
-        pl.Series("condition", ["left", "right"]))
-    for fn, table in ((dose_response, steer), (dose_slopes, steer), (prime_means, primes),
-                      (prime_effects, primes)):
-        empty = fn(table, "judge", n_boot=100)
-        assert empty.height == 0 and empty.width > 0
-        assert pl.concat([fn(table, "projection", n_boot=100), empty]).columns == empty.columns
+    df = pl.DataFrame({"text": ["the tax cut", "", "As a Republican guns"],
+                       "question": ["q"] * 3, "issue": ["a", "b", "a"]})
+    out = score_judge(df, _KeywordJudge(), terms=["republican"])
+    assert out.columns == ["judge", "judge_ok", "judge_error", "judge_reply"]
+    assert out["judge_ok"].to_list() == [True, False, True]
+    assert out["judge"].to_list() == [0.0, None, 0.0]  # the echo is masked
+    assert score_judge(df, None)["judge_error"].to_list() == ["no judge configured"] * 3
+    u = np.zeros(D)
+    u[3] = 2.0
+    dirs = {"a": (u, np.zeros(D)), "b": (-u, np.full(D, 0.5))}
+    proj = score_projection(df, model, tok, dirs, 1)
+    acts = layer_activations(model, tok, mask_identity_terms(df["text"].to_list(),
+                                                             ["republican"]), 1)
+    np.testing.assert_allclose(proj["projection"].to_numpy()[[0, 2]], acts[[0, 2], 3],
+                               atol=1e-5)
+    assert np.isnan(proj["projection"][1])
+    with pytest.raises(ValueError, match="no projection direction"):
+        score_projection(df, model, tok, {"a": dirs["a"]}, 1)

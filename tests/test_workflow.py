@@ -158,9 +158,9 @@ def test_editing_probe_params_reruns_probes_and_descendants_not_extraction(tiny_
     code, cfg = tiny_run
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "folds", {"partisan": {"n_folds": 2}}))
-    assert set(jobs) == {"fit_partisan_probes", "plot_partisan", "generate_steering",
-                         "score_steering", "analyse_steering", "plot_steering",
-                         "collect_headline", "all"}, jobs
+    assert set(jobs) == {"fit_partisan_probes", "plot_partisan", "build_steering_vectors",
+                         "generate_steering", "score_steering", "analyse_steering",
+                         "plot_steering", "collect_headline", "all"}, jobs
     assert jobs["generate_steering"] == 2 and jobs["score_steering"] == 4
 
 

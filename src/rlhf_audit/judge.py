@@ -69,8 +69,9 @@ RESULT_SCHEMA = {
 class JudgeSettings:
     """Settings of the partisanship judge (config key ``steering.judge``)."""
 
-    kind: Literal["none", "hf", "openai"] = "none"
-    """Back end: no judge, a local Hugging Face chat model, or an OpenAI-compatible endpoint."""
+    kind: Literal["none", "hf", "openai", "stance_classifier"] = "none"
+    """Back end: no judge, a local Hugging Face chat model, an OpenAI-compatible endpoint, or
+    a stance classifier trained on the labelled statements (:mod:`rlhf_audit.stance`)."""
     model: str = ""
     """hf only: key of the judge in the config's ``models`` (the workflow loads it)."""
     method: Literal["generate", "logits"] = "generate"
@@ -97,6 +98,8 @@ class JudgeSettings:
     """openai only: requests in flight at once."""
     temperature: float = 0.0
     """openai only: sampling temperature sent to the endpoint (0 = deterministic)."""
+    classifier_path: str = ""
+    """stance_classifier only: the fitted classifier's JSON (rule train_stance_classifier)."""
 
 
 def judge_prompt(answer: str, question: str | None = None) -> str:
@@ -387,17 +390,28 @@ class OpenAIJudge:
         return _rows(replies, errors)
 
 
-def make_judge(settings: JudgeSettings, model=None, tokenizer=None) -> HFJudge | OpenAIJudge | None:
-    """The judge a config asks for; ``model``/``tokenizer`` are needed for kind "hf"."""
+def make_judge(settings: JudgeSettings, model=None, tokenizer=None):
+    """The judge a config asks for; ``model``/``tokenizer`` are needed for kind "hf".
+
+    Every judge has ``rate(texts, questions) -> DataFrame`` with :data:`RESULT_SCHEMA`."""
     if settings.kind == "none":
         return None
+    if settings.kind == "stance_classifier":
+        from rlhf_audit.stance import StanceClassifier, StanceJudge
+
+        if not settings.classifier_path:
+            raise ValueError("judge kind 'stance_classifier' needs classifier_path (the JSON "
+                             "written by rule train_stance_classifier)")
+        return StanceJudge(StanceClassifier.load(settings.classifier_path))
     if settings.kind == "hf":
         if model is None or tokenizer is None:
             raise ValueError("judge kind 'hf' needs the judge model and tokenizer loaded")
         return HFJudge(model, tokenizer, settings)
     if settings.kind == "openai":
         return OpenAIJudge(settings)
-    raise ValueError(f"judge kind must be 'none', 'hf' or 'openai', got {settings.kind!r}")
+    raise ValueError(
+        f"judge kind must be 'none', 'hf', 'openai' or 'stance_classifier', got {settings.kind!r}"
+    )
 
 
 def failure_rate(rated: pl.DataFrame) -> float:

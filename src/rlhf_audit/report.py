@@ -78,14 +78,27 @@ CLAIMS: tuple[Claim, ...] = (
           "partisan direction that the reconstruction keeps; yes when the interval lies above "
           "0.5)", "partisan_fraction_reconstructed_instruct", None, "> 0.5",
           "validity check of Neutral Mask, claim 3"),
-    Claim("steering", "Feature-level steering moves instruct output far less than base "
-          "(instruct/base slope ratio)", "disconnect_ratio_feature_projection", None, "< 1",
+    # Steering and primes: each row is a test against its null, on the primary (judge)
+    # score: the verdict is "yes" when the whole 95% interval passes the threshold.
+    Claim("steering", "Feature steering moves base output beyond random feature sets "
+          "(test: base feature slope minus the random-feature-set null's mean slope, interval "
+          "> 0)", "steering_slope_vs_null_base_feature_judge", None, "> 0",
           "Neutral Mask, claim 4"),
-    Claim("steering", "The partisan direction still steers instruct",
-          "steering_slope_instruct_direction_projection", None, "> 0", "Neutral Mask, claim 4"),
-    Claim("steering", "Identity primes reactivate partisan output in instruct (right minus "
-          "left prime)", "prime_effect_instruct_projection", None, "> 0",
-          "Neutral Mask, claim 5"),
+    Claim("steering", "Feature steering moves instruct less than base, beyond random "
+          "feature sets: the causal disconnect (test: instruct-minus-base feature slope "
+          "difference minus its random-feature-set null, interval < 0)",
+          "disconnect_null_gap_feature_judge", None, "< 0", "Neutral Mask, claim 4"),
+    Claim("steering", "The partisan direction still steers instruct, beyond random "
+          "directions (test: instruct direction slope minus the random-direction null's mean "
+          "slope, interval > 0)", "steering_slope_vs_null_instruct_direction_judge", None,
+          "> 0", "Neutral Mask, claim 4"),
+    Claim("steering", "Instruct's own partisan direction steers instruct, beyond random "
+          "directions (test: slope minus the null's, interval > 0)",
+          "steering_slope_vs_null_instruct_direction_instruct_judge", None, "> 0",
+          "Neutral Mask, claim 4"),
+    Claim("steering", "Identity primes reactivate partisan output in instruct (test: "
+          "right- minus left-primed judge score over every wording, interval > 0)",
+          "prime_effect_instruct_judge", None, "> 0", "Neutral Mask, claim 5"),
     Claim("calibration", "Base model follows the injected confidence", "rho_base_command", 1.0,
           source="Resisting Correction"),
     Claim("calibration", "Instruct follows it when commanded (Spearman rho)",

@@ -414,6 +414,7 @@ def sae_direction(wildcards):
 
 
 STEERING_SCORERS = ("projection", "judge")
+STANCE_CLASSIFIER = "results/steering/stance_classifier.json"
 
 
 def steering_sae():
@@ -433,13 +434,34 @@ def steering_model_params(wildcards):
 
 
 def steering_settings(wildcards):
+    """What the generations depend on (and nothing else, so that a scorer or analysis
+    setting never reruns a generation)."""
     s = config["steering"]
     return {"layer": s["layer"], "alphas": list(s["alphas"]), "positions": s["positions"],
             "max_new_tokens": s["max_new_tokens"], "samples": s["samples"],
             "do_sample": s["do_sample"], "temperature": s["temperature"], "seed": s["seed"],
-            "random_vector_seed": s["seed"], "n_boot": s["n_boot"],
-            "n_questions": s["n_questions"], "n_sae_features": s["n_sae_features"],
+            "n_questions": s["n_questions"]}
+
+
+def steering_vector_settings(wildcards):
+    s = config["steering"]
+    return {"layer": s["layer"], "n_questions": s["n_questions"], "seed": s["seed"],
+            "n_sae_features": s["n_sae_features"],
+            "n_random_directions": s["n_random_directions"],
+            "n_random_feature_sets": s["n_random_feature_sets"],
             "method": config["partisan"]["methods"][0], "sae_spec": steering_sae_spec()}
+
+
+def steering_score_settings(wildcards):
+    s = config["steering"]
+    return {"layer": s["layer"], "projection_folds": s["projection_folds"], "seed": s["seed"]}
+
+
+def steering_analysis_settings(wildcards):
+    s = config["steering"]
+    return {"n_boot": s["n_boot"], "seed": s["seed"],
+            "degenerate_text_share": s["degenerate_text_share"],
+            "max_degenerate_rate": s["max_degenerate_rate"]}
 
 
 def steering_sae_spec():
@@ -449,11 +471,10 @@ def steering_sae_spec():
     return {k: v for k, v in config["sae"]["saes"][sae].items() if k in ("release", "id", "path")}
 
 
-def steering_generation_inputs(wildcards):
-    model = pair_models(wildcards.pair)[wildcards.role]
-    out = {"model": model_files(model), "questions": config["steering"]["questions"],
-           "directions": f"results/partisan/{wildcards.pair}/directions.parquet",
-           "shards": activation_set(model)["shards"]}
+def steering_vector_inputs(wildcards):
+    base = pair_models(wildcards.pair)["base"]
+    out = {"model": model_files(base), "questions": config["steering"]["questions"],
+           "directions": f"results/partisan/{wildcards.pair}/directions.parquet"}
     sae = steering_sae()
     if sae:
         out["policy_features"] = f"results/sae/{wildcards.pair}/{sae}/policy_features.parquet"
@@ -461,35 +482,64 @@ def steering_generation_inputs(wildcards):
     return out
 
 
-def steering_scorer_params(wildcards):
+def steering_base_params(wildcards):
     base = pair_models(wildcards.pair)["base"]
+    return {"name": base, "spec": model_spec(base), "device": config["device"],
+            "dtype": config["dtype"]}
+
+
+def steering_generation_inputs(wildcards):
+    model = pair_models(wildcards.pair)[wildcards.role]
+    s = config["steering"]
+    return {"model": model_files(model), "questions": s["questions"],
+            "vectors": f"results/steering/{wildcards.pair}/vectors.parquet",
+            "identity_primes": s["identity_primes"], "personas": s["personas"]}
+
+
+def steering_judge_settings():
+    j = dict(config["steering"]["judge"])
+    if j["kind"] == "hf":
+        j["spec"] = model_spec(j["model"])
+    return j
+
+
+def steering_scorer_params(wildcards):
     out = {"scorer": wildcards.scorer, "device": config["device"], "dtype": config["dtype"]}
     if wildcards.scorer == "projection":
-        out["base"] = {"name": base, "spec": model_spec(base)}
+        out["base"] = steering_base_params(wildcards)
     else:
-        j = dict(config["steering"]["judge"])
-        if j["kind"] == "hf":
-            j["spec"] = model_spec(j["model"])
-        out["judge"] = j
-    sae = steering_sae()
-    out["sae"] = {"name": sae, **config["sae"]["saes"][sae]} if sae else None
+        out["judge"] = steering_judge_settings()
     return out
 
 
 def steering_score_inputs(wildcards):
     out = {"sweep": f"results/steering/{wildcards.pair}/{wildcards.role}/sweep.parquet",
            "primes": f"results/steering/{wildcards.pair}/{wildcards.role}/primes.parquet"}
+    kind = config["steering"]["judge"]["kind"]
     if wildcards.scorer == "projection":
         base = pair_models(wildcards.pair)["base"]
         out["model"] = model_files(base)
-        out["directions"] = f"results/partisan/{wildcards.pair}/directions.parquet"
-    elif config["steering"]["judge"]["kind"] == "hf":
+        out["shards"] = activation_set(base)["shards"]
+    elif kind == "hf":
         out["model"] = model_files(config["steering"]["judge"]["model"])
+    elif kind == "stance_classifier":
+        out["classifier"] = STANCE_CLASSIFIER
     return out
 
 
+def stance_classifier_inputs(wildcards):
+    return {"statements": normalised(config["steering"]["judge"]["dataset"])}
+
+
+def stance_classifier_settings(wildcards):
+    j = config["steering"]["judge"]
+    return {"dataset": j["dataset"], "ngram_max": j["ngram_max"], "min_df": j["min_df"],
+            "C": j["C"], "n_boot": config["steering"]["n_boot"],
+            "seed": config["steering"]["seed"]}
+
+
 def steering_analysis_inputs(wildcards):
-    out = {}
+    out = {"vectors": f"results/steering/{wildcards.pair}/vectors.parquet"}
     for role in ("base", "instruct"):
         d = f"results/steering/{wildcards.pair}/{role}"
         out[f"{role}_sweep"] = f"{d}/sweep.parquet"
@@ -497,6 +547,8 @@ def steering_analysis_inputs(wildcards):
         for scorer in STEERING_SCORERS:
             out[f"{role}_sweep_{scorer}"] = f"{d}/sweep_scores_{scorer}.parquet"
             out[f"{role}_primes_{scorer}"] = f"{d}/primes_scores_{scorer}.parquet"
+    if config["steering"]["judge"]["kind"] == "stance_classifier":
+        out["classifier"] = STANCE_CLASSIFIER
     return out
 
 

@@ -1,6 +1,27 @@
-# Stage 6, steering (The Neutral Mask, claims 4-5): generations under direction,
-# SAE-feature and random steering and under identity primes, cached apart from
-# their scores, so adding or changing a scorer rescores without regenerating.
+# Stage 6, steering (The Neutral Mask, claims 4-5): one set of steering vectors per
+# pair (the base model's dose, oriented policy features, random nulls), generations
+# under it and under identity primes per model, cached apart from their scores, so
+# adding or changing a scorer rescores without regenerating.
+
+
+rule build_steering_vectors:
+    input:
+        unpack(steering_vector_inputs),
+    output:
+        vectors="results/steering/{pair}/vectors.parquet",
+    params:
+        base=steering_base_params,
+        settings=steering_vector_settings,
+        code=script_code("build_steering_vectors.py"),
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+    log:
+        "results/logs/build_steering_vectors/{pair}.log",
+    benchmark:
+        "results/benchmarks/build_steering_vectors/{pair}.tsv"
+    script:
+        "../../scripts/build_steering_vectors.py"
 
 
 rule generate_steering:
@@ -9,7 +30,6 @@ rule generate_steering:
     output:
         sweep="results/steering/{pair}/{role}/sweep.parquet",
         primes="results/steering/{pair}/{role}/primes.parquet",
-        vectors="results/steering/{pair}/{role}/vectors.parquet",
     wildcard_constraints:
         role="base|instruct",
     params:
@@ -27,6 +47,20 @@ rule generate_steering:
         "../../scripts/generate_steering.py"
 
 
+rule train_stance_classifier:
+    input:
+        unpack(stance_classifier_inputs),
+    output:
+        classifier=STANCE_CLASSIFIER,
+    params:
+        settings=stance_classifier_settings,
+        code=script_code("train_stance_classifier.py"),
+    log:
+        "results/logs/train_stance_classifier.log",
+    script:
+        "../../scripts/train_stance_classifier.py"
+
+
 rule score_steering:
     input:
         unpack(steering_score_inputs),
@@ -38,7 +72,7 @@ rule score_steering:
         scorer="projection|judge",
     params:
         scorer=steering_scorer_params,
-        settings=steering_settings,
+        settings=steering_score_settings,
         code=script_code("score_steering.py"),
     threads: 2
     resources:
@@ -55,12 +89,14 @@ rule analyse_steering:
     output:
         dose="results/steering/{pair}/dose_response.parquet",
         slopes="results/steering/{pair}/slopes.parquet",
+        disconnect="results/steering/{pair}/disconnect.parquet",
         primes="results/steering/{pair}/prime_effects.parquet",
         prime_means="results/steering/{pair}/prime_means.parquet",
         degeneration="results/steering/{pair}/degeneration.parquet",
+        judge_failures="results/steering/{pair}/judge_failures.parquet",
         headline="results/steering/{pair}/headline.json",
     params:
-        settings=steering_settings,
+        settings=steering_analysis_settings,
         code=script_code("analyse_steering.py"),
     log:
         "results/logs/analyse_steering/{pair}.log",
@@ -78,6 +114,7 @@ rule plot_steering:
         judge=report("results/figures/steering/{pair}/dose_response_judge.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_dose_response.rst", labels={"pair": "{pair}", "figure": "dose response (judge scorer)"}),
         degeneration=report("results/figures/steering/{pair}/degeneration.png", category="1. The Neutral Mask", subcategory="{pair}: steering", caption="../report/steering_degeneration.rst", labels={"pair": "{pair}", "figure": "degeneration"}),
     params:
+        settings=steering_analysis_settings,
         code=script_code("plot_steering.py"),
     log:
         "results/logs/plot_steering/{pair}.log",
