@@ -41,7 +41,7 @@ def compute():
     log.info("dose unit: base median residual norm %.4g at layer %d", norm, layer)
     pf = w_dec = None
     if "policy_features" in sm.input.keys():
-        from rlhf_audit.sae import load_sae
+        from rlhf_audit.sae.load import load_sae
 
         pf = pl.read_parquet(sm.input.policy_features)
         w_dec = load_sae(p["sae_spec"]).W_dec.detach().float().cpu().numpy()
