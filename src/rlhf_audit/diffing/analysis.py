@@ -53,6 +53,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
     """One pass: firing counts, per-statement squared error and total variance per model,
     Latent Scaling sums for ``candidates`` and (``top``) per-latent top statements."""
     info = paired_info(paired_path)
+    # [batch, n_latents] activations stay under ~256 MiB whatever the dictionary size
+    batch_rows = min(batch_rows, max(128, 2**26 // cc.n_latents))
     mu = torch.tensor([info["mean_base"], info["mean_instruct"]], dtype=torch.float32)
     mu = mu * cc.scale[:, None]
     L = cc.n_latents
@@ -265,3 +267,72 @@ def random_max_abs_cos(d: int, n: int, n_draws: int = 1000, seed: int = 0) -> np
         v = rng.standard_normal((n, d))
         out[i] = np.abs(v[:, 0] / np.linalg.norm(v, axis=1)).max()
     return out
+
+
+def partisan_direction(path: str | os.PathLike | None, layer: int,
+                       method: str) -> np.ndarray | None:
+    """The base model's partisan direction at ``layer`` from the partisan study's
+    directions table, or None (no partisan study, or that layer was not fitted)."""
+    if not path:
+        return None
+    t = pl.read_parquet(path).filter((pl.col("model") == "base") & (pl.col("layer") == layer)
+                                     & (pl.col("method") == method))
+    if t.height != 1:
+        log.warning("%s: no base %r direction at layer %d: cos_partisan stays null", path,
+                    method, layer)
+        return None
+    return np.asarray(t["direction"][0], np.float64)
+
+
+def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame, directions,
+                 method: str, settings: DiffingSettings, outputs: dict,
+                 provenance: dict | None = None) -> dict:
+    """Rule analyse_diffing: write latents, top statements, diff-SAE latents and summary.json."""
+    import json
+
+    from rlhf_audit.diffing.diff_sae import load_diff_sae_decoder
+    from rlhf_audit.io import write_json, write_table
+
+    direction = partisan_direction(directions, settings.layer, method)
+    texts = dict(zip(prompts["id"].cast(pl.String), prompts["text"], strict=True))
+    res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts)
+    lat = res["latents"]
+    top = res["top_statements"]
+    lat = lat.join(top.group_by("latent").agg(pl.col("prompt_id").sort_by("rank")
+                                              .alias("top_statements")), on="latent", how="left")
+    d = len(lat["decoder_base"][0])
+    W = load_diff_sae_decoder(diff_sae_dir)
+    ds = diff_sae_table(W, lat, direction)
+    dsum = json.loads((Path(diff_sae_dir) / "training_summary.json").read_text())
+    ds = ds.with_columns(pl.Series("firing_rate", dsum["firing_rate"], dtype=pl.Float64))
+    nulls = {}
+    if direction is not None:
+        for c in ("instruct_only", "base_only"):
+            n = int((lat["class_scaled"] == c).sum())
+            nulls[c] = random_max_abs_cos(d, n, seed=settings.seed).tolist()
+    rng = np.random.default_rng(settings.seed)
+    R = _unit(rng.standard_normal((1000, d)))
+    null_match = np.abs(R @ _unit(W.astype(np.float64)).T).max(1)
+    sel = lat.filter(pl.col("class_scaled") == "instruct_only")
+    best = []
+    if sel.height:
+        Dd = np.asarray(sel["decoder_instruct"].to_list(), np.float64) - np.asarray(
+            sel["decoder_base"].to_list(), np.float64)
+        best = np.abs(_unit(Dd) @ _unit(W.astype(np.float64)).T).max(1).tolist()
+    cos_p = ds["cos_partisan"].drop_nulls().abs()
+    summary = {
+        "per_seed": res["per_seed"], "statement_errors": {
+            "statements": res["statement_errors"]["statements"],
+            "sse": res["statement_errors"]["sse"].tolist(),
+            "sst": res["statement_errors"]["sst"].tolist()},
+        "nulls": nulls,
+        "diff_sae": {"fve": dsum["fve"], "n_tokens": dsum["n_tokens"], "n_latents": W.shape[0],
+                     "best_cos_instruct_only": best, "null_match": null_match.tolist(),
+                     "max_abs_cos_partisan": float(cos_p.max()) if len(cos_p) else None},
+        "settings": settings.to_dict(), "has_partisan_direction": direction is not None,
+    }
+    write_table(lat, outputs["latents"], provenance)
+    write_table(top, outputs["top_statements"], provenance)
+    write_table(ds, outputs["diff_sae_latents"], provenance)
+    write_json(summary, outputs["summary"])
+    return summary

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from rlhf_audit.diffing.paired import iter_paired, paired_info
-from rlhf_audit.diffing.settings import DiffingSettings
+from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
 from rlhf_audit.io import write_json
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ def train_crosscoders(paired_path: str | os.PathLike, out_dir: str | os.PathLike
     """Train ``settings.n_seeds`` crosscoders into ``out_dir/seed-{s}/``; ``out_dir/index.json``
     lists them (the first is the one analysed latent by latent)."""
     out_dir = Path(out_dir)
+    device = resolve_device(device)
     seeds = [settings.seed + i for i in range(settings.n_seeds)]
     runs = []
     for s in seeds:

@@ -76,3 +76,12 @@ class DiffingSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when visible, else "cpu"; other values unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
