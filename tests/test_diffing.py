@@ -238,3 +238,57 @@ def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models,
     assert out["top_statements"]["text"].null_count() == 0
     with pytest.raises(ValueError, match="no 'token' rows at layer 0"):
         pair_token_rows(tmp_path / "b", tmp_path / "i", 0, tmp_path / "x.parquet")
+
+
+def test_rule_functions_analyse_summarise_plot(tmp_path):
+    """analyse_pair -> summarise_pair -> figures on a planted pair with a partisan direction
+    equal to the planted instruct-only direction."""
+    import json
+
+    from rlhf_audit.diffing.analysis import analyse_pair
+    from rlhf_audit.diffing.diff_sae import train_diff_sae
+    from rlhf_audit.diffing.figures import plot_latent_scaling, plot_relative_norms
+    from rlhf_audit.diffing.summary import summarise_pair
+    from rlhf_audit.report import documented_key
+
+    Xb, Xi, ids, vb, vi = synthetic_pair(n=20000, seed=6)
+    paired = tmp_path / "paired.parquet"
+    write_paired(Xb, Xi, ids, paired)
+    s = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 300, batch_size=256, lr=1e-2,
+                        n_seeds=2, diff_sae_latents=64, diff_sae_k=4, diff_sae_tokens=256 * 100,
+                        layer=3)
+    train_crosscoders(paired, tmp_path / "cc", s)
+    train_diff_sae(paired, tmp_path / "dsae", s)
+    pl.DataFrame({"model": ["base", "base"], "layer": [3, 2], "method": ["diffmean"] * 2,
+                  "direction": [vi.tolist(), vb.tolist()]}).write_parquet(tmp_path / "dir.parquet")
+    prompts = pl.DataFrame({"id": sorted(set(ids)), "text": [f"t {i}" for i in
+                                                             sorted(set(ids))]})
+    outs = {k: str(tmp_path / f"{k}.{e}") for k, e in (
+        ("latents", "parquet"), ("top_statements", "parquet"), ("diff_sae_latents", "parquet"),
+        ("summary", "json"))}
+    analyse_pair(paired=paired, crosscoder_dir=tmp_path / "cc", diff_sae_dir=tmp_path / "dsae",
+                 prompts=prompts, directions=tmp_path / "dir.parquet", method="diffmean",
+                 settings=s, outputs=outs)
+    lat = pl.read_parquet(outs["latents"])
+    assert lat.schema["decoder_base"] == pl.Array(pl.Float32, D)
+    inst = lat.filter(pl.col("class_scaled") == "instruct_only")
+    assert inst.height >= 1 and inst["cos_partisan"].abs().max() >= 0.9
+    ds = pl.read_parquet(outs["diff_sae_latents"])
+    assert ds["cos_partisan"].abs().max() >= 0.9  # the diff-SAE finds vi too
+    steering = pl.DataFrame({"model": ["base"] * 6, "vector": ["instruct_only"] * 6,
+                             "alpha": [-1.0, 0.0, 1.0] * 2, "question_id": ["a"] * 3 + ["b"] * 3,
+                             "projection": [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]})
+    steering.write_parquet(tmp_path / "steer.parquet")
+    summarise_pair(outs["summary"], tmp_path / "steer.parquet", tmp_path / "headline.json",
+                   n_boot=200)
+    h = json.loads((tmp_path / "headline.json").read_text())
+    assert h["n_instruct_only"]["n"] == 2 and h["n_instruct_only"]["value"] >= 1
+    assert h["max_abs_cos_partisan_instruct_only"]["value"] >= 0.9
+    assert h["null_max_abs_cos_instruct_only"]["hi"] < 0.5
+    assert 0 < h["fve_base"]["lo"] <= h["fve_base"]["value"] <= h["fve_base"]["hi"] <= 1
+    assert h["steer_slope_base_instruct_only"]["value"] == pytest.approx(1.5)
+    assert h["diff_sae_match_instruct_only"]["value"] > h["null_diff_sae_match"]["hi"]
+    assert all(documented_key(f"diffing.pair.{k}") for k in h)
+    plot_relative_norms(lat, tmp_path / "rel.png", 0.2, 0.8, "pair")
+    plot_latent_scaling(lat, tmp_path / "ls.png", 0.5, "pair")
+    assert (tmp_path / "rel.png").stat().st_size > 0 and (tmp_path / "ls.pdf").exists()
