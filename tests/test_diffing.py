@@ -292,3 +292,44 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     plot_relative_norms(lat, tmp_path / "rel.png", 0.2, 0.8, "pair")
     plot_latent_scaling(lat, tmp_path / "ls.png", 0.5, "pair")
     assert (tmp_path / "rel.png").stat().st_size > 0 and (tmp_path / "ls.pdf").exists()
+
+
+def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
+    from rlhf_audit.diffing.behaviour import steer_pair
+
+    d = 32
+    rng = np.random.default_rng(0)
+    dec = rng.standard_normal((2, d)).astype(np.float32)
+    lat = pl.DataFrame({
+        "latent": [0, 1], "relative_norm": [0.95, 0.05], "firing_rate": [0.1, 0.1],
+        "class_scaled": ["instruct_only", "base_only"],
+        "decoder_base": pl.Series([np.zeros(d).tolist(), dec[1].tolist()],
+                                  dtype=pl.Array(pl.Float32, d)),
+        "decoder_instruct": pl.Series([dec[0].tolist(), np.zeros(d).tolist()],
+                                      dtype=pl.Array(pl.Float32, d))})
+    lat.write_parquet(tmp_path / "latents.parquet")
+    X = rng.standard_normal((50, d))
+    write_paired(X, X, [f"s{i}" for i in range(50)], tmp_path / "paired.parquet", layer=1)
+    (tmp_path / "q.jsonl").write_text("".join(
+        f'{{"id": "q{i}", "issue": "tax", "question": "should we cut the tax ?"}}\n'
+        for i in range(2)))
+    pl.DataFrame({"model": ["base"], "layer": [1], "method": ["diffmean"],
+                  "direction": [rng.standard_normal(d).tolist()]}).write_parquet(
+        tmp_path / "dir.parquet")
+    spec = {"spec": {"path": str(tiny_models)}, "device": "cpu", "dtype": "float32"}
+    models = {"base": {**spec, "chat": False}, "instruct": {**spec, "chat": True}}
+    steer = {"layer": 1, "alphas": [1.0], "n_questions": 2, "max_new_tokens": 4, "seed": 0,
+             "method": "diffmean"}
+    t = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
+                   questions=tmp_path / "q.jsonl", directions=tmp_path / "dir.parquet",
+                   models=models, steer=steer, out=tmp_path / "steer.parquet")
+    assert set(t["model"]) == {"base", "instruct"}
+    assert set(t["vector"]) == {"instruct_only", "base_only", "random"}
+    assert t.height == 2 * 3 * 3 * 2  # models x vectors x alphas (-1, 0, 1) x questions
+    assert t["projection"].null_count() < t.height
+    got = dict(zip(t["vector"], t["latent"], strict=False))
+    assert got == {"instruct_only": 0, "base_only": 1, "random": -1}
+    none = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
+                      questions=tmp_path / "q.jsonl", directions=None, models=models,
+                      steer=steer, out=tmp_path / "steer2.parquet")
+    assert none["projection"].null_count() == none.height  # no partisan study: null scores
