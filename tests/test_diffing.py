@@ -83,6 +83,12 @@ def test_identical_models_have_no_model_specific_latents(tmp_path):
     assert live.height > 0.5 * t.height
     assert live.filter(pl.col("class").is_in(["base_only", "instruct_only"])).height == 0
     assert (live["relative_norm"] - 0.5).abs().max() < 0.15
+    # The decoders started as independent random directions per model (cos ~ 0 at d = 512):
+    # training on identical activations must have made them agree.
+    db = np.asarray(live["decoder_base"].to_list())
+    di = np.asarray(live["decoder_instruct"].to_list())
+    cos = (db * di).sum(1) / np.linalg.norm(db, axis=1) / np.linalg.norm(di, axis=1)
+    assert np.quantile(cos, 0.1) > 0.95
 
 
 def _hand_built(d, dirs, thr=1e-3):

@@ -530,14 +530,14 @@ def report_models(wildcards):
 # ---- diffing
 
 
-def study_enabled(study):
+def diffing_study_enabled(study):
     """Whether the config runs ``study`` (every study when there is no 'studies' key)."""
     chosen = config.get("studies")
     return chosen is None or study in chosen
 
 
 def diffing_pairs():
-    return pairs_for("diffing") if study_enabled("diffing") else []
+    return pairs_for("diffing") if diffing_study_enabled("diffing") else []
 
 
 def diffing_token_layers():
@@ -574,7 +574,7 @@ def diffing_pair_inputs(wildcards):
 
 def diffing_partisan_directions(pair):
     """The partisan study's directions for the pair, or nothing when it does not run."""
-    if study_enabled("partisan") and pair in pairs_for("partisan"):
+    if diffing_study_enabled("partisan") and pair in pairs_for("partisan"):
         return {"directions": f"results/partisan/{pair}/directions.parquet"}
     return {}
 
