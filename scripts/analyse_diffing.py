@@ -15,4 +15,5 @@ analyse_pair(
     paired=sm.input.paired, crosscoder_dir=Path(sm.input.crosscoder).parent,
     diff_sae_dir=Path(sm.input.diff_sae).parent, prompts=pl.read_parquet(sm.input.prompts),
     directions=sm.input.get("directions"), method=sm.params.method, settings=settings,
-    outputs=dict(sm.output), provenance=provenance(sm.rule, params={"settings": settings}))
+    outputs=dict(sm.output), provenance=provenance(sm.rule, params={"settings": settings}),
+    device=sm.params.device)

@@ -72,8 +72,11 @@ rule analyse_diffing:
     params:
         settings=diffing_settings,
         method=config["partisan"]["methods"][0],
+        device=diffing_device(),
         code=script_code("analyse_diffing.py"),
     threads: 1
+    resources:
+        gpu=gpu_count(),
     log:
         "results/logs/analyse_diffing/{pair}.log",
     benchmark:

@@ -24,7 +24,7 @@ import torch
 from rlhf_audit.diffing.crosscoder import BatchTopKCrossCoder, load_crosscoder
 from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
 from rlhf_audit.diffing.paired import iter_paired, paired_info
-from rlhf_audit.diffing.settings import DiffingSettings
+from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
     # [batch, n_latents] activations stay under ~256 MiB whatever the dictionary size
     batch_rows = min(batch_rows, max(128, 2**26 // cc.n_latents))
     mu = torch.tensor([info["mean_base"], info["mean_instruct"]], dtype=torch.float32)
-    mu = mu * cc.scale[:, None]
+    dev = cc.W_dec.device
+    mu = mu.to(dev) * cc.scale[:, None]
     L = cc.n_latents
     fired = np.zeros(L, np.int64)
     stmt_index: dict[str, int] = {}
@@ -68,7 +69,7 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
     m = settings.top_statements
     n_tok = 0
     for meta, xb, xi in iter_paired(paired_path, batch_rows, meta=True):
-        x = cc.normalise(torch.from_numpy(xb), torch.from_numpy(xi))
+        x = cc.normalise(torch.from_numpy(xb).to(dev), torch.from_numpy(xi).to(dev))
         recon, f = cc(x)
         pid = meta["prompt_id"].to_list()
         for p in pid:
@@ -77,8 +78,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
                 sse.append(np.zeros(2))
                 sst.append(np.zeros(2))
         si = np.fromiter((stmt_index[p] for p in pid), np.int64, len(pid))
-        e = (x - recon).pow(2).sum(-1).double().numpy()  # [B, 2]
-        t = (x - mu).pow(2).sum(-1).double().numpy()
+        e = (x - recon).pow(2).sum(-1).double().cpu().numpy()  # [B, 2]
+        t = (x - mu).pow(2).sum(-1).double().cpu().numpy()
         acc_e = np.zeros((len(stmt_index), 2))
         acc_t = np.zeros((len(stmt_index), 2))
         np.add.at(acc_e, si, e)
@@ -87,13 +88,14 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
             sse[k] += acc_e[k]
             sst[k] += acc_t[k]
         rows, lat = torch.nonzero(f, as_tuple=True)
-        fired += np.bincount(lat.numpy(), minlength=L)
+        acts = f[rows, lat].cpu().numpy()
+        rows, lat = rows.cpu().numpy(), lat.cpu().numpy()
+        fired += np.bincount(lat, minlength=L)
         if sums is not None:
             sums.add(x, recon, f)
         if top and len(rows):
-            d = pl.DataFrame({"latent": lat.numpy().astype(np.int32),
-                              "stmt": si[rows.numpy()].astype(np.int32),
-                              "activation": f[rows, lat].numpy()})
+            d = pl.DataFrame({"latent": lat.astype(np.int32),
+                              "stmt": si[rows].astype(np.int32), "activation": acts})
             d = d.group_by(["latent", "stmt"]).agg(pl.col("activation").max())
             best = d if best is None else pl.concat([best, d]).group_by(
                 ["latent", "stmt"]).agg(pl.col("activation").max())
@@ -115,7 +117,7 @@ def fve(sse: np.ndarray, sst: np.ndarray) -> float:
 def latent_table(cc: BatchTopKCrossCoder, ev: dict, settings: DiffingSettings,
                  partisan_direction: np.ndarray | None = None) -> pl.DataFrame:
     """The per-latent table (columns in the module docstring)."""
-    W = cc.W_dec.detach().numpy().astype(np.float32)  # [2, L, d]
+    W = cc.W_dec.detach().cpu().numpy().astype(np.float32)  # [2, L, d]
     nb, ni = np.linalg.norm(W[0], axis=1), np.linalg.norm(W[1], axis=1)
     with np.errstate(all="ignore"):
         rel = ni / (nb + ni)
@@ -161,7 +163,7 @@ def scaling_candidates(cc: BatchTopKCrossCoder, settings: DiffingSettings,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Latents given Latent Scaling: every model-specific one by decoder norms, plus a
     random sample of shared ones as reference; and each one's own model (0 base, 1 instruct)."""
-    n = cc.decoder_norms().detach().numpy()
+    n = cc.decoder_norms().detach().cpu().numpy()
     rel = n[1] / (n[0] + n[1])
     specific = np.flatnonzero((rel <= settings.base_only_max) | (rel >= settings.instruct_only_min))
     shared = np.setdiff1d(np.arange(len(rel)), specific)
@@ -187,7 +189,7 @@ def top_statements(ev: dict, texts: dict[str, str] | None = None) -> pl.DataFram
 
 def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os.PathLike,
                         settings: DiffingSettings, partisan_direction: np.ndarray | None = None,
-                        texts: dict[str, str] | None = None) -> dict:
+                        texts: dict[str, str] | None = None, device: str = "cpu") -> dict:
     """Every seed's crosscoder evaluated; the primary one's latent and top-statement tables.
 
     Returns {"latents", "top_statements" (frames), "per_seed" (one dict per seed: class
@@ -200,7 +202,7 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
     index = json.loads((crosscoder_dir / "index.json").read_text())
     per_seed, out = [], {}
     for run in index["runs"]:
-        cc = load_crosscoder(crosscoder_dir / run["dir"])
+        cc = load_crosscoder(crosscoder_dir / run["dir"]).to(resolve_device(device))
         primary = run["dir"] == index["primary"]
         cand, own = scaling_candidates(cc, settings, run["seed"])
         ev = evaluate(cc, paired_path, settings, candidates=cand, own=own, top=primary)
@@ -286,7 +288,7 @@ def partisan_direction(path: str | os.PathLike | None, layer: int,
 
 def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame, directions,
                  method: str, settings: DiffingSettings, outputs: dict,
-                 provenance: dict | None = None) -> dict:
+                 provenance: dict | None = None, device: str = "cpu") -> dict:
     """Rule analyse_diffing: write latents, top statements, diff-SAE latents and summary.json."""
     import json
 
@@ -295,7 +297,7 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
 
     direction = partisan_direction(directions, settings.layer, method)
     texts = dict(zip(prompts["id"].cast(pl.String), prompts["text"], strict=True))
-    res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts)
+    res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts, device)
     lat = res["latents"]
     top = res["top_statements"]
     lat = lat.join(top.group_by("latent").agg(pl.col("prompt_id").sort_by("rank")

@@ -29,16 +29,17 @@ class ScalingSums:
     """Streaming sums for the betas of latents ``latents`` (own model index ``own``, 0/1)."""
 
     def __init__(self, W_dec: torch.Tensor, latents: np.ndarray, own: np.ndarray):
-        self.idx = torch.as_tensor(np.asarray(latents, np.int64))
-        own_t = torch.as_tensor(np.asarray(own, np.int64))
+        dev = W_dec.device
+        self.idx = torch.as_tensor(np.asarray(latents, np.int64), device=dev)
+        own_t = torch.as_tensor(np.asarray(own, np.int64), device=dev)
         self.own = own_t
         self.U = W_dec[own_t, self.idx].detach()  # [c, d]
         # s[m, j] = <d_j^m, u_j>: latent j's own contribution in model m, along u_j
         self.s = (W_dec[:, self.idx].detach() * self.U[None]).sum(-1)  # [2, c]
         c = len(self.idx)
-        self.num = {t: torch.zeros(2, c, dtype=torch.float64) for t in TARGETS}
-        self.den = torch.zeros(c, dtype=torch.float64)
-        self.count = torch.zeros(c, dtype=torch.long)
+        self.num = {t: torch.zeros(2, c, dtype=torch.float64, device=dev) for t in TARGETS}
+        self.den = torch.zeros(c, dtype=torch.float64, device=dev)
+        self.count = torch.zeros(c, dtype=torch.long, device=dev)
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, recon: torch.Tensor, f: torch.Tensor) -> None:
@@ -58,13 +59,14 @@ class ScalingSums:
     def table(self) -> dict[str, np.ndarray]:
         """Per latent: beta_{target}_{base,instruct} and nu_{target} (other/own); NaN if the
         latent never fired."""
-        u2 = (self.U.double() ** 2).sum(-1)
-        den = self.den * u2
-        out: dict[str, np.ndarray] = {"latent": self.idx.numpy()}
-        own = self.own.numpy()
+        u2 = (self.U.double() ** 2).sum(-1).cpu()
+        den_raw = self.den.cpu()
+        den = den_raw * u2
+        out: dict[str, np.ndarray] = {"latent": self.idx.cpu().numpy()}
+        own = self.own.cpu().numpy()
         for t in TARGETS:
-            beta = (self.num[t] / den).numpy()
-            beta[:, self.den.numpy() == 0] = np.nan
+            beta = (self.num[t].cpu() / den).numpy()
+            beta[:, den_raw.numpy() == 0] = np.nan
             out[f"beta_{t}_base"], out[f"beta_{t}_instruct"] = beta[0], beta[1]
             b_own = beta[own, np.arange(len(own))]
             b_other = beta[1 - own, np.arange(len(own))]
