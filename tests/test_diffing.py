@@ -339,3 +339,23 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
                       questions=tmp_path / "q.jsonl", directions=None, models=models,
                       steer=steer, out=tmp_path / "steer2.parquet")
     assert none["projection"].null_count() == none.height  # no partisan study: null scores
+
+
+def test_training_rules_hold_no_figure_analysis_or_steering_code():
+    from pathlib import Path
+
+    from rlhf_audit.codehash import local_closure
+
+    root = Path(__file__).resolve().parents[1] / "scripts"
+
+    def modules(script):
+        return {p.as_posix().split("rlhf_audit/")[-1] for p in local_closure(root / script)
+                if "rlhf_audit" in p.as_posix()}
+
+    for script in ("train_diffing_crosscoder.py", "train_diffing_sae.py",
+                   "pair_diffing_activations.py"):
+        got = modules(script)
+        assert not got & {"diffing/figures.py", "plotting.py", "diffing/analysis.py",
+                          "diffing/behaviour.py", "steering.py", "diffing/summary.py"}, got
+    assert "diffing/crosscoder.py" not in modules("train_diffing_sae.py")
+    assert "diffing/crosscoder.py" not in modules("steer_diffing_latents.py")

@@ -22,6 +22,7 @@ import polars as pl
 import torch
 
 from rlhf_audit.diffing.crosscoder import BatchTopKCrossCoder, load_crosscoder
+from rlhf_audit.diffing.inputs import partisan_direction
 from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
 from rlhf_audit.diffing.paired import iter_paired, paired_info
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
@@ -269,21 +270,6 @@ def random_max_abs_cos(d: int, n: int, n_draws: int = 1000, seed: int = 0) -> np
         v = rng.standard_normal((n, d))
         out[i] = np.abs(v[:, 0] / np.linalg.norm(v, axis=1)).max()
     return out
-
-
-def partisan_direction(path: str | os.PathLike | None, layer: int,
-                       method: str) -> np.ndarray | None:
-    """The base model's partisan direction at ``layer`` from the partisan study's
-    directions table, or None (no partisan study, or that layer was not fitted)."""
-    if not path:
-        return None
-    t = pl.read_parquet(path).filter((pl.col("model") == "base") & (pl.col("layer") == layer)
-                                     & (pl.col("method") == method))
-    if t.height != 1:
-        log.warning("%s: no base %r direction at layer %d: cos_partisan stays null", path,
-                    method, layer)
-        return None
-    return np.asarray(t["direction"][0], np.float64)
 
 
 def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame, directions,

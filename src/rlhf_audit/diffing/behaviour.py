@@ -77,7 +77,7 @@ def steer_and_score(model, tok, chat: bool, role: str, scorer, questions: dict[s
 def steer_pair(*, latents, paired, questions, directions, models: dict, steer: dict, out,
                provenance: dict | None = None) -> pl.DataFrame:
     """Rule steer_diffing_latents: load both models, steer, score, write ``out``."""
-    from rlhf_audit.diffing.analysis import partisan_direction
+    from rlhf_audit.diffing.inputs import partisan_direction
     from rlhf_audit.diffing.paired import paired_info
     from rlhf_audit.io import write_table
     from rlhf_audit.models import load_causal_lm
