@@ -138,8 +138,9 @@ def latent_table(cc: BatchTopKCrossCoder, ev: dict, settings: DiffingSettings,
         "latent": np.arange(L, dtype=np.int32), "norm_base": nb, "norm_instruct": ni,
         "relative_norm": rel, "class": cls.tolist(), "firing_rate": firing,
         "cos_partisan": pl.Series(cos.tolist(), dtype=pl.Float64),
-        "decoder_base": pl.Series(W[0].tolist(), dtype=pl.Array(pl.Float32, W.shape[2])),
-        "decoder_instruct": pl.Series(W[1].tolist(), dtype=pl.Array(pl.Float32, W.shape[2])),
+        # straight from numpy: no per-float Python objects at 131k x 4096
+        "decoder_base": pl.Series("decoder_base", np.ascontiguousarray(W[0])),
+        "decoder_instruct": pl.Series("decoder_instruct", np.ascontiguousarray(W[1])),
     })
     cols = ["beta_error_base", "beta_error_instruct", "beta_recon_base", "beta_recon_instruct",
             "nu_error", "nu_recon"]
@@ -242,8 +243,8 @@ def diff_sae_table(W_dec: np.ndarray, latents: pl.DataFrame,
     n = W.shape[0]
     out = {"latent": np.arange(n, dtype=np.int32)}
     if sel.height:
-        D = np.asarray(sel["decoder_instruct"].to_list(), np.float64) - np.asarray(
-            sel["decoder_base"].to_list(), np.float64)
+        D = (sel["decoder_instruct"].to_numpy().astype(np.float64)
+             - sel["decoder_base"].to_numpy().astype(np.float64))
         C = np.abs(W @ _unit(D).T)
         out["best_cos_instruct_only"] = C.max(1)
         out["best_instruct_only_latent"] = sel["latent"].to_numpy()[C.argmax(1)]
@@ -288,7 +289,7 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
     top = res["top_statements"]
     lat = lat.join(top.group_by("latent").agg(pl.col("prompt_id").sort_by("rank")
                                               .alias("top_statements")), on="latent", how="left")
-    d = len(lat["decoder_base"][0])
+    d = lat.schema["decoder_base"].size
     W = load_diff_sae_decoder(diff_sae_dir)
     ds = diff_sae_table(W, lat, direction)
     dsum = json.loads((Path(diff_sae_dir) / "training_summary.json").read_text())
@@ -304,8 +305,8 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
     sel = lat.filter(pl.col("class_scaled") == "instruct_only")
     best = []
     if sel.height:
-        Dd = np.asarray(sel["decoder_instruct"].to_list(), np.float64) - np.asarray(
-            sel["decoder_base"].to_list(), np.float64)
+        Dd = (sel["decoder_instruct"].to_numpy().astype(np.float64)
+              - sel["decoder_base"].to_numpy().astype(np.float64))
         best = np.abs(_unit(Dd) @ _unit(W.astype(np.float64)).T).max(1).tolist()
     cos_p = ds["cos_partisan"].drop_nulls().abs()
     summary = {

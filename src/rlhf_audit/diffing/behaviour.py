@@ -52,7 +52,7 @@ def steering_vectors(latents: pl.DataFrame, layer: int, norm: float,
             v = -v
         vecs[name] = (layer, scaled(v, norm))
         ids[name] = j
-    d = len(latents["decoder_base"][0])
+    d = latents.schema["decoder_base"].size
     vecs["random"] = (layer, random_vector(d, norm, seed))
     ids["random"] = -1
     return {"vectors": vecs, "latents": ids}
@@ -83,7 +83,9 @@ def steer_pair(*, latents, paired, questions, directions, models: dict, steer: d
     from rlhf_audit.models import load_causal_lm
 
     layer = steer["layer"]
-    lat = pl.read_parquet(latents)
+    # only the candidates' rows: the table holds every latent's two decoders
+    lat = pl.scan_parquet(latents).filter(
+        pl.col("class_scaled").is_in(["instruct_only", "base_only"])).collect()
     direction = partisan_direction(directions, layer, steer["method"])
     q = pl.read_ndjson(questions).head(steer["n_questions"])
     qs = dict(zip(q["id"].to_list(), q["question"].to_list(), strict=True))
