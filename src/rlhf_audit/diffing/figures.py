@@ -9,6 +9,8 @@ import polars as pl
 
 from rlhf_audit.plotting import new_figure, save_figure
 
+CLIP = (-0.25, 1.5)
+"""Latent Scaling ratios are drawn clipped to this range (points at the edge lie beyond)."""
 COLOURS = {"base_only": "tab:blue", "shared": "tab:grey", "instruct_only": "tab:red"}
 
 
@@ -43,11 +45,16 @@ def plot_latent_scaling(latents: pl.DataFrame, png_path: str | os.PathLike,
     for cls, colour in COLOURS.items():
         g = t.filter(pl.col("class") == cls)
         label = f"{cls} ({g.height})" + (" reference" if cls == "shared" else "")
-        ax.scatter(g["nu_recon"], g["nu_error"], s=10, alpha=0.7, color=colour, label=label)
+        # Shared latents' own error beta is near 0, so their ratios can be huge: clip.
+        x = np.clip(g["nu_recon"].to_numpy(), *CLIP)
+        y = np.clip(g["nu_error"].to_numpy(), *CLIP)
+        ax.scatter(x, y, s=10, alpha=0.7, color=colour, label=label)
     ax.axvline(max_ratio, ls="--", lw=0.8, color="k")
     ax.axhline(max_ratio, ls="--", lw=0.8, color="k")
-    ax.set_xlabel("nu_recon  (other model's reconstruction beta / own)")
-    ax.set_ylabel("nu_error  (other model's error beta / own)")
+    ax.set_xlim(CLIP[0] - 0.05, CLIP[1] + 0.05)
+    ax.set_ylim(CLIP[0] - 0.05, CLIP[1] + 0.05)
+    ax.set_xlabel("nu_recon: reconstruction beta, other / own model")
+    ax.set_ylabel("nu_error: error beta, other / own model")
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=7)
     save_figure(fig, png_path)
