@@ -37,6 +37,7 @@ include: "workflow/rules/sae.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/reward.smk"
+include: "workflow/rules/diffing.smk"
 include: "workflow/rules/report.smk"
 
 

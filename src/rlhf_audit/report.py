@@ -327,18 +327,21 @@ STUDY_TITLES = {
     "steering": "The Neutral Mask: steering and identity primes (claims 4-5)",
     "calibration": "Resisting Correction: injected confidence",
     "reward": "SEAL: reward-model error analysis",
+    "diffing": "Model diffing: crosscoder, Latent Scaling and diff-SAE",
 }
 
 
 def key_docs() -> dict[str, dict[str, str]]:
     """Study -> {key (or template with {feature}) -> description}, from the study modules."""
     from rlhf_audit import calibration, partisan, sae, seal, steering
+    from rlhf_audit.diffing import summary as diffing_summary
     from rlhf_audit.organism import train
     from rlhf_audit.sae import select as _sae_keys  # noqa: F401  (the hash sees the SAE keys)
 
     return {"organism": dict(train.HEADLINE_KEYS), "partisan": dict(partisan.HEADLINE_KEYS),
             "sae": dict(sae.HEADLINE_KEYS), "steering": dict(steering.HEADLINE_KEYS),
-            "calibration": dict(calibration.HEADLINE_KEYS), "reward": dict(seal.HEADLINE_KEYS)}
+            "calibration": dict(calibration.HEADLINE_KEYS), "reward": dict(seal.HEADLINE_KEYS),
+            "diffing": dict(diffing_summary.HEADLINE_KEYS)}
 
 
 def documented_key(full_key: str) -> bool:

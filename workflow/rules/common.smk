@@ -84,7 +84,8 @@ def normalised(name):
 
 def all_targets():
     """Everything a full run makes: the headline, the claims table and every figure."""
-    return ["results/headline.json", *figure_targets()]
+    return ["results/headline.json", *figure_targets(),
+            *diffing_targets()]
 
 
 def dataset_params(wildcards):
@@ -120,7 +121,8 @@ def extract_model_params(wildcards):
 
 def extract_settings(wildcards):
     e = config["extract"]
-    token_layers = sorted({s["layer"] for s in config["sae"]["saes"].values()})
+    token_layers = sorted({s["layer"] for s in config["sae"]["saes"].values()}
+                          | diffing_token_layers())
     return {"layers": e["layers"], "positions": list(e["positions"]),
             "token_layers": token_layers, "dtype": e["dtype"],
             "max_length": e["max_length"], "batch_size": e["batch_size"],
@@ -614,6 +616,8 @@ def _fragments():
         out[("calibration", pair)] = f"results/calibration/{pair}/headline.json"
     for rpair in reward_pairs():
         out[("reward", rpair)] = f"results/reward/{rpair}/headline.json"
+    for pair in diffing_pairs():
+        out[("diffing", pair)] = f"results/diffing/{pair}/headline.json"
     return out
 
 
@@ -645,3 +649,99 @@ def report_models(wildcards):
     """Every model and SAE the run names, for the report's provenance section."""
     return {"models": config["models"], "reward_models": config["reward_models"],
             "saes": config["sae"]["saes"]}
+
+
+# ---- diffing
+
+
+def diffing_study_enabled(study):
+    """Whether the config runs ``study`` (every study when there is no 'studies' key)."""
+    chosen = config.get("studies")
+    return chosen is None or study in chosen
+
+
+def diffing_pairs():
+    return pairs_for("diffing") if diffing_study_enabled("diffing") else []
+
+
+def diffing_token_layers():
+    """The diffing layer, whose per-token rows extraction must write, when diffing runs."""
+    return {config["diffing"]["layer"]} if diffing_pairs() else set()
+
+
+def diffing_device():
+    return "cuda" if config["device"] == "cuda" else (
+        "cpu" if config["device"] == "cpu" else "auto")
+
+
+def diffing_settings(wildcards):
+    d = config["diffing"]
+    keys = ("layer", "n_latents", "k", "training_tokens", "batch_size", "lr", "n_seeds", "seed",
+            "base_only_max", "instruct_only_min", "max_scaling_ratio", "top_statements",
+            "n_boot")
+    out = {k: d[k] for k in keys}
+    out.update(diff_sae_latents=d["diff_sae"]["n_latents"], diff_sae_k=d["diff_sae"]["k"],
+               diff_sae_tokens=d["diff_sae"]["training_tokens"])
+    return out
+
+
+def diffing_pair_settings(wildcards):
+    return {"layer": config["diffing"]["layer"], "seed": config["diffing"]["seed"]}
+
+
+def diffing_pair_inputs(wildcards):
+    ds = config["diffing"]["dataset"]
+    m = pair_models(wildcards.pair)
+    return {"base_shards": shard_paths(m["base"], ds),
+            "instruct_shards": shard_paths(m["instruct"], ds)}
+
+
+def diffing_partisan_directions(pair):
+    """The partisan study's directions for the pair, or nothing when it does not run."""
+    if diffing_study_enabled("partisan") and pair in pairs_for("partisan"):
+        return {"directions": f"results/partisan/{pair}/directions.parquet"}
+    return {}
+
+
+def diffing_analysis_inputs(wildcards):
+    d = f"results/diffing/{wildcards.pair}"
+    return {"paired": f"{d}/paired.parquet", "crosscoder": f"{d}/crosscoder/index.json",
+            "diff_sae": f"{d}/diff_sae/cfg.json",
+            "prompts": normalised(config["diffing"]["dataset"]),
+            **diffing_partisan_directions(wildcards.pair)}
+
+
+def diffing_steering_inputs(wildcards):
+    d = f"results/diffing/{wildcards.pair}"
+    m = pair_models(wildcards.pair)
+    return {"latents": f"{d}/latents.parquet", "paired": f"{d}/paired.parquet",
+            "questions": config["steering"]["questions"],
+            "models": model_files(m["base"]) + model_files(m["instruct"]),
+            **diffing_partisan_directions(wildcards.pair)}
+
+
+def diffing_steering_models(wildcards):
+    return {role: {"name": model, "spec": model_spec(model), "device": config["device"],
+                   "dtype": config["dtype"],
+                   "chat": bool(config["extract"]["chat_template"][role])}
+            for role, model in pair_models(wildcards.pair).items()}
+
+
+def diffing_steering_settings(wildcards):
+    s = config["diffing"]["steer"]
+    return {"layer": config["diffing"]["layer"], "alphas": list(s["alphas"]),
+            "n_questions": s["n_questions"], "max_new_tokens": s["max_new_tokens"],
+            "seed": config["diffing"]["seed"], "method": config["partisan"]["methods"][0]}
+
+
+def diffing_summary_settings(wildcards):
+    return {"n_boot": config["diffing"]["n_boot"], "seed": config["diffing"]["seed"]}
+
+
+def diffing_targets():
+    """The diffing study's headline fragments and figures, per pair."""
+    out = []
+    for pair in diffing_pairs():
+        out += [f"results/diffing/{pair}/headline.json",
+                f"results/figures/diffing/{pair}/relative_norm.png"]
+    return out

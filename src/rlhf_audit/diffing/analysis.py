@@ -1,0 +1,327 @@
+"""The crosscoder's latents, one row each, and what the paired tokens say about them.
+
+Per latent: decoder norm per model (normalised units: each model's activations at
+mean norm sqrt(d_model)), ``relative_norm = norm_instruct / (norm_base +
+norm_instruct)``, a class (``base_only`` if relative_norm <= base_only_max,
+``instruct_only`` if >= instruct_only_min, else ``shared``; ``dead`` if it never fires
+on the paired tokens), Latent Scaling betas and ratios with ``class_scaled`` (a
+model-specific latent flagged by Latent Scaling becomes ``shared``), firing rate
+(share of paired tokens), cosine of its dominant decoder (the model with the larger
+norm) with the base model's partisan direction (null without one), and its
+top-activating statements. One streaming pass over the paired file per crosscoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from rlhf_audit.diffing.crosscoder import BatchTopKCrossCoder, load_crosscoder
+from rlhf_audit.diffing.inputs import partisan_direction
+from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
+from rlhf_audit.diffing.paired import iter_paired, paired_info
+from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
+
+log = logging.getLogger(__name__)
+
+N_SHARED_REFERENCE = 256
+"""Shared latents (random sample) given Latent Scaling ratios as a reference."""
+
+
+def classify(relative_norm: np.ndarray, firing: np.ndarray,
+             settings: DiffingSettings) -> np.ndarray:
+    """Class per latent (see module docstring)."""
+    r = np.asarray(relative_norm, float)
+    cls = np.where(r <= settings.base_only_max, "base_only",
+                   np.where(r >= settings.instruct_only_min, "instruct_only", "shared"))
+    return np.where(np.asarray(firing) > 0, cls, "dead").astype(object)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(n > 0, n, 1.0)
+
+
+@torch.no_grad()
+def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: DiffingSettings,
+             *, candidates: np.ndarray | None = None, own: np.ndarray | None = None,
+             top: bool = True, batch_rows: int = 4096) -> dict:
+    """One pass: firing counts, per-statement squared error and total variance per model,
+    Latent Scaling sums for ``candidates`` and (``top``) per-latent top statements."""
+    info = paired_info(paired_path)
+    # [batch, n_latents] activations stay under ~256 MiB whatever the dictionary size
+    batch_rows = min(batch_rows, max(128, 2**26 // cc.n_latents))
+    mu = torch.tensor([info["mean_base"], info["mean_instruct"]], dtype=torch.float32)
+    dev = cc.W_dec.device
+    mu = mu.to(dev) * cc.scale[:, None]
+    L = cc.n_latents
+    fired = np.zeros(L, np.int64)
+    stmt_index: dict[str, int] = {}
+    sse: list[np.ndarray] = []
+    sst: list[np.ndarray] = []
+    sums = ScalingSums(cc.W_dec, candidates, own) if candidates is not None and len(
+        candidates) else None
+    best = None
+    m = settings.top_statements
+    n_tok = 0
+    for meta, xb, xi in iter_paired(paired_path, batch_rows, meta=True):
+        x = cc.normalise(torch.from_numpy(xb).to(dev), torch.from_numpy(xi).to(dev))
+        recon, f = cc(x)
+        pid = meta["prompt_id"].to_list()
+        for p in pid:
+            if p not in stmt_index:
+                stmt_index[p] = len(stmt_index)
+                sse.append(np.zeros(2))
+                sst.append(np.zeros(2))
+        si = np.fromiter((stmt_index[p] for p in pid), np.int64, len(pid))
+        e = (x - recon).pow(2).sum(-1).double().cpu().numpy()  # [B, 2]
+        t = (x - mu).pow(2).sum(-1).double().cpu().numpy()
+        acc_e = np.zeros((len(stmt_index), 2))
+        acc_t = np.zeros((len(stmt_index), 2))
+        np.add.at(acc_e, si, e)
+        np.add.at(acc_t, si, t)
+        for k in np.unique(si):
+            sse[k] += acc_e[k]
+            sst[k] += acc_t[k]
+        rows, lat = torch.nonzero(f, as_tuple=True)
+        acts = f[rows, lat].cpu().numpy()
+        rows, lat = rows.cpu().numpy(), lat.cpu().numpy()
+        fired += np.bincount(lat, minlength=L)
+        if sums is not None:
+            sums.add(x, recon, f)
+        if top and len(rows):
+            d = pl.DataFrame({"latent": lat.astype(np.int32),
+                              "stmt": si[rows].astype(np.int32), "activation": acts})
+            d = d.group_by(["latent", "stmt"]).agg(pl.col("activation").max())
+            best = d if best is None else pl.concat([best, d]).group_by(
+                ["latent", "stmt"]).agg(pl.col("activation").max())
+            best = best.sort("activation", descending=True).group_by(
+                "latent", maintain_order=True).head(m)
+        n_tok += len(xb)
+    ids = list(stmt_index)
+    return {"n_tokens": n_tok, "fired": fired, "statements": ids, "sse": np.array(sse),
+            "sst": np.array(sst), "scaling": sums.table() if sums is not None else None,
+            "top": best if best is not None else pl.DataFrame(
+                schema={"latent": pl.Int32, "stmt": pl.Int32, "activation": pl.Float32})}
+
+
+def fve(sse: np.ndarray, sst: np.ndarray) -> float:
+    """Fraction of variance explained: 1 - sum squared error / sum squared deviation."""
+    return float(1.0 - np.sum(sse) / np.sum(sst)) if np.sum(sst) > 0 else float("nan")
+
+
+def latent_table(cc: BatchTopKCrossCoder, ev: dict, settings: DiffingSettings,
+                 partisan_direction: np.ndarray | None = None) -> pl.DataFrame:
+    """The per-latent table (columns in the module docstring)."""
+    W = cc.W_dec.detach().cpu().numpy().astype(np.float32)  # [2, L, d]
+    nb, ni = np.linalg.norm(W[0], axis=1), np.linalg.norm(W[1], axis=1)
+    with np.errstate(all="ignore"):
+        rel = ni / (nb + ni)
+    firing = ev["fired"] / max(ev["n_tokens"], 1)
+    cls = classify(rel, ev["fired"], settings)
+    dominant = np.where((ni >= nb)[:, None], W[1], W[0])
+    if partisan_direction is not None:
+        p = np.asarray(partisan_direction, np.float64).ravel()
+        if len(p) != W.shape[2]:
+            raise ValueError(f"partisan direction has {len(p)} dims, the crosscoder "
+                             f"{W.shape[2]}: is it from the diffing layer?")
+        cos = _unit(dominant.astype(np.float64)) @ (p / np.linalg.norm(p))
+    else:
+        cos = np.full(len(nb), None)
+    L = len(nb)
+    df = pl.DataFrame({
+        "latent": np.arange(L, dtype=np.int32), "norm_base": nb, "norm_instruct": ni,
+        "relative_norm": rel, "class": cls.tolist(), "firing_rate": firing,
+        "cos_partisan": pl.Series(cos.tolist(), dtype=pl.Float64),
+        # straight from numpy: no per-float Python objects at 131k x 4096
+        "decoder_base": pl.Series("decoder_base", np.ascontiguousarray(W[0])),
+        "decoder_instruct": pl.Series("decoder_instruct", np.ascontiguousarray(W[1])),
+    })
+    cols = ["beta_error_base", "beta_error_instruct", "beta_recon_base", "beta_recon_instruct",
+            "nu_error", "nu_recon"]
+    if ev["scaling"] is not None:
+        s = pl.DataFrame({k: ev["scaling"][k] for k in ["latent", *cols]}).with_columns(
+            pl.col("latent").cast(pl.Int32), pl.col(cols).fill_nan(None))
+        df = df.join(s, on="latent", how="left")
+    else:
+        df = df.with_columns([pl.lit(None, pl.Float64).alias(c) for c in cols])
+    specific = pl.col("class").is_in(["base_only", "instruct_only"])
+    flag = pl.Series(scaling_flag(df["nu_error"].fill_null(np.nan).to_numpy(),
+                                  df["nu_recon"].fill_null(np.nan).to_numpy(),
+                                  settings.max_scaling_ratio))
+    df = df.with_columns(
+        pl.when(specific).then(flag).otherwise(None).alias("scaling_flag"))
+    return df.with_columns(
+        pl.when(specific & pl.col("scaling_flag")).then(pl.lit("shared"))
+        .otherwise(pl.col("class")).alias("class_scaled"))
+
+
+def scaling_candidates(cc: BatchTopKCrossCoder, settings: DiffingSettings,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Latents given Latent Scaling: every model-specific one by decoder norms, plus a
+    random sample of shared ones as reference; and each one's own model (0 base, 1 instruct)."""
+    n = cc.decoder_norms().detach().cpu().numpy()
+    rel = n[1] / (n[0] + n[1])
+    specific = np.flatnonzero((rel <= settings.base_only_max) | (rel >= settings.instruct_only_min))
+    shared = np.setdiff1d(np.arange(len(rel)), specific)
+    rng = np.random.default_rng(seed)
+    ref = rng.choice(shared, min(len(shared), N_SHARED_REFERENCE), replace=False)
+    idx = np.sort(np.concatenate([specific, ref])).astype(np.int64)
+    return idx, (rel[idx] >= 0.5).astype(np.int64)
+
+
+def top_statements(ev: dict, texts: dict[str, str] | None = None) -> pl.DataFrame:
+    """latent, rank (0 = strongest), prompt_id, text (if given), activation (max over tokens)."""
+    t = ev["top"].sort(["latent", "activation"], descending=[False, True])
+    ids = np.asarray(ev["statements"], dtype=object)
+    pid = ids[t["stmt"].to_numpy()] if t.height else np.array([], dtype=object)
+    out = t.with_columns(pl.Series("prompt_id", pid.tolist(), dtype=pl.String),
+                         (pl.col("latent").cum_count().over("latent") - 1).cast(pl.Int32)
+                         .alias("rank")).select("latent", "rank", "prompt_id", "activation")
+    if texts is not None:
+        out = out.with_columns(pl.col("prompt_id").replace_strict(texts, default=None)
+                               .alias("text"))
+    return out
+
+
+def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os.PathLike,
+                        settings: DiffingSettings, partisan_direction: np.ndarray | None = None,
+                        texts: dict[str, str] | None = None, device: str = "cpu") -> dict:
+    """Every seed's crosscoder evaluated; the primary one's latent and top-statement tables.
+
+    Returns {"latents", "top_statements" (frames), "per_seed" (one dict per seed: class
+    counts before/after Latent Scaling, FVE per model, dead share), "statement_errors"
+    (primary seed: per-statement sse/sst per model, for the FVE bootstrap)}.
+    """
+    import json
+
+    crosscoder_dir = Path(crosscoder_dir)
+    index = json.loads((crosscoder_dir / "index.json").read_text())
+    per_seed, out = [], {}
+    for run in index["runs"]:
+        cc = load_crosscoder(crosscoder_dir / run["dir"]).to(resolve_device(device))
+        primary = run["dir"] == index["primary"]
+        cand, own = scaling_candidates(cc, settings, run["seed"])
+        ev = evaluate(cc, paired_path, settings, candidates=cand, own=own, top=primary)
+        table = latent_table(cc, ev, settings, partisan_direction)
+        counts = {f"n_{c}": int((table["class"] == c).sum()) for c in
+                  ("base_only", "shared", "instruct_only", "dead")}
+        counts |= {f"n_{c}_scaled": int((table["class_scaled"] == c).sum()) for c in
+                   ("base_only", "instruct_only")}
+        rec = {"seed": run["seed"], **counts,
+               "fve_base": fve(ev["sse"][:, 0], ev["sst"][:, 0]),
+               "fve_instruct": fve(ev["sse"][:, 1], ev["sst"][:, 1]),
+               "dead_share": counts["n_dead"] / cc.n_latents}
+        if partisan_direction is not None:
+            for c in ("instruct_only", "base_only"):
+                sel = table.filter(pl.col("class_scaled") == c)["cos_partisan"].abs()
+                rec[f"max_abs_cos_partisan_{c}"] = float(sel.max()) if len(sel) else None
+                rec[f"n_for_cos_{c}"] = len(sel)
+        per_seed.append(rec)
+        if primary:
+            out["latents"] = table
+            out["top_statements"] = top_statements(ev, texts)
+            out["statement_errors"] = {"statements": ev["statements"], "sse": ev["sse"],
+                                       "sst": ev["sst"]}
+        log.info("crosscoder %s: %s", run["dir"], rec)
+    out["per_seed"] = per_seed
+    return out
+
+
+def diff_sae_table(W_dec: np.ndarray, latents: pl.DataFrame,
+                   partisan_direction: np.ndarray | None = None) -> pl.DataFrame:
+    """Per diff-SAE latent (decoder rows ``W_dec`` [n, d]): |cos| with the partisan direction
+    and the best |cos| with a crosscoder instruct-only latent (after Latent Scaling) along its
+    instruct-minus-base decoder."""
+    W = _unit(np.asarray(W_dec, np.float64))
+    sel = latents.filter(pl.col("class_scaled") == "instruct_only")
+    n = W.shape[0]
+    out = {"latent": np.arange(n, dtype=np.int32)}
+    if sel.height:
+        D = (sel["decoder_instruct"].to_numpy().astype(np.float64)
+             - sel["decoder_base"].to_numpy().astype(np.float64))
+        C = np.abs(W @ _unit(D).T)
+        out["best_cos_instruct_only"] = C.max(1)
+        out["best_instruct_only_latent"] = sel["latent"].to_numpy()[C.argmax(1)]
+    else:
+        out["best_cos_instruct_only"] = np.full(n, np.nan)
+        out["best_instruct_only_latent"] = np.full(n, -1, np.int32)
+    if partisan_direction is not None:
+        p = np.asarray(partisan_direction, np.float64).ravel()
+        out["cos_partisan"] = W @ (p / np.linalg.norm(p))
+    else:
+        out["cos_partisan"] = np.full(n, None)
+    return pl.DataFrame(out).with_columns(pl.col("best_cos_instruct_only").fill_nan(None),
+                                          pl.col("cos_partisan").cast(pl.Float64))
+
+
+def random_max_abs_cos(d: int, n: int, n_draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """Null of 'strongest |cos| of n latents with a direction': n random unit vectors in d
+    dims, n_draws times (by symmetry any fixed direction will do)."""
+    if n == 0:
+        return np.full(n_draws, np.nan)
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_draws)
+    for i in range(n_draws):
+        v = rng.standard_normal((n, d))
+        out[i] = np.abs(v[:, 0] / np.linalg.norm(v, axis=1)).max()
+    return out
+
+
+def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame, directions,
+                 method: str, settings: DiffingSettings, outputs: dict,
+                 provenance: dict | None = None, device: str = "cpu") -> dict:
+    """Rule analyse_diffing: write latents, top statements, diff-SAE latents and summary.json."""
+    import json
+
+    from rlhf_audit.diffing.diff_sae import load_diff_sae_decoder
+    from rlhf_audit.io import write_json, write_table
+
+    direction = partisan_direction(directions, settings.layer, method)
+    texts = dict(zip(prompts["id"].cast(pl.String), prompts["text"], strict=True))
+    res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts, device)
+    lat = res["latents"]
+    top = res["top_statements"]
+    lat = lat.join(top.group_by("latent").agg(pl.col("prompt_id").sort_by("rank")
+                                              .alias("top_statements")), on="latent", how="left")
+    d = lat.schema["decoder_base"].size
+    W = load_diff_sae_decoder(diff_sae_dir)
+    ds = diff_sae_table(W, lat, direction)
+    dsum = json.loads((Path(diff_sae_dir) / "training_summary.json").read_text())
+    ds = ds.with_columns(pl.Series("firing_rate", dsum["firing_rate"], dtype=pl.Float64))
+    nulls = {}
+    if direction is not None:
+        for c in ("instruct_only", "base_only"):
+            n = int((lat["class_scaled"] == c).sum())
+            nulls[c] = random_max_abs_cos(d, n, seed=settings.seed).tolist()
+    rng = np.random.default_rng(settings.seed)
+    R = _unit(rng.standard_normal((1000, d)))
+    null_match = np.abs(R @ _unit(W.astype(np.float64)).T).max(1)
+    sel = lat.filter(pl.col("class_scaled") == "instruct_only")
+    best = []
+    if sel.height:
+        Dd = (sel["decoder_instruct"].to_numpy().astype(np.float64)
+              - sel["decoder_base"].to_numpy().astype(np.float64))
+        best = np.abs(_unit(Dd) @ _unit(W.astype(np.float64)).T).max(1).tolist()
+    cos_p = ds["cos_partisan"].drop_nulls().abs()
+    summary = {
+        "per_seed": res["per_seed"], "statement_errors": {
+            "statements": res["statement_errors"]["statements"],
+            "sse": res["statement_errors"]["sse"].tolist(),
+            "sst": res["statement_errors"]["sst"].tolist()},
+        "nulls": nulls,
+        "diff_sae": {"fve": dsum["fve"], "n_tokens": dsum["n_tokens"], "n_latents": W.shape[0],
+                     "best_cos_instruct_only": best, "null_match": null_match.tolist(),
+                     "max_abs_cos_partisan": float(cos_p.max()) if len(cos_p) else None},
+        "settings": settings.to_dict(), "has_partisan_direction": direction is not None,
+    }
+    write_table(lat, outputs["latents"], provenance)
+    write_table(top, outputs["top_statements"], provenance)
+    write_table(ds, outputs["diff_sae_latents"], provenance)
+    write_json(summary, outputs["summary"])
+    return summary

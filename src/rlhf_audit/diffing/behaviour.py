@@ -1,0 +1,111 @@
+"""Do the model-specific latents do anything? Steer both models with their decoders.
+
+The strongest instruct_only and base_only latents after Latent Scaling (highest
+relative-norm distance from 0.5, then firing rate) give steering vectors: the
+instruct decoder of the first, the base decoder of the second, plus a seeded random
+direction as the control, each scaled to the model's mean residual norm at the layer
+(so alpha is in units of one typical activation, as in the steering study) and, when
+a partisan direction exists, oriented toward it (+ = right). Both models are
+steered with the same vectors through :func:`rlhf_audit.steering.sweep` and every
+generation is scored with the steering study's projection scorer (the base model
+reads the text; its pooled activation is projected on the partisan direction).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+
+from rlhf_audit.steering import (
+    SteeringSettings,
+    projection_score,
+    random_vector,
+    scaled,
+    sweep,
+)
+
+log = logging.getLogger(__name__)
+
+
+def pick_latents(latents: pl.DataFrame) -> dict[str, tuple[int, np.ndarray]]:
+    """{"instruct_only": (latent, instruct decoder), "base_only": (latent, base decoder)} for
+    the classes that have a latent after Latent Scaling."""
+    out = {}
+    for cls, col in (("instruct_only", "decoder_instruct"), ("base_only", "decoder_base")):
+        sel = latents.filter(pl.col("class_scaled") == cls).with_columns(
+            (pl.col("relative_norm") - 0.5).abs().alias("_spec")).sort(
+            ["_spec", "firing_rate"], descending=True)
+        if sel.height:
+            out[cls] = (int(sel["latent"][0]), np.asarray(sel[col][0], np.float32))
+    return out
+
+
+def steering_vectors(latents: pl.DataFrame, layer: int, norm: float,
+                     direction: np.ndarray | None, seed: int = 0) -> dict:
+    """name -> (layer, vector) for :func:`rlhf_audit.steering.sweep`, and name -> latent."""
+    picked = pick_latents(latents)
+    vecs, ids = {}, {}
+    for name, (j, v) in picked.items():
+        if direction is not None and float(v @ direction) < 0:
+            v = -v
+        vecs[name] = (layer, scaled(v, norm))
+        ids[name] = j
+    d = latents.schema["decoder_base"].size
+    vecs["random"] = (layer, random_vector(d, norm, seed))
+    ids["random"] = -1
+    return {"vectors": vecs, "latents": ids}
+
+
+def steer_and_score(model, tok, chat: bool, role: str, scorer, questions: dict[str, str],
+                    vectors: dict, alphas: list[float], layer: int,
+                    direction: np.ndarray | None, settings: SteeringSettings) -> pl.DataFrame:
+    """Generations of one model under every vector x alpha, with a projection score.
+
+    ``scorer``: (base model, tokenizer) that reads the texts. Returns the sweep rows plus
+    ``projection`` (null without a partisan direction).
+    """
+    gens = sweep(model, tok, questions, vectors, alphas, settings=settings, model_name=role,
+                 chat=chat)
+    if direction is None:
+        return gens.with_columns(pl.lit(None, pl.Float64).alias("projection"))
+    proj = projection_score(scorer[0], scorer[1], gens["text"].to_list(), direction, layer)
+    return gens.with_columns(pl.Series("projection", proj, dtype=pl.Float64).fill_nan(None))
+
+
+def steer_pair(*, latents, paired, questions, directions, models: dict, steer: dict, out,
+               provenance: dict | None = None) -> pl.DataFrame:
+    """Rule steer_diffing_latents: load both models, steer, score, write ``out``."""
+    from rlhf_audit.diffing.inputs import partisan_direction
+    from rlhf_audit.diffing.paired import paired_info
+    from rlhf_audit.io import write_table
+    from rlhf_audit.models import load_causal_lm
+
+    layer = steer["layer"]
+    # only the candidates' rows: the table holds every latent's two decoders
+    lat = pl.scan_parquet(latents).filter(
+        pl.col("class_scaled").is_in(["instruct_only", "base_only"])).collect()
+    direction = partisan_direction(directions, layer, steer["method"])
+    q = pl.read_ndjson(questions).head(steer["n_questions"])
+    qs = dict(zip(q["id"].to_list(), q["question"].to_list(), strict=True))
+    info = paired_info(paired)
+    settings = SteeringSettings(layer=layer, max_new_tokens=steer["max_new_tokens"],
+                                seed=steer["seed"], batch_size=max(1, len(qs)))
+    loaded = {}
+    for role in ("base", "instruct"):
+        m = models[role]
+        model, tok = load_causal_lm(m["spec"], device=m["device"], dtype=m["dtype"])
+        loaded[role] = (model, tok, m["chat"])
+    rows = []
+    for role in ("base", "instruct"):
+        v = steering_vectors(lat, layer, info[f"mean_norm_{role}"], direction, steer["seed"])
+        model, tok, chat = loaded[role]
+        g = steer_and_score(model, tok, chat, role, loaded["base"][:2], qs, v["vectors"],
+                            list(steer["alphas"]), layer, direction, settings)
+        rows.append(g.with_columns(pl.col("vector").replace_strict(
+            v["latents"], default=-1, return_dtype=pl.Int32).alias("latent")))
+    table = pl.concat(rows)
+    write_table(table, out, provenance)
+    log.info("steered %d generations", table.height)
+    return table

@@ -1,0 +1,351 @@
+"""Paired per-token activations of identical text in two models, streamed to one file.
+
+The extraction shards hold "token" rows per model (layout in :mod:`rlhf_audit.extract`).
+The same statement is tokenised alike in both models, but the instruct model may see
+it inside a chat template (extra tokens before and after) and the base model after
+BOS. Per statement the two token-id sequences are aligned on their longest common
+contiguous block: those tokens are the statement's content as both models saw it, and
+only they are paired (template tokens never enter). If extraction already keeps only
+content tokens, the block is the whole sequence.
+
+The paired file (Parquet) has one row per paired token: ``prompt_id``, ``label``,
+``issue``, ``token_id``, ``token_index_base``, ``token_index_instruct`` and the two
+vectors ``base`` and ``instruct`` (fixed_size_list<float32>[d_model]). Rows are in a
+seeded random order (statements shuffled, then tokens within a chunk), in row groups
+of at most ``row_group_rows``, so a reader that takes row groups in random order sees
+mixed statements. Memory while pairing stays at about ``max_rows`` paired tokens plus
+one Parquet row group of a shard, whatever the number of statements.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from rlhf_audit.io import PROVENANCE_KEY, atomic_path
+
+log = logging.getLogger(__name__)
+
+PAIRED_META_KEY = b"rlhf_audit.diffing.paired"
+"""Schema-metadata key of the paired file: layer, d_model, counts, mean norms, means."""
+META = ["prompt_id", "label", "issue", "token_index", "token_id"]
+
+
+def align_tokens(ids_base: Sequence[int], ids_instruct: Sequence[int]) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+    """Positions (into each sequence) of their longest common contiguous block of token ids.
+
+    Returns two int arrays of equal length (empty if no token is shared).
+    """
+    a, b = list(map(int, ids_base)), list(map(int, ids_instruct))
+    m = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(
+        0, len(a), 0, len(b))
+    return np.arange(m.a, m.a + m.size), np.arange(m.b, m.b + m.size)
+
+
+def _files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    out: list[str] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            out += sorted(str(f) for f in p.glob("shard-*.parquet"))
+        elif p.exists():
+            out.append(str(p))
+        else:
+            raise FileNotFoundError(f"activation shard {p} does not exist")
+    if not out:
+        raise ValueError("no activation shards given")
+    return out
+
+
+def _token_filter(layer: int, prompt_ids: list[str] | None = None) -> pc.Expression:
+    f = (pc.field("layer") == layer) & (pc.field("position") == "token")
+    if prompt_ids is not None:
+        f = f & pc.field("prompt_id").isin(prompt_ids)
+    return f
+
+
+def _token_meta(files: list[str], layer: int, role: str) -> pl.DataFrame:
+    """Token-row metadata (no vectors) of every shard, with the shard index ``file``."""
+    frames = []
+    for i, f in enumerate(files):
+        t = pads.dataset(f, format="parquet").to_table(columns=META, filter=_token_filter(layer))
+        frames.append(pl.from_arrow(t).with_columns(pl.lit(i, pl.Int32).alias("file")))
+    meta = pl.concat(frames)
+    if meta.height == 0:
+        raise ValueError(
+            f"{role} shards (e.g. {files[0]}) hold no 'token' rows at layer {layer}: extract "
+            f"token rows at the diffing layer (diffing.layer is added to the extraction's "
+            f"token layers when the diffing study runs)")
+    twice = meta.group_by("prompt_id").agg(pl.col("file").n_unique().alias("n")).filter(
+        pl.col("n") > 1)
+    if twice.height:
+        raise ValueError(f"{role} shards: statements {twice['prompt_id'].head(5).to_list()} "
+                         "appear in more than one shard")
+    return meta
+
+
+def _pair_meta(mb: pl.DataFrame, mi: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """One row per paired token: prompt_id, label, issue, token_id, the two token indices
+    and the two shard indices."""
+    gb = mb.sort("token_index").group_by("prompt_id", maintain_order=True).agg(
+        "label", "issue", "token_index", "token_id", pl.col("file").first())
+    gi = mi.sort("token_index").group_by("prompt_id", maintain_order=True).agg(
+        "token_index", "token_id", pl.col("file").first())
+    only_b = set(gb["prompt_id"]) - set(gi["prompt_id"])
+    only_i = set(gi["prompt_id"]) - set(gb["prompt_id"])
+    if only_b or only_i:
+        raise ValueError(
+            f"base and instruct shards hold different statements (only base: "
+            f"{sorted(only_b)[:5]}, only instruct: {sorted(only_i)[:5]}); extract the same "
+            "dataset for both models")
+    j = gb.join(gi, on="prompt_id", suffix="_i").sort("prompt_id")
+    cols = {k: [] for k in ("prompt_id", "label", "issue", "token_id", "token_index_base",
+                            "token_index_instruct", "file_base", "file_instruct")}
+    n_b = n_i = n_short = 0
+    for r in j.iter_rows(named=True):
+        pb, pi = align_tokens(r["token_id"], r["token_id_i"])
+        n_b += len(r["token_id"])
+        n_i += len(r["token_id_i"])
+        if len(pb) < 0.5 * min(len(r["token_id"]), len(r["token_id_i"])):
+            n_short += 1
+        ids = np.asarray(r["token_id"])[pb]
+        n = len(pb)
+        cols["prompt_id"] += [r["prompt_id"]] * n
+        cols["label"] += [r["label"][0]] * n
+        cols["issue"] += [r["issue"][0]] * n
+        cols["token_id"] += ids.tolist()
+        cols["token_index_base"] += np.asarray(r["token_index"])[pb].tolist()
+        cols["token_index_instruct"] += np.asarray(r["token_index_i"])[pi].tolist()
+        cols["file_base"] += [r["file"]] * n
+        cols["file_instruct"] += [r["file_i"]] * n
+    pairs = pl.DataFrame(cols, schema={"prompt_id": pl.String, "label": pl.String,
+                                       "issue": pl.String, "token_id": pl.Int32,
+                                       "token_index_base": pl.Int32,
+                                       "token_index_instruct": pl.Int32,
+                                       "file_base": pl.Int32, "file_instruct": pl.Int32})
+    if n_short:
+        log.warning("%d statement(s) share less than half their tokens between the models",
+                    n_short)
+    stats = {"n_statements": j.height, "token_rows_base": n_b, "token_rows_instruct": n_i,
+             "statements_mostly_unpaired": n_short}
+    return pairs, stats
+
+
+def _vectors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    width = col.type.list_size
+    parts = [c.flatten().to_numpy(zero_copy_only=False).reshape(-1, width) for c in chunks]
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(
+        (0, width), np.float32)
+
+
+def _read_rows(file: str, layer: int, prompt_ids: list[str], keys: pl.DataFrame,
+               index_col: str) -> np.ndarray:
+    """Vectors of ``keys`` (prompt_id, index_col) rows of one shard, in the keys' order."""
+    t = pads.dataset(file, format="parquet").to_table(
+        columns=["prompt_id", "token_index", "vector"], filter=_token_filter(layer, prompt_ids))
+    X = _vectors(t.column("vector"))
+    have = pl.from_arrow(t.select(["prompt_id", "token_index"])).with_row_index("row")
+    got = keys.select("prompt_id", pl.col(index_col).alias("token_index")).join(
+        have, on=["prompt_id", "token_index"], how="left", maintain_order="left")
+    if got["row"].null_count():
+        raise ValueError(f"{file}: token rows vanished between reads")
+    return X[got["row"].to_numpy()]
+
+
+def _schema(d_model: int, metadata: dict[bytes, bytes]) -> pa.Schema:
+    vec = pa.list_(pa.float32(), d_model)
+    return pa.schema([("prompt_id", pa.string()), ("label", pa.string()), ("issue", pa.string()),
+                      ("token_id", pa.int32()), ("token_index_base", pa.int32()),
+                      ("token_index_instruct", pa.int32()), ("base", vec), ("instruct", vec)],
+                     metadata=metadata)
+
+
+def _fsl(X: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(X).ravel()),
+                                             X.shape[1])
+
+
+def pair_token_rows(
+    base_shards: str | os.PathLike | Sequence[str | os.PathLike],
+    instruct_shards: str | os.PathLike | Sequence[str | os.PathLike],
+    layer: int,
+    out_path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    max_rows: int = 65536,
+    row_group_rows: int = 8192,
+    provenance: dict | None = None,
+) -> dict:
+    """Pair the two models' token rows at ``layer`` and write the paired file atomically.
+
+    Returns (and stores in the file's metadata) the counts, the mean L2 norm of each
+    model's paired activations and each model's mean vector (for variance explained).
+    """
+    fb, fi = _files(base_shards), _files(instruct_shards)
+    pairs, stats = _pair_meta(_token_meta(fb, layer, "base"), _token_meta(fi, layer, "instruct"))
+    if pairs.height == 0:
+        raise ValueError("no token is shared between the base and instruct statements: "
+                         "are the two models' tokenizers the same?")
+    rng = np.random.default_rng(seed)
+    stmts = pairs.group_by("prompt_id", maintain_order=True).agg(
+        pl.col("file_base").first(), pl.col("file_instruct").first(), pl.len().alias("n"))
+    stmts = stmts[rng.permutation(stmts.height)]
+    # Chunks of statements that live in one (base shard, instruct shard) and fit max_rows.
+    chunks: list[list[str]] = []
+    for _, grp in stmts.group_by(["file_base", "file_instruct"], maintain_order=True):
+        cur, rows = [], 0
+        for pid, n in zip(grp["prompt_id"], grp["n"], strict=True):
+            if cur and rows + n > max_rows:
+                chunks.append(cur)
+                cur, rows = [], 0
+            cur.append(pid)
+            rows += n
+        if cur:
+            chunks.append(cur)
+    d_model = None
+    norm_sum = np.zeros(2)
+    vec_sum: np.ndarray | None = None
+    n_rows = 0
+    writer = None
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        try:
+            for ids in chunks:
+                keys = pairs.filter(pl.col("prompt_id").is_in(ids))
+                keys = keys[rng.permutation(keys.height)]
+                Xb = _read_rows(fb[keys["file_base"][0]], layer, ids, keys, "token_index_base")
+                Xi = _read_rows(fi[keys["file_instruct"][0]], layer, ids, keys,
+                                "token_index_instruct")
+                if d_model is None:
+                    d_model = Xb.shape[1]
+                    vec_sum = np.zeros((2, d_model))
+                    writer = pq.ParquetWriter(tmp, _schema(d_model, {}))
+                if Xb.shape[1] != d_model or Xi.shape[1] != d_model:
+                    raise ValueError(f"the two models' residual widths differ ({Xb.shape[1]} vs "
+                                     f"{Xi.shape[1]}): a crosscoder needs one d_model")
+                norm_sum += [np.linalg.norm(Xb, axis=1).sum(), np.linalg.norm(Xi, axis=1).sum()]
+                vec_sum += np.stack([Xb.sum(0, dtype=np.float64), Xi.sum(0, dtype=np.float64)])
+                n_rows += len(Xb)
+                for s in range(0, keys.height, row_group_rows):
+                    k = keys.slice(s, row_group_rows)
+                    arrays = [pa.array(k[c].to_list(), t) for c, t in (
+                        ("prompt_id", pa.string()), ("label", pa.string()),
+                        ("issue", pa.string()), ("token_id", pa.int32()),
+                        ("token_index_base", pa.int32()), ("token_index_instruct", pa.int32()))]
+                    arrays += [_fsl(Xb[s:s + row_group_rows]), _fsl(Xi[s:s + row_group_rows])]
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
+        info = {"layer": int(layer), "d_model": int(d_model), "n_tokens": int(n_rows),
+                "mean_norm_base": float(norm_sum[0] / n_rows),
+                "mean_norm_instruct": float(norm_sum[1] / n_rows),
+                "mean_base": (vec_sum[0] / n_rows).tolist(),
+                "mean_instruct": (vec_sum[1] / n_rows).tolist(), **stats}
+        # Rewrite the footer metadata: ParquetWriter fixes it at open, so copy once.
+        meta = {PAIRED_META_KEY: json.dumps(info).encode()}
+        if provenance is not None:
+            meta[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str).encode()
+        _set_metadata(tmp, meta)
+    log.info("paired %d tokens of %d statements at layer %d", n_rows, stats["n_statements"],
+             layer)
+    return {k: v for k, v in info.items() if not k.startswith("mean_") or "norm" in k}
+
+
+def _set_metadata(path: Path, meta: dict[bytes, bytes]) -> None:
+    """Re-write ``path`` row group by row group with ``meta`` in its schema (streamed)."""
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow.with_metadata(meta)
+    tmp = path.with_suffix(".meta.tmp")
+    with pq.ParquetWriter(tmp, schema) as w:
+        for i in range(pf.num_row_groups):
+            w.write_table(pf.read_row_group(i).replace_schema_metadata(meta))
+    os.replace(tmp, path)
+
+
+def paired_info(path: str | os.PathLike) -> dict:
+    """The paired file's description (layer, d_model, n_tokens, mean norms and vectors)."""
+    meta = pq.read_schema(path).metadata or {}
+    if PAIRED_META_KEY not in meta:
+        raise ValueError(f"{path} is not a paired-activation file (no {PAIRED_META_KEY!r} "
+                         "metadata); make it with rlhf_audit.diffing.paired.pair_token_rows")
+    return json.loads(meta[PAIRED_META_KEY])
+
+
+def iter_paired(
+    path: str | os.PathLike,
+    batch_rows: int,
+    *,
+    seed: int | None = None,
+    meta: bool = False,
+) -> Iterator[tuple[pl.DataFrame | None, np.ndarray, np.ndarray]]:
+    """Stream ``(meta, X_base, X_instruct)`` batches ([batch_rows, d_model] float32 each).
+
+    ``seed`` given: row groups in a seeded random order and rows shuffled within each
+    (one pass = one epoch); None: file order. ``meta`` adds the prompt_id/label/token
+    columns (else None). Memory: one row group plus one batch.
+    """
+    pf = pq.ParquetFile(path)
+    order = np.arange(pf.num_row_groups)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    if rng is not None:
+        order = rng.permutation(order)
+    cols = ["base", "instruct"] + (["prompt_id", "label", "token_id"] if meta else [])
+    for g in order:
+        t = pf.read_row_group(int(g), columns=cols)
+        if rng is not None:
+            t = t.take(pa.array(rng.permutation(t.num_rows)))
+        Xb, Xi = _vectors(t.column("base")), _vectors(t.column("instruct"))
+        m = pl.from_arrow(t.select(cols[2:])) if meta else None
+        for s in range(0, t.num_rows, batch_rows):
+            yield (m.slice(s, batch_rows) if meta else None, Xb[s:s + batch_rows],
+                   Xi[s:s + batch_rows])
+
+
+def write_paired(
+    X_base: np.ndarray,
+    X_instruct: np.ndarray,
+    prompt_ids: Sequence[str],
+    out_path: str | os.PathLike,
+    *,
+    layer: int = 0,
+    labels: Sequence[str | None] | None = None,
+    row_group_rows: int = 8192,
+) -> dict:
+    """Write already-paired arrays [n, d_model] x 2 as a paired file (tests, synthetic data)."""
+    Xb, Xi = np.asarray(X_base, np.float32), np.asarray(X_instruct, np.float32)
+    if Xb.shape != Xi.shape or Xb.ndim != 2:
+        raise ValueError(f"paired arrays must share a [n, d_model] shape: {Xb.shape} {Xi.shape}")
+    n, d = Xb.shape
+    stats = {"n_statements": len(set(prompt_ids)), "token_rows_base": n,
+             "token_rows_instruct": n, "statements_mostly_unpaired": 0}
+    info = {"layer": int(layer), "d_model": int(d), "n_tokens": int(n),
+            "mean_norm_base": float(np.linalg.norm(Xb, axis=1).mean()),
+            "mean_norm_instruct": float(np.linalg.norm(Xi, axis=1).mean()),
+            "mean_base": Xb.mean(0, dtype=np.float64).tolist(),
+            "mean_instruct": Xi.mean(0, dtype=np.float64).tolist(), **stats}
+    schema = _schema(d, {PAIRED_META_KEY: json.dumps(info).encode()})
+    labels = list(labels) if labels is not None else [None] * n
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as w:
+        for s in range(0, n, row_group_rows):
+            e = min(n, s + row_group_rows)
+            arrays = [pa.array(list(prompt_ids[s:e]), pa.string()),
+                      pa.array(labels[s:e], pa.string()), pa.nulls(e - s, pa.string()),
+                      pa.array(np.zeros(e - s, np.int32)),
+                      pa.array(np.arange(s, e, dtype=np.int32)),
+                      pa.array(np.arange(s, e, dtype=np.int32)), _fsl(Xb[s:e]), _fsl(Xi[s:e])]
+            w.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    return info

@@ -1,0 +1,148 @@
+"""Headline numbers of the diffing study (``diffing.{pair}.{key}``); no torch import."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from rlhf_audit.stats import Estimate, bootstrap
+
+SEEDS = "min-max over crosscoder training seeds (value: the first seed)"
+
+HEADLINE_KEYS = {
+    "n_instruct_only": "Crosscoder latents classed instruct_only by relative decoder norm (count); "
+                       "interval: " + SEEDS,
+    "n_base_only": "Crosscoder latents classed base_only by relative decoder norm (count); "
+                   "interval: " + SEEDS,
+    "n_shared": "Crosscoder latents classed shared (count); interval: " + SEEDS,
+    "n_dead": "Crosscoder latents that never fire on the paired tokens (count); interval: " + SEEDS,
+    "n_instruct_only_scaled": "instruct_only latents that Latent Scaling does not explain by the "
+                              "base model (both ratios below diffing.max_scaling_ratio; count); "
+                              "interval: " + SEEDS,
+    "n_base_only_scaled": "base_only latents that Latent Scaling does not explain by the instruct "
+                          "model (count); interval: " + SEEDS,
+    "dead_share": "Share of crosscoder latents that never fire on the paired tokens; interval: "
+                  + SEEDS,
+    "fve_base": "Fraction of variance of the base model's (normalised) paired activations "
+                "explained by the crosscoder; interval: bootstrap over statements",
+    "fve_instruct": "Fraction of variance of the instruct model's paired activations explained "
+                    "by the crosscoder; interval: bootstrap over statements",
+    "max_abs_cos_partisan_instruct_only": "Strongest |cosine| between an instruct_only latent's "
+                                          "instruct decoder (after Latent Scaling) and the base "
+                                          "partisan direction; interval: " + SEEDS,
+    "max_abs_cos_partisan_base_only": "Strongest |cosine| between a base_only latent's base "
+                                      "decoder (after Latent Scaling) and the partisan direction; "
+                                      "interval: " + SEEDS,
+    "null_max_abs_cos_instruct_only": "Null for max_abs_cos_partisan_instruct_only: the same "
+                                      "maximum over as many random directions (median; interval: "
+                                      "2.5-97.5 percentiles of 1000 draws)",
+    "null_max_abs_cos_base_only": "Null for max_abs_cos_partisan_base_only (random directions, "
+                                  "as above)",
+    "diff_sae_fve": "Fraction of variance of the instruct-minus-base differences explained by "
+                    "the diff-SAE (no interval: one trained SAE on all paired tokens)",
+    "diff_sae_match_instruct_only": "Mean over instruct_only latents (after Latent Scaling) of "
+                                    "the best |cosine| between the latent's instruct-minus-base "
+                                    "decoder and a diff-SAE latent; interval: bootstrap over "
+                                    "those latents",
+    "null_diff_sae_match": "Null for diff_sae_match_instruct_only: mean best |cosine| of a random "
+                           "direction with the diff-SAE's latents (interval: 2.5-97.5 "
+                           "percentiles over 1000 random directions)",
+    "diff_sae_max_abs_cos_partisan": "Strongest |cosine| between a diff-SAE latent and the base "
+                                     "partisan direction (no interval)",
+    "steer_slope_{feature}": "Steering by a crosscoder latent's decoder ({feature} = "
+                             "model_vector: model base/instruct steered, vector instruct_only/"
+                             "base_only/random): slope of the projection score (base model's "
+                             "partisan direction, + = right) per unit alpha; interval: bootstrap "
+                             "over questions",
+}
+
+
+def _over_seeds(vals: list, unit: str) -> Estimate:
+    v = [float(x) for x in vals if x is not None and math.isfinite(float(x))]
+    if not v:
+        return Estimate(math.nan, math.nan, math.nan, 0, unit, SEEDS)
+    first = float(vals[0]) if vals[0] is not None else math.nan
+    return Estimate(first, min(v), max(v), len(v), unit, SEEDS)
+
+
+def _null(draws: np.ndarray) -> Estimate:
+    d = np.asarray(draws, float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return Estimate(math.nan, math.nan, math.nan, 0, "|cos|", "random directions")
+    lo, mid, hi = np.quantile(d, [0.025, 0.5, 0.975])
+    return Estimate(float(mid), float(lo), float(hi), len(d), "|cos|",
+                    "random directions, 2.5-97.5 percentiles")
+
+
+def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None,
+             steering: pl.DataFrame | None, *, nulls: dict | None = None,
+             n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
+    """Every headline estimate (see :data:`HEADLINE_KEYS`)."""
+    out: dict[str, Estimate] = {}
+    for c in ("instruct_only", "base_only", "shared", "dead"):
+        out[f"n_{c}"] = _over_seeds([r[f"n_{c}"] for r in per_seed], "latents")
+    for c in ("instruct_only", "base_only"):
+        out[f"n_{c}_scaled"] = _over_seeds([r[f"n_{c}_scaled"] for r in per_seed], "latents")
+    out["dead_share"] = _over_seeds([r["dead_share"] for r in per_seed], "share")
+    sse, sst = np.asarray(statement_errors["sse"]), np.asarray(statement_errors["sst"])
+    for m, name in enumerate(("base", "instruct")):
+        out[f"fve_{name}"] = bootstrap(lambda e, t: 1 - e.sum() / t.sum(), sse[:, m], sst[:, m],
+                                       n_boot=n_boot, seed=seed, unit="FVE")
+    for c in ("instruct_only", "base_only"):
+        key = f"max_abs_cos_partisan_{c}"
+        if key in per_seed[0]:
+            out[key] = _over_seeds([r[key] for r in per_seed], "|cos|")
+            if nulls and c in nulls:
+                out[f"null_max_abs_cos_{c}"] = _null(nulls[c])
+    if diff_sae is not None:
+        out["diff_sae_fve"] = Estimate(diff_sae["fve"], math.nan, math.nan, diff_sae["n_tokens"],
+                                       "FVE", "no interval")
+        best = np.asarray([x for x in diff_sae["best_cos_instruct_only"] if x is not None], float)
+        if len(best):
+            out["diff_sae_match_instruct_only"] = bootstrap(np.mean, best, n_boot=n_boot,
+                                                            seed=seed, unit="|cos|")
+        if diff_sae.get("null_match") is not None:
+            out["null_diff_sae_match"] = _null(diff_sae["null_match"])
+        if diff_sae.get("max_abs_cos_partisan") is not None:
+            out["diff_sae_max_abs_cos_partisan"] = Estimate(
+                diff_sae["max_abs_cos_partisan"], math.nan, math.nan,
+                diff_sae["n_latents"], "|cos|", "no interval")
+    if steering is not None and steering.height and "projection" in steering.columns:
+        for (model, vec), g in steering.group_by(["model", "vector"], maintain_order=True):
+            if vec == "none":
+                continue
+            g = g.filter(pl.col("projection").is_finite())
+            if g.height < 3:
+                continue
+            out[f"steer_slope_{model}_{vec}"] = bootstrap(
+                _slope, g["alpha"].to_numpy(), g["projection"].to_numpy(),
+                groups=g["question_id"].to_numpy(), n_boot=n_boot, seed=seed,
+                unit="projection per alpha")
+    return out
+
+
+def _slope(a: np.ndarray, y: np.ndarray) -> float:
+    a = np.asarray(a, float)
+    y = np.asarray(y, float)
+    va = np.var(a)
+    return float(np.cov(a, y, bias=True)[0, 1] / va) if va > 0 else math.nan
+
+
+def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
+                   seed: int = 0) -> None:
+    """Rule summarise_diffing: the pair's headline fragment from summary.json + steering."""
+    import json
+
+    from rlhf_audit.headline import write_fragment
+
+    with open(summary_path, encoding="utf-8") as f:
+        s = json.load(f)
+    steering = pl.read_parquet(steering_path) if steering_path else None
+    est = headline(s["per_seed"], s["statement_errors"], s["diff_sae"], steering,
+                   nulls=s["nulls"], n_boot=n_boot, seed=seed)
+    docs = {k: v for k, v in HEADLINE_KEYS.items() if "{" not in k}
+    docs |= {k: HEADLINE_KEYS["steer_slope_{feature}"] for k in est if k.startswith("steer_")}
+    write_fragment(est, docs, out_path)

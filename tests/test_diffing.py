@@ -1,0 +1,361 @@
+"""Model diffing on planted pairs: a crosscoder finds the direction only one model has,
+finds nothing model-specific in two identical models, and Latent Scaling flags latents
+whose model-specific look the other model explains."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from rlhf_audit.diffing.analysis import analyse_crosscoders, evaluate, latent_table
+from rlhf_audit.diffing.crosscoder import (
+    BatchTopKCrossCoder,
+    load_crosscoder,
+    save_crosscoder,
+    train_crosscoder,
+    train_crosscoders,
+)
+from rlhf_audit.diffing.paired import align_tokens, iter_paired, pair_token_rows, write_paired
+from rlhf_audit.diffing.settings import DiffingSettings
+
+D = 512
+FAST = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 300, batch_size=256, lr=1e-2,
+                       n_seeds=1)
+
+
+def synthetic_pair(n=20000, d=D, n_shared=96, seed=0, plant=True, identical=False):
+    """Paired activations built from sparse features plus decaying-spectrum noise.
+
+    Shared features sit in both models alike; with ``plant`` the base model also has a
+    direction vb the instruct model lacks and the instruct model a direction vi the base
+    lacks (each firing on 4% of tokens)."""
+    rng = np.random.default_rng(seed)
+    Dirs = rng.standard_normal((n_shared + 2, d))
+    Dirs /= np.linalg.norm(Dirs, axis=1, keepdims=True)
+    C = (rng.random((n, n_shared + 2)) < 0.04) * rng.exponential(1.0, (n, n_shared + 2))
+    spec = 0.05 * np.arange(1, d + 1) ** -0.5
+    shared = C[:, :n_shared] @ Dirs[:n_shared]
+    Xb = shared + rng.standard_normal((n, d)) * spec
+    Xi = Xb.copy() if identical else shared + rng.standard_normal((n, d)) * spec
+    if plant:
+        Xb += C[:, [n_shared]] * Dirs[n_shared] * 2
+        Xi += C[:, [n_shared + 1]] * Dirs[n_shared + 1] * 2
+    ids = [f"s{i // 20:05d}" for i in range(n)]
+    return Xb, Xi, ids, Dirs[n_shared], Dirs[n_shared + 1]
+
+
+def _train_table(tmp_path, Xb, Xi, ids, settings=FAST, seed=0):
+    path = tmp_path / f"paired-{seed}.parquet"
+    write_paired(Xb, Xi, ids, path)
+    cc = train_crosscoder(path, settings, seed=seed).model
+    ev = evaluate(cc, path, settings, top=False)
+    return cc, latent_table(cc, ev, settings)
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_model_specific_directions_are_recovered(tmp_path, seed):
+    Xb, Xi, ids, vb, vi = synthetic_pair(seed=seed)
+    _, t = _train_table(tmp_path, Xb, Xi, ids, seed=seed)
+    dec_i = np.asarray(t["decoder_instruct"].to_list())
+    dec_b = np.asarray(t["decoder_base"].to_list())
+    cos_i = np.abs(dec_i @ vi) / np.maximum(np.linalg.norm(dec_i, axis=1), 1e-12)
+    cos_b = np.abs(dec_b @ vb) / np.maximum(np.linalg.norm(dec_b, axis=1), 1e-12)
+    ji, jb = int(cos_i.argmax()), int(cos_b.argmax())
+    assert cos_i[ji] >= 0.9 and t["relative_norm"][ji] >= 0.8
+    assert t["class"][ji] == "instruct_only"
+    assert cos_b[jb] >= 0.9 and t["relative_norm"][jb] <= 0.2
+    assert t["class"][jb] == "base_only"
+    # Nothing else is model-specific: the shared features stay shared.
+    live = t.filter(pl.col("class") != "dead")
+    assert live.filter(pl.col("class") != "shared").height <= 4
+
+
+def test_identical_models_have_no_model_specific_latents(tmp_path):
+    Xb, Xi, ids, _, _ = synthetic_pair(seed=3, plant=False, identical=True)
+    _, t = _train_table(tmp_path, Xb, Xi, ids)
+    live = t.filter(pl.col("class") != "dead")
+    assert live.height > 0.5 * t.height
+    assert live.filter(pl.col("class").is_in(["base_only", "instruct_only"])).height == 0
+    assert (live["relative_norm"] - 0.5).abs().max() < 0.15
+    # The decoders started as independent random directions per model (cos ~ 0 at d = 512):
+    # training on identical activations must have made them agree.
+    db = np.asarray(live["decoder_base"].to_list())
+    di = np.asarray(live["decoder_instruct"].to_list())
+    cos = (db * di).sum(1) / np.linalg.norm(db, axis=1) / np.linalg.norm(di, axis=1)
+    assert np.quantile(cos, 0.1) > 0.95
+
+
+def _hand_built(d, dirs, thr=1e-3):
+    """Latents: 0 shared (a), 1 true instruct-only (v), 2 false instruct-only (w: base has it
+    but its base decoder is zero), 3 instruct-only z and 4 base-only z firing together."""
+    a, v, w, z = dirs
+    cc = BatchTopKCrossCoder(d, 5, 2)
+    with torch.no_grad():
+        cc.W_enc.zero_()
+        cc.W_dec.zero_()
+        cc.b_enc.zero_()
+        cc.b_dec.zero_()
+        for j, u in enumerate([a, v, w, z]):
+            cc.W_enc[1, :, j] = torch.tensor(u, dtype=torch.float32)
+        cc.W_enc[0, :, 4] = torch.tensor(z, dtype=torch.float32)
+        cc.W_dec[:, 0] = torch.tensor(a, dtype=torch.float32)
+        cc.W_dec[1, 1] = torch.tensor(v, dtype=torch.float32)
+        cc.W_dec[1, 2] = torch.tensor(w, dtype=torch.float32)
+        cc.W_dec[1, 3] = torch.tensor(z, dtype=torch.float32)
+        cc.W_dec[0, 4] = torch.tensor(z, dtype=torch.float32)
+        cc.threshold.fill_(thr)
+    return cc
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_latent_scaling_flags_false_model_specific_latents(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    d, n = D, 6000
+    q, _ = np.linalg.qr(rng.standard_normal((d, 4)))
+    dirs = q.T
+    a, v, w, z = dirs
+    c = (rng.random((n, 4)) < 0.1) * rng.exponential(1.0, (n, 4))
+    spec = 0.02 * np.arange(1, d + 1) ** -0.5
+    Xb = np.outer(c[:, 0], a) + np.outer(c[:, 2], w) + np.outer(c[:, 3], z)
+    Xi = Xb + np.outer(c[:, 1], v)
+    Xb = Xb + rng.standard_normal((n, d)) * spec
+    Xi = Xi + rng.standard_normal((n, d)) * spec
+    path = tmp_path / "p.parquet"
+    write_paired(Xb, Xi, [f"s{i // 10}" for i in range(n)], path)
+    cc = _hand_built(d, dirs)
+    settings = DiffingSettings(n_latents=8, k=2)
+    ev = evaluate(cc, path, settings, candidates=np.arange(5), own=np.array([1, 1, 1, 1, 0]),
+                  top=False)
+    t = latent_table(cc, ev, settings)
+    by = {r["latent"]: r for r in t.iter_rows(named=True)}
+    assert [by[j]["class"] for j in range(5)] == ["shared", "instruct_only", "instruct_only",
+                                                  "instruct_only", "base_only"]
+    # The true instruct-only latent: base neither errs nor reconstructs along v.
+    assert abs(by[1]["nu_error"]) < 0.1 and abs(by[1]["nu_recon"]) < 0.1
+    assert not by[1]["scaling_flag"] and by[1]["class_scaled"] == "instruct_only"
+    # Complete shrinkage: base has w but does not reconstruct it; its error holds it.
+    assert by[2]["nu_error"] > 0.9 and by[2]["scaling_flag"]
+    assert by[2]["class_scaled"] == "shared"
+    # Decoupling: each model rebuilds z with its own latent.
+    assert by[3]["nu_recon"] > 0.9 and by[4]["nu_recon"] > 0.9
+    assert by[3]["scaling_flag"] and by[4]["scaling_flag"]
+    assert by[0]["scaling_flag"] is None  # shared latents are not scaled-classified
+
+
+def test_align_tokens_takes_the_longest_common_block():
+    base = [11, 12, 13, 14]
+    inst = [1, 5, 2, 11, 12, 13, 14, 3, 6]
+    pb, pi = align_tokens(base, inst)
+    assert pb.tolist() == [0, 1, 2, 3] and pi.tolist() == [3, 4, 5, 6]
+    assert len(align_tokens([1, 2], [3, 4])[0]) == 0
+
+
+def test_save_load_roundtrip_and_seed_index(tmp_path):
+    Xb, Xi, ids, _, _ = synthetic_pair(n=3000, seed=4)
+    path = tmp_path / "p.parquet"
+    write_paired(Xb, Xi, ids, path)
+    s = DiffingSettings(n_latents=32, k=2, training_tokens=256 * 20, batch_size=256, n_seeds=2)
+    index = train_crosscoders(path, tmp_path / "cc", s)
+    assert index["seeds"] == [0, 1] and (tmp_path / "cc" / "seed-1" / "config.json").exists()
+    cc = load_crosscoder(tmp_path / "cc" / "seed-0")
+    x = cc.normalise(torch.from_numpy(Xb[:5].astype(np.float32)),
+                     torch.from_numpy(Xi[:5].astype(np.float32)))
+    save_crosscoder(cc, tmp_path / "again", {})
+    cc2 = load_crosscoder(tmp_path / "again")
+    assert torch.equal(cc(x)[0], cc2(x)[0])
+    out = analyse_crosscoders(path, tmp_path / "cc", s)
+    assert len(out["per_seed"]) == 2 and out["latents"].height == 32
+    assert out["latents"]["cos_partisan"].null_count() == 32  # no partisan study: null
+    assert out["top_statements"]["rank"].max() < s.top_statements
+    with pytest.raises(FileNotFoundError, match="holds no crosscoder"):
+        load_crosscoder(tmp_path)
+
+
+def test_iter_paired_streams_every_row_once(tmp_path):
+    Xb, Xi, ids, _, _ = synthetic_pair(n=2500, d=16, n_shared=4, seed=5)
+    path = tmp_path / "p.parquet"
+    write_paired(Xb, Xi, ids, path, row_group_rows=700)
+    got = [xb for _, xb, _ in iter_paired(path, 300, seed=1)]
+    assert all(len(g) <= 300 for g in got)
+    allb = np.concatenate(got)
+    assert allb.shape == Xb.shape
+    assert np.allclose(np.sort(allb[:, 0]), np.sort(Xb[:, 0].astype(np.float32)))
+
+
+# ---- through shards written by the real extraction code
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from tests.tiny import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("diff_models")
+    return save_tiny_llama(root / "m", seed=0, n_layers=2, hidden=32)
+
+
+def _extract(model_dir, prompts, out, chat):
+    from rlhf_audit.extract import ExtractSettings, extract_shard
+    from rlhf_audit.models import load_causal_lm
+
+    model, tok = load_causal_lm({"path": str(model_dir)}, device="cpu", dtype="float32")
+    s = ExtractSettings(layers=[1], positions=("mean", "token"), token_layers=(1,),
+                        dtype="float32", batch_size=8, max_length=64, chat_template=chat)
+    extract_shard(model, tok, prompts, s, out)
+    return tok
+
+
+def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models, tmp_path):
+    words = "the tax cut border wall climate policy health care guns rights vote market".split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, rng.integers(4, 9))) for _ in range(60)]
+    prompts = pl.DataFrame({"id": [f"p{i:03d}" for i in range(60)], "text": texts,
+                            "label": ["left", "right"] * 30})
+    tok = _extract(tiny_models, prompts.head(30), tmp_path / "b" / "shard-00000.parquet", False)
+    _extract(tiny_models, prompts.tail(30), tmp_path / "b" / "shard-00001.parquet", False)
+    _extract(tiny_models, prompts, tmp_path / "i" / "shard-00000.parquet", True)
+    info = pair_token_rows(tmp_path / "b", tmp_path / "i", 1, tmp_path / "paired.parquet")
+    n_content = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert info["n_statements"] == 60 and info["n_tokens"] == n_content
+    t = pl.read_parquet(tmp_path / "paired.parquet", columns=["prompt_id", "token_id",
+                                                             "token_index_base",
+                                                             "token_index_instruct"])
+    # Base sees BOS + text; instruct sees BOS + <|user|> + text: a fixed offset of one.
+    assert (t["token_index_instruct"] - t["token_index_base"]).unique().to_list() == [1]
+    first = t.filter(pl.col("prompt_id") == "p000").sort("token_index_base")
+    assert first["token_id"].to_list() == tok(texts[0], add_special_tokens=False)["input_ids"]
+    # The same model without a template on both sides: identical paired activations.
+    _extract(tiny_models, prompts, tmp_path / "j" / "shard-00000.parquet", False)
+    pair_token_rows(tmp_path / "b", tmp_path / "j", 1, tmp_path / "same.parquet")
+    for _, xb, xi in iter_paired(tmp_path / "same.parquet", 1000):
+        assert np.allclose(xb, xi, atol=1e-5)
+    s = DiffingSettings(n_latents=64, k=4, training_tokens=128 * 150, batch_size=128, lr=1e-2,
+                        n_seeds=1)
+    train_crosscoders(tmp_path / "same.parquet", tmp_path / "cc", s)
+    out = analyse_crosscoders(tmp_path / "same.parquet", tmp_path / "cc", s,
+                              texts=dict(zip(prompts["id"], prompts["text"], strict=True)))
+    lat = out["latents"]
+    assert lat.filter(pl.col("class").is_in(["base_only", "instruct_only"])).height == 0
+    assert out["top_statements"]["text"].null_count() == 0
+    with pytest.raises(ValueError, match="no 'token' rows at layer 0"):
+        pair_token_rows(tmp_path / "b", tmp_path / "i", 0, tmp_path / "x.parquet")
+
+
+def test_rule_functions_analyse_summarise_plot(tmp_path):
+    """analyse_pair -> summarise_pair -> figures on a planted pair with a partisan direction
+    equal to the planted instruct-only direction."""
+    import json
+
+    from rlhf_audit.diffing.analysis import analyse_pair
+    from rlhf_audit.diffing.diff_sae import train_diff_sae
+    from rlhf_audit.diffing.figures import plot_latent_scaling, plot_relative_norms
+    from rlhf_audit.diffing.summary import summarise_pair
+    from rlhf_audit.report import documented_key
+
+    Xb, Xi, ids, vb, vi = synthetic_pair(n=20000, seed=6)
+    paired = tmp_path / "paired.parquet"
+    write_paired(Xb, Xi, ids, paired)
+    s = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 300, batch_size=256, lr=1e-2,
+                        n_seeds=2, diff_sae_latents=64, diff_sae_k=4, diff_sae_tokens=256 * 100,
+                        layer=3)
+    train_crosscoders(paired, tmp_path / "cc", s)
+    train_diff_sae(paired, tmp_path / "dsae", s)
+    pl.DataFrame({"model": ["base", "base"], "layer": [3, 2], "method": ["diffmean"] * 2,
+                  "direction": [vi.tolist(), vb.tolist()]}).write_parquet(tmp_path / "dir.parquet")
+    prompts = pl.DataFrame({"id": sorted(set(ids)), "text": [f"t {i}" for i in
+                                                             sorted(set(ids))]})
+    outs = {k: str(tmp_path / f"{k}.{e}") for k, e in (
+        ("latents", "parquet"), ("top_statements", "parquet"), ("diff_sae_latents", "parquet"),
+        ("summary", "json"))}
+    analyse_pair(paired=paired, crosscoder_dir=tmp_path / "cc", diff_sae_dir=tmp_path / "dsae",
+                 prompts=prompts, directions=tmp_path / "dir.parquet", method="diffmean",
+                 settings=s, outputs=outs)
+    lat = pl.read_parquet(outs["latents"])
+    assert lat.schema["decoder_base"] == pl.Array(pl.Float32, D)
+    inst = lat.filter(pl.col("class_scaled") == "instruct_only")
+    assert inst.height >= 1 and inst["cos_partisan"].abs().max() >= 0.9
+    ds = pl.read_parquet(outs["diff_sae_latents"])
+    assert ds["cos_partisan"].abs().max() >= 0.9  # the diff-SAE finds vi too
+    steering = pl.DataFrame({"model": ["base"] * 6, "vector": ["instruct_only"] * 6,
+                             "alpha": [-1.0, 0.0, 1.0] * 2, "question_id": ["a"] * 3 + ["b"] * 3,
+                             "projection": [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]})
+    steering.write_parquet(tmp_path / "steer.parquet")
+    summarise_pair(outs["summary"], tmp_path / "steer.parquet", tmp_path / "headline.json",
+                   n_boot=200)
+    h = json.loads((tmp_path / "headline.json").read_text())
+    assert h["n_instruct_only"]["n"] == 2 and h["n_instruct_only"]["value"] >= 1
+    assert h["max_abs_cos_partisan_instruct_only"]["value"] >= 0.9
+    assert h["null_max_abs_cos_instruct_only"]["hi"] < 0.5
+    assert 0 < h["fve_base"]["lo"] <= h["fve_base"]["value"] <= h["fve_base"]["hi"] <= 1
+    assert h["steer_slope_base_instruct_only"]["value"] == pytest.approx(1.5)
+    assert h["diff_sae_match_instruct_only"]["value"] > h["null_diff_sae_match"]["hi"]
+    assert all(documented_key(f"diffing.pair.{k}") for k in h)
+    plot_relative_norms(lat, tmp_path / "rel.png", 0.2, 0.8, "pair")
+    plot_latent_scaling(lat, tmp_path / "ls.png", 0.5, "pair")
+    assert (tmp_path / "rel.png").stat().st_size > 0 and (tmp_path / "ls.pdf").exists()
+
+
+def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
+    from rlhf_audit.diffing.behaviour import steer_pair
+
+    d = 32
+    rng = np.random.default_rng(0)
+    dec = rng.standard_normal((2, d)).astype(np.float32)
+    lat = pl.DataFrame({
+        "latent": [0, 1], "relative_norm": [0.95, 0.05], "firing_rate": [0.1, 0.1],
+        "class_scaled": ["instruct_only", "base_only"],
+        "decoder_base": pl.Series([np.zeros(d).tolist(), dec[1].tolist()],
+                                  dtype=pl.Array(pl.Float32, d)),
+        "decoder_instruct": pl.Series([dec[0].tolist(), np.zeros(d).tolist()],
+                                      dtype=pl.Array(pl.Float32, d))})
+    lat.write_parquet(tmp_path / "latents.parquet")
+    X = rng.standard_normal((50, d))
+    write_paired(X, X, [f"s{i}" for i in range(50)], tmp_path / "paired.parquet", layer=1)
+    (tmp_path / "q.jsonl").write_text("".join(
+        f'{{"id": "q{i}", "issue": "tax", "question": "should we cut the tax ?"}}\n'
+        for i in range(2)))
+    pl.DataFrame({"model": ["base"], "layer": [1], "method": ["diffmean"],
+                  "direction": [rng.standard_normal(d).tolist()]}).write_parquet(
+        tmp_path / "dir.parquet")
+    spec = {"spec": {"path": str(tiny_models)}, "device": "cpu", "dtype": "float32"}
+    models = {"base": {**spec, "chat": False}, "instruct": {**spec, "chat": True}}
+    steer = {"layer": 1, "alphas": [1.0], "n_questions": 2, "max_new_tokens": 4, "seed": 0,
+             "method": "diffmean"}
+    t = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
+                   questions=tmp_path / "q.jsonl", directions=tmp_path / "dir.parquet",
+                   models=models, steer=steer, out=tmp_path / "steer.parquet")
+    assert set(t["model"]) == {"base", "instruct"}
+    assert set(t["vector"]) == {"instruct_only", "base_only", "random"}
+    assert t.height == 2 * 3 * 3 * 2  # models x vectors x alphas (-1, 0, 1) x questions
+    assert t["projection"].null_count() < t.height
+    got = dict(zip(t["vector"], t["latent"], strict=False))
+    assert got == {"instruct_only": 0, "base_only": 1, "random": -1}
+    none = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
+                      questions=tmp_path / "q.jsonl", directions=None, models=models,
+                      steer=steer, out=tmp_path / "steer2.parquet")
+    assert none["projection"].null_count() == none.height  # no partisan study: null scores
+
+
+def test_training_rules_hold_no_figure_analysis_or_steering_code():
+    from pathlib import Path
+
+    from rlhf_audit.codehash import local_closure
+
+    root = Path(__file__).resolve().parents[1] / "scripts"
+
+    def modules(script):
+        return {p.as_posix().split("rlhf_audit/")[-1] for p in local_closure(root / script)
+                if "rlhf_audit" in p.as_posix()}
+
+    for script in ("train_diffing_crosscoder.py", "train_diffing_sae.py",
+                   "pair_diffing_activations.py"):
+        got = modules(script)
+        assert not got & {"diffing/figures.py", "plotting.py", "diffing/analysis.py",
+                          "diffing/behaviour.py", "steering.py", "diffing/summary.py"}, got
+    assert "diffing/crosscoder.py" not in modules("train_diffing_sae.py")
+    assert "diffing/crosscoder.py" not in modules("steer_diffing_latents.py")
