@@ -174,7 +174,7 @@ def test_partisan_only_config_runs_end_to_end_on_tiny_models(tmp_path):
 
     copy_code, _, snakemake = _workflow()
     code = copy_code(tmp_path / "code")
-    full = yaml.safe_load(make_tiny_scenario(code, n_statements=80).read_text())
+    full = yaml.safe_load(make_tiny_scenario(code).read_text())
     cfg = {"studies": ["partisan"], "run_label": "partisan-only", "device": "cpu",
            "models": full["models"], "model_pairs": full["model_pairs"],
            "datasets": {"partisan": full["datasets"]["partisan"]},

@@ -23,13 +23,22 @@ _LINE = re.compile(r"^(?:[\w.]+\.)?(" + "|".join(USER_ERRORS) + r"): (.+)$")
 _JOB_LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?\s*$")
 
 
-def failed_job_logs(snakemake_log: str | os.PathLike | None) -> list[str]:
+def _lines(snakemake_log) -> list[str]:
+    """Lines of Snakemake's log file(s): one path, or a list of them (Snakemake 9)."""
+    paths = [snakemake_log] if isinstance(snakemake_log, (str, os.PathLike)) else (
+        list(snakemake_log or []))
+    out: list[str] = []
+    for p in paths:
+        if p and Path(p).is_file():
+            out += Path(p).read_text(errors="replace").splitlines()
+    return out
+
+
+def failed_job_logs(snakemake_log) -> list[str]:
     """Log files of the jobs Snakemake's own log reports as failed ('Error in rule')."""
-    if not snakemake_log or not Path(snakemake_log).exists():
-        return []
     out: list[str] = []
     in_error = False
-    for line in Path(snakemake_log).read_text(errors="replace").splitlines():
+    for line in _lines(snakemake_log):
         if line.startswith("Error in rule "):
             in_error = True
             continue
@@ -57,7 +66,7 @@ def user_error_in(log_path: str | os.PathLike) -> str | None:
     return found
 
 
-def user_errors(snakemake_log: str | os.PathLike | None, log_dir: str | os.PathLike,
+def user_errors(snakemake_log, log_dir: str | os.PathLike,
                 since: float = 0.0) -> list[tuple[str, str]]:
     """(job log, message) for each failed job whose log ends in a user-facing error.
 

@@ -326,8 +326,22 @@ def sae_is_organism(name):
     return str(config["sae"]["saes"][name].get("path", "")).startswith(ORGANISM_DIR + "/")
 
 
+def sae_spec(name):
+    """The config's spec of SAE NAME, as the loader takes it. A pretrained
+    {release, id} is replaced by a local sae-lens folder when the environment
+    variable RLHF_AUDIT_SAE_DIR holds <release>/<id>/cfg.json (air-gapped sites
+    with their own copies; the paper rehearsal test's stand-ins)."""
+    s = dict(config["sae"]["saes"][name])
+    root = os.environ.get("RLHF_AUDIT_SAE_DIR")
+    if root and "release" in s:
+        local = Path(root) / s["release"] / s["id"]
+        if (local / "cfg.json").exists():
+            s = {"path": str(local), "layer": s["layer"]}
+    return s
+
+
 def sae_files(name):
-    s = config["sae"]["saes"][name]
+    s = sae_spec(name)
     if "path" not in s:
         return []
     if sae_is_organism(name):
@@ -355,8 +369,7 @@ def organism_sae_settings(wildcards):
 
 
 def sae_params(wildcards):
-    s = dict(config["sae"]["saes"][wildcards.sae])
-    return {"name": wildcards.sae, **s}
+    return {"name": wildcards.sae, **sae_spec(wildcards.sae)}
 
 
 def sae_scan_inputs(wildcards):
@@ -408,7 +421,7 @@ def steering_sae_spec():
     sae = steering_sae()
     if sae is None:
         return None
-    return {k: v for k, v in config["sae"]["saes"][sae].items() if k in ("release", "id", "path")}
+    return {k: v for k, v in sae_spec(sae).items() if k in ("release", "id", "path")}
 
 
 def steering_generation_inputs(wildcards):
@@ -434,7 +447,7 @@ def steering_scorer_params(wildcards):
             j["spec"] = model_spec(j["model"])
         out["judge"] = j
     sae = steering_sae()
-    out["sae"] = {"name": sae, **config["sae"]["saes"][sae]} if sae else None
+    out["sae"] = {"name": sae, **sae_spec(sae)} if sae else None
     return out
 
 
