@@ -77,9 +77,16 @@ def save(model, tok, out: Path) -> None:
 def build_models(hf_home: Path, n_layers_of: dict[str, int]) -> None:
     import torch
     from tiny import tiny_tokenizer
-    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, LlamaConfig,
-                              LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, XLMRobertaConfig,
-                              XLMRobertaModel)
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
 
     tok = tiny_tokenizer()
     ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
@@ -112,8 +119,8 @@ def build_saes(hf_home: Path, sae_dir: Path, saes: dict) -> None:
     """Stand-ins for the paper's SAE releases, same hook and expansion, tiny width."""
     import numpy as np
     import torch
-    from safetensors.torch import save_file
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from safetensors.torch import save_file
 
     from rlhf_audit.sae import SAESettings, train_sae
 

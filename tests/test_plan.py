@@ -108,3 +108,17 @@ def test_cli_counts_jobs_from_the_dag(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["extract"]["jobs"] == 2 * 3 + 2  # shards and a manifest per model
     assert out["partisan"]["jobs"] == 2 and out["reward"]["jobs"] == 0
+
+
+def test_paper_benchmark_small_size_prints_rates_and_the_paper_estimate():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/bench_paper.py", "--size", "small",
+                          "--batches", "1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    print(out.stdout)  # the figures, for the CI log
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    for stage in ("extract_8b", "generate_8b", "sae_scan_8b", "generate_3b", "reward_deberta"):
+        assert stage in out.stdout
+    assert "estimate of a full configs/paper.yaml run" in out.stdout

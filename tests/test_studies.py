@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_audit.config import (STUDIES, ConfigError, load_schema, study_pairs,
-                               validate_config)
+from rlhf_audit.config import STUDIES, ConfigError, load_schema, study_pairs, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")

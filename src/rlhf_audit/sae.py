@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rlhf_audit.progress import progress
 from rlhf_audit.stats import Estimate, bootstrap
 
 log = logging.getLogger(__name__)
@@ -628,7 +629,7 @@ def scan_features(
     def merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
         return pl.concat(parts).group_by("p", "f").agg(*_MERGE_AGG)
 
-    for b, item in enumerate(_as_batches(batches)):
+    for b, item in enumerate(progress(_as_batches(batches), desc="SAE scan", unit="batch")):
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"batch {b}: expected a (meta DataFrame, X array) pair")
         meta, X = item

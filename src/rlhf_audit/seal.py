@@ -45,6 +45,7 @@ from scipy import stats as sps
 from scipy.linalg import cho_factor, cho_solve
 
 from rlhf_audit.labelling import DEFAULT_FEATURES, SIDES
+from rlhf_audit.progress import progress
 from rlhf_audit.stats import Estimate, bootstrap
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def score_texts(model, tokenizer, prefixes: Sequence[str], responses: Sequence[s
     model.eval()
     try:
         with torch.inference_mode():
-            for s in range(0, n, batch_size):
+            for s in progress(range(0, n, batch_size), desc="reward scores", unit="batch"):
                 idx = order[s:s + batch_size]
                 # Right padding to the longest sequence of this batch only.
                 width = max(len(encs[i].ids) for i in idx)
