@@ -184,3 +184,47 @@ def test_partisan_only_config_runs_end_to_end_on_tiny_models(tmp_path):
     assert "partisan" in text and "reward" not in text and "calibration" not in text
     assert (code / "results/figures/partisan/tiny/auc_by_layer.png").exists()
     assert not (code / "results/reward").exists() and not (code / "results/calibration").exists()
+
+
+def test_job_error_lines_are_found_in_failed_jobs_logs(tmp_path):
+    from rlhf_audit.joberrors import failed_job_logs, user_errors
+
+    job = tmp_path / "results/logs/normalise_dataset/hh.log"
+    job.parent.mkdir(parents=True)
+    job.write_text("2026 rlhf_audit CRITICAL job failed\nTraceback (most recent call last):\n"
+                   '  File "x.py", line 1\nrlhf_audit.formats.InputFormatError: hh.jsonl:2: '
+                   "'chosen' has no '\\n\\nHuman:' turn. Each row needs {chosen, rejected}.\n")
+    other = tmp_path / "results/logs/ok.log"
+    other.write_text("ValueError: not a user error\n")
+    main = tmp_path / "snakemake.log"
+    main.write_text(f"Error in rule normalise_dataset:\n    jobid: 1\n    log: {job} "
+                    "(check log file(s) for error details)\n")
+    assert failed_job_logs([str(main)]) == [str(job)]
+    assert user_errors(str(main), tmp_path / "results/logs") == [
+        (str(job), "hh.jsonl:2: 'chosen' has no '\\n\\nHuman:' turn. Each row needs "
+                   "{chosen, rejected}.")]
+    assert user_errors(None, tmp_path / "nothing") == []
+
+
+def test_a_bad_input_row_is_the_last_thing_the_user_reads(tmp_path):
+    _, _, snakemake = _workflow()
+    from test_workflow import copy_code
+
+    code = copy_code(tmp_path / "code")
+    (code / "hh.jsonl").write_text(
+        json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\n"
+                    "Assistant: no"}) + "\n" + json.dumps({"chosen": "no turns", "rejected": "x"})
+        + "\n")
+    (code / "labels.jsonl").write_text("")
+    out = snakemake(code, "results/data/hh_rlhf.parquet", "--cores", "1", "--retries", "0",
+                    "--configfile", write(code / "reward.yaml", reward_only()), check=False)
+    assert out.returncode != 0
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    # Below Snakemake's report of the failure, with only its closing lines after it.
+    mine = [i for i, line in enumerate(lines) if line.startswith("rlhf-audit: ")]
+    assert mine and mine[-1] >= len(lines) - 8, lines[-12:]
+    i = mine[-1]
+    assert lines[i].startswith("rlhf-audit: hh.jsonl:2: 'chosen' has no '\\n\\nHuman:' turn.")
+    assert i > max(k for k, line in enumerate(lines) if "Traceback" in line)
+    assert "results/logs/normalise_dataset/hh_rlhf.log" in lines[i + 1]
+
