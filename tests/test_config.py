@@ -23,6 +23,7 @@ def check(cfg):
 def test_default_and_paper_configs_validate():
     check(default_config())
     check(yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    check(yaml.safe_load((ROOT / "configs/template.yaml").read_text()))
 
 
 def test_defaults_are_filled():
