@@ -44,6 +44,8 @@ SWAPS = {
     "datasets.partisan.limit": 240,          # of the 2,508 shipped statements
     "steering.n_questions": 4,               # of the 88 shipped policy questions
     "steering.max_new_tokens": 8,            # paper: 96
+    "steering.samples": 1,                   # paper: 3 per question and setting
+    "steering.n_sae_features": 2,            # paper: 5 steered SAE features
     "calibration.max_new_tokens": 8,         # paper: 256
     "extract.shards": 2,                     # paper: 8 (jobs, not results)
     "partisan.n_boot": 200, "sae.n_boot": 200, "steering.n_boot": 200,
@@ -163,7 +165,7 @@ def build_datasets(hf_home: Path, tmp: Path) -> None:
     from rlhf_audit.organism.gsm8k import generate_problems
 
     problems = generate_problems(6, seed=0)
-    pairs = hh.generate_pairs(40, seed=0)
+    pairs = hh.generate_pairs(160, seed=0)
     tables = {
         ("openai/gsm8k", "main", "test"): pl.DataFrame(
             {"question": [p["question"] for p in problems], "answer": [p["answer"] for p in problems]}),
@@ -184,6 +186,9 @@ def build_datasets(hf_home: Path, tmp: Path) -> None:
         shutil.move(str(cache / name), str(dest))
         for d in dest.iterdir():
             d.rename(dest / config_name)
+
+
+REWORDED = "In other words, "
 
 
 class Stub:
@@ -208,10 +213,15 @@ class Stub:
                 prompt = body["messages"][-1]["content"]
                 h = hashlib.sha256(prompt.encode()).digest()
                 if body.get("response_format", {}).get("type") == "json_object":
-                    content = json.dumps({f: h[i] % 2 for i, f in enumerate(stub.features)})
+                    # A rewrite keeps most labels (hashed without the rewriter's words)
+                    # and may change the last two features, as a real labeller might.
+                    kept = hashlib.sha256(prompt.replace(REWORDED, "").encode()).digest()
+                    n = len(stub.features)
+                    content = json.dumps({f: (h if i >= n - 2 else kept)[i] % 2
+                                          for i, f in enumerate(stub.features)})
                 else:
                     text = prompt.rsplit("Reply to reword:", 1)[-1].strip()
-                    content = "In other words, " + text
+                    content = REWORDED + text
                 out = json.dumps({"choices": [{"message": {"role": "assistant",
                                                            "content": content}}]}).encode()
                 self.send_response(200)
@@ -273,7 +283,7 @@ def test_paper_config_runs_end_to_end_on_tiny_stand_ins(tmp_path):
         try:
             t0 = time.time()
             snakemake(code, "--cores", "2", "--configfile", str(code / "paper_rehearsal.yaml"),
-                      timeout=900)
+                      timeout=1800)
             elapsed = time.time() - t0
         finally:
             for k, v in saved.items():
