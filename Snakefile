@@ -53,6 +53,12 @@ localrules:
     collect_headline,
 
 
+# A job that failed on bad input says why in one line (file, line, reason, fix),
+# repeated here below Snakemake's report instead of only inside its traceback.
+onerror:
+    report_user_errors(log)
+
+
 rule all:
     default_target: True
     input:

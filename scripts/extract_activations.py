@@ -5,6 +5,7 @@ import polars as pl
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.extract import ExtractSettings, extract_shard
 from rlhf_audit.models import load_causal_lm
+from rlhf_audit.plan import check_extraction_disk
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -21,6 +22,7 @@ def compute():
     lo = sh["index"] * prompts.height // sh["n_shards"]
     hi = (sh["index"] + 1) * prompts.height // sh["n_shards"]
     model, tok = load_causal_lm(m["spec"], device=m["device"], dtype=m["dtype"])
+    check_extraction_disk(sm.output.shard, prompts.slice(lo, hi - lo), settings, model.config)
     stats = extract_shard(model, tok, prompts.slice(lo, hi - lo), settings, sm.output.shard,
                           provenance=provenance(sm.rule, params={"model": m, "settings": s,
                                                                  "shard": sh, "rows": [lo, hi]}))

@@ -23,6 +23,7 @@ def check(cfg):
 def test_default_and_paper_configs_validate():
     check(default_config())
     check(yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    check(yaml.safe_load((ROOT / "configs/template.yaml").read_text()))
 
 
 def test_defaults_are_filled():
@@ -83,7 +84,8 @@ def test_layer_check_reads_local_model_config(tmp_path):
 
     d = save_tiny_llama(tmp_path / "m", n_layers=3)
     cfg = {"models": {"a": {"path": str(d)}, "b": {"path": str(d)}},
-           "model_pairs": {"p": {"base": "a", "instruct": "b"}}, "steering": {"layer": 3},
+           "model_pairs": {"p": {"base": "a", "instruct": "b"}},
+           "steering": {"layer": 3, "judge": {"kind": "hf", "model": "b"}},
            "datasets": {"partisan": {"format": "partisan", "source": {"path": "x.jsonl"}},
                         "gsm8k": {"format": "gsm8k", "source": {"path": "y.jsonl"}}}}
     with pytest.raises(ConfigError, match="model 'a', which has 3 layers"):

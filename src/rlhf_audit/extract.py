@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rlhf_audit.io import PROVENANCE_KEY, atomic_path, write_json
+from rlhf_audit.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -697,7 +698,7 @@ def extract_shard(
         with atomic_path(out_path) as tmp:
             writer = None
             try:
-                for start, stop, res in run_with_backoff(len(order), batch_size, run_batch):
+                for start, stop, res in progress(run_with_backoff(len(order), batch_size, run_batch), desc="extract", unit="batch", total=-(-len(order) // batch_size)):  # noqa: E501
                     if writer is None:
                         d_model = res["d_model"]
                         meta["d_model"] = d_model

@@ -26,7 +26,16 @@ _GSM8K_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
 
 
 class InputFormatError(ValueError):
-    """A malformed input row; the message names file, line and reason."""
+    """A malformed input row; the message names file, line and reason.
+
+    The message is one line, ``FILE:LINE: reason. fix``, so that the workflow can
+    repeat it at the end of its output (rlhf_audit.joberrors); the parts are kept
+    as attributes for callers that want them apart."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 reason: str | None = None, fix: str | None = None):
+        super().__init__(" ".join(str(message).split("\n")))
+        self.file, self.line, self.reason, self.fix = file, line, reason, fix
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,8 @@ def iter_records(source: DataSource) -> Iterator[tuple[int, object]]:
 
 
 def _err(source: DataSource, line: int, reason: str, fix: str) -> InputFormatError:
-    return InputFormatError(f"{source.label}:{line}: {reason}. {fix}")
+    return InputFormatError(f"{source.label}:{line}: {reason}. {fix}", file=source.label,
+                            line=line, reason=reason, fix=fix)
 
 
 def _need_str(source, line, rec, key, fix):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rlhf_audit.progress import progress
+
 log = logging.getLogger(__name__)
 
 
@@ -185,7 +187,7 @@ def generate(
                     "non-empty prompt or add_special_tokens=True"
                 )
         pad_id = tokenizer.pad_token_id
-        for batch in _length_batches([len(e) for e in encoded], batch_size):
+        for batch in progress(_length_batches([len(e) for e in encoded], batch_size), desc="generate", unit="batch"):  # noqa: E501
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -288,7 +290,7 @@ def _continuation_logprobs(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Rows with nothing to score (empty text, no BOS) keep sum 0 over 0 tokens.
     todo = [i for i, (seq, start) in enumerate(rows) if len(seq) > start]
-    for chunk in _length_batches([len(rows[i][0]) for i in todo], batch_size):
+    for chunk in progress(_length_batches([len(rows[i][0]) for i in todo], batch_size), desc="score log-probs", unit="batch"):  # noqa: E501
         batch = [todo[k] for k in chunk]
         width = max(len(rows[i][0]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

@@ -56,6 +56,8 @@ from pathlib import Path
 
 import polars as pl
 
+from rlhf_audit.progress import progress
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FEATURES: tuple[str, ...] = (
@@ -528,7 +530,7 @@ class LMLabeller:
     def _ask(self, prompts: list[str]) -> list:
         out: list = []
         bs = max(1, self.settings.batch_size)
-        for s in range(0, len(prompts), bs):
+        for s in progress(range(0, len(prompts), bs), desc="label", unit="batch"):
             chunk = prompts[s:s + bs]
             replies = list(self.complete(chunk))
             if len(replies) != len(chunk):

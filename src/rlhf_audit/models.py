@@ -45,7 +45,8 @@ class ModelSpec:
         if not isinstance(spec, Mapping):
             raise ValueError(f"{key}: a model spec must be a mapping {{hf: ID}} or {{path: DIR}}, "
                              f"got {spec!r}")
-        unknown = set(spec) - {"hf", "revision", "path"}
+        # n_layers is the config's early layer check (rlhf_audit.config), not the loader's.
+        unknown = set(spec) - {"hf", "revision", "path", "n_layers"}
         if unknown:
             raise ValueError(f"{key}: unknown model-spec key(s) {sorted(unknown)}; "
                              "use hf (+ revision) or path")

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -13,7 +14,9 @@ os.environ.setdefault("POLARS_MAX_THREADS", "1")
 from snakemake.exceptions import WorkflowError
 
 from rlhf_audit.codehash import code_hash
-from rlhf_audit.config import ConfigError, load_schema, validate_config
+from rlhf_audit.config import (STUDIES, ConfigError, chosen_studies, load_schema,
+                               study_pairs, validate_config)
+from rlhf_audit.joberrors import user_errors
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 ORGANISM_DIR = "results/organism"
@@ -27,16 +30,26 @@ def check_config(cfg):
         raise WorkflowError(str(err)) from None
 
 
+WORKFLOW_START = time.time()
+
+
+def report_user_errors(snakemake_log):
+    """onerror: repeat the one-line message of each failed job's input error (bad
+    file, line, reason, fix) at the very end of the output, below the tracebacks."""
+    for job_log, message in user_errors(snakemake_log, "results/logs", since=WORKFLOW_START):
+        sys.stderr.write(f"rlhf-audit: {message}\n    (job log: {job_log})\n")
+
+
 def script_code(name):
     """Content hash of scripts/NAME and the library modules it imports (a params entry)."""
     return code_hash(Path(workflow.basedir) / "scripts" / name)
 
 
 def model_spec(name):
-    """The spec of a causal LM or reward model declared in the config."""
-    if name in config["models"]:
-        return config["models"][name]
-    return config["reward_models"][name]
+    """The spec of a causal LM or reward model declared in the config, as the loader
+    takes it (n_layers only serves the config check before any job runs)."""
+    spec = config["models"][name] if name in config["models"] else config["reward_models"][name]
+    return {k: v for k, v in spec.items() if k != "n_layers"}
 
 
 def is_organism_path(spec):
@@ -56,15 +69,19 @@ def model_files(name):
     return sorted(str(p) for p in Path(d).glob("*.safetensors")) + [f"{d}/config.json"]
 
 
+def study_chosen(study):
+    """Whether the config's `studies:` list names STUDY."""
+    return study in chosen_studies(config)
+
+
 def pairs_for(study):
-    """Model pairs a study runs on (its 'pairs' key, or all pairs)."""
-    chosen = config[study].get("pairs")
-    return list(chosen) if chosen else list(config["model_pairs"])
+    """Model pairs a study runs on (its 'pairs' key, or all pairs; none when the
+    study is left out of `studies:`)."""
+    return study_pairs(config, study)
 
 
 def reward_pairs():
-    chosen = config["reward"].get("pairs")
-    return list(chosen) if chosen else list(config["reward_pairs"])
+    return study_pairs(config, "reward")
 
 
 def pair_models(pair):
@@ -84,8 +101,7 @@ def normalised(name):
 
 def all_targets():
     """Everything a full run makes: the headline, the claims table and every figure."""
-    return ["results/headline.json", *figure_targets(),
-            *diffing_targets()]
+    return ["results/headline.json", *figure_targets()]
 
 
 def dataset_params(wildcards):
@@ -121,8 +137,8 @@ def extract_model_params(wildcards):
 
 def extract_settings(wildcards):
     e = config["extract"]
-    token_layers = sorted({s["layer"] for s in config["sae"]["saes"].values()}
-                          | diffing_token_layers())
+    saes = config["sae"]["saes"].values() if study_chosen("sae") else ()
+    token_layers = sorted({s["layer"] for s in saes} | diffing_token_layers())
     return {"layers": e["layers"], "positions": list(e["positions"]),
             "token_layers": token_layers, "dtype": e["dtype"],
             "max_length": e["max_length"], "batch_size": e["batch_size"],
@@ -321,8 +337,22 @@ def sae_is_organism(name):
     return str(config["sae"]["saes"][name].get("path", "")).startswith(ORGANISM_DIR + "/")
 
 
+def sae_spec(name):
+    """The config's spec of SAE NAME, as the loader takes it. A pretrained
+    {release, id} is replaced by a local sae-lens folder when the environment
+    variable RLHF_AUDIT_SAE_DIR holds <release>/<id>/cfg.json (air-gapped sites
+    with their own copies; the paper rehearsal test's stand-ins)."""
+    s = dict(config["sae"]["saes"][name])
+    root = os.environ.get("RLHF_AUDIT_SAE_DIR")
+    if root and "release" in s:
+        local = Path(root) / s["release"] / s["id"]
+        if (local / "cfg.json").exists():
+            s = {"path": str(local), "layer": s["layer"]}
+    return s
+
+
 def sae_files(name):
-    s = config["sae"]["saes"][name]
+    s = sae_spec(name)
     if "path" not in s:
         return []
     if sae_is_organism(name):
@@ -350,8 +380,7 @@ def organism_sae_settings(wildcards):
 
 
 def sae_params(wildcards):
-    s = dict(config["sae"]["saes"][wildcards.sae])
-    return {"name": wildcards.sae, **s}
+    return {"name": wildcards.sae, **sae_spec(wildcards.sae)}
 
 
 def sae_scan_inputs(wildcards):
@@ -421,7 +450,9 @@ STANCE_CLASSIFIER = "results/steering/stance_classifier.json"
 
 def steering_sae():
     """The first configured SAE at the steering layer (its policy features give the
-    feature-level vector), or None."""
+    feature-level vector), or None (also when the sae study is left out)."""
+    if not study_chosen("sae"):
+        return None
     for name, s in config["sae"]["saes"].items():
         if s["layer"] == config["steering"]["layer"]:
             return name
@@ -470,7 +501,7 @@ def steering_sae_spec():
     sae = steering_sae()
     if sae is None:
         return None
-    return {k: v for k, v in config["sae"]["saes"][sae].items() if k in ("release", "id", "path")}
+    return {k: v for k, v in sae_spec(sae).items() if k in ("release", "id", "path")}
 
 
 def steering_vector_inputs(wildcards):
@@ -600,24 +631,70 @@ def calibration_score_inputs(wildcards):
 # ---- report
 
 
+def partisan_targets():
+    return {"fragments": {pair: f"results/partisan/{pair}/headline.json"
+                          for pair in pairs_for("partisan")},
+            "figures": [f"results/figures/partisan/{pair}/auc_by_layer.png"
+                        for pair in pairs_for("partisan")]}
+
+
+def sae_targets():
+    runs = [(pair, sae) for pair in pairs_for("sae") for sae in config["sae"]["saes"]]
+    return {"fragments": {f"{pair}.{sae}": f"results/sae/{pair}/{sae}/headline.json"
+                          for pair, sae in runs},
+            "figures": [f"results/figures/sae/{pair}/{sae}/policy_firing.png"
+                        for pair, sae in runs]}
+
+
+def steering_targets():
+    return {"fragments": {pair: f"results/steering/{pair}/headline.json"
+                          for pair in pairs_for("steering")},
+            "figures": [f"results/figures/steering/{pair}/dose_response_projection.png"
+                        for pair in pairs_for("steering")]}
+
+
+def calibration_targets():
+    return {"fragments": {pair: f"results/calibration/{pair}/headline.json"
+                          for pair in pairs_for("calibration")},
+            "figures": [f"results/figures/calibration/{pair}/verbalized_vs_injected.png"
+                        for pair in pairs_for("calibration")]}
+
+
+def reward_targets():
+    return {"fragments": {rpair: f"results/reward/{rpair}/headline.json"
+                          for rpair in reward_pairs()},
+            "figures": [f"results/figures/reward/{rpair}/imprint.png"
+                        for rpair in reward_pairs()]}
+
+
+# A study's targets: {"fragments": {pair label: headline fragment}, "figures": [...]}.
+# Adding a study is one function and one line here; a chosen study with no entry
+# yet (its rule file not merged) plans nothing.
+STUDY_TARGETS = {
+    "partisan": partisan_targets,
+    "sae": sae_targets,
+    "steering": steering_targets,
+    "calibration": calibration_targets,
+    "reward": reward_targets,
+    "diffing": diffing_targets,
+}
+
+
+def study_targets(study):
+    """The targets STUDY adds to a full run (nothing when it is left out)."""
+    if not study_chosen(study) or study not in STUDY_TARGETS:
+        return {"fragments": {}, "figures": []}
+    return STUDY_TARGETS[study]()
+
+
 def _fragments():
     """(study, pair label) -> headline fragment path, for every stage this config runs."""
     out = {}
     if config["organism"]["enabled"]:
         out[("organism", "organism")] = f"{ORGANISM_DIR}/checks.json"
-    for pair in pairs_for("partisan"):
-        out[("partisan", pair)] = f"results/partisan/{pair}/headline.json"
-    for pair in pairs_for("sae"):
-        for sae in config["sae"]["saes"]:
-            out[("sae", f"{pair}.{sae}")] = f"results/sae/{pair}/{sae}/headline.json"
-    for pair in pairs_for("steering"):
-        out[("steering", pair)] = f"results/steering/{pair}/headline.json"
-    for pair in pairs_for("calibration"):
-        out[("calibration", pair)] = f"results/calibration/{pair}/headline.json"
-    for rpair in reward_pairs():
-        out[("reward", rpair)] = f"results/reward/{rpair}/headline.json"
-    for pair in diffing_pairs():
-        out[("diffing", pair)] = f"results/diffing/{pair}/headline.json"
+    for study in STUDIES:  # a fixed order, whatever the order of the user's list
+        for label, path in study_targets(study)["fragments"].items():
+            out[(study, label)] = path
     return out
 
 
@@ -630,19 +707,7 @@ def headline_fragment_names(wildcards):
 
 
 def figure_targets():
-    out = []
-    for pair in pairs_for("partisan"):
-        out.append(f"results/figures/partisan/{pair}/auc_by_layer.png")
-    for pair in pairs_for("sae"):
-        out += [f"results/figures/sae/{pair}/{sae}/policy_firing.png"
-                for sae in config["sae"]["saes"]]
-    for pair in pairs_for("steering"):
-        out.append(f"results/figures/steering/{pair}/dose_response_projection.png")
-    for pair in pairs_for("calibration"):
-        out.append(f"results/figures/calibration/{pair}/verbalized_vs_injected.png")
-    for rpair in reward_pairs():
-        out.append(f"results/figures/reward/{rpair}/imprint.png")
-    return out
+    return [f for study in STUDIES for f in study_targets(study)["figures"]]
 
 
 def report_models(wildcards):
@@ -654,14 +719,8 @@ def report_models(wildcards):
 # ---- diffing
 
 
-def diffing_study_enabled(study):
-    """Whether the config runs ``study`` (every study when there is no 'studies' key)."""
-    chosen = config.get("studies")
-    return chosen is None or study in chosen
-
-
 def diffing_pairs():
-    return pairs_for("diffing") if diffing_study_enabled("diffing") else []
+    return pairs_for("diffing") if study_chosen("diffing") else []
 
 
 def diffing_token_layers():
@@ -698,7 +757,7 @@ def diffing_pair_inputs(wildcards):
 
 def diffing_partisan_directions(pair):
     """The partisan study's directions for the pair, or nothing when it does not run."""
-    if diffing_study_enabled("partisan") and pair in pairs_for("partisan"):
+    if pair in pairs_for("partisan"):
         return {"directions": f"results/partisan/{pair}/directions.parquet"}
     return {}
 
@@ -740,8 +799,7 @@ def diffing_summary_settings(wildcards):
 
 def diffing_targets():
     """The diffing study's headline fragments and figures, per pair."""
-    out = []
-    for pair in diffing_pairs():
-        out += [f"results/diffing/{pair}/headline.json",
-                f"results/figures/diffing/{pair}/relative_norm.png"]
-    return out
+    return {"fragments": {pair: f"results/diffing/{pair}/headline.json"
+                          for pair in diffing_pairs()},
+            "figures": [f"results/figures/diffing/{pair}/relative_norm.png"
+                        for pair in diffing_pairs()]}

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from rlhf_audit.progress import progress
+
 log = logging.getLogger(__name__)
 
 
@@ -174,7 +176,7 @@ def score_texts_detailed(model, tokenizer, prefixes: Sequence[str], responses: S
     model.eval()
     try:
         with torch.inference_mode():
-            for s in range(0, n, batch_size):
+            for s in progress(range(0, n, batch_size), desc="reward scores", unit="batch"):
                 idx = order[s:s + batch_size]
                 # Right padding to the longest sequence of this batch only.
                 width = max(len(encs[i].ids) for i in idx)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rlhf_audit.progress import progress
+
 log = logging.getLogger(__name__)
 
 UNLABELLED = "unlabelled"
@@ -249,7 +251,7 @@ def scan_features(
     def merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
         return pl.concat(parts).group_by("p", "f").agg(*_MERGE_AGG)
 
-    for b, item in enumerate(_as_batches(batches)):
+    for b, item in enumerate(progress(_as_batches(batches), desc="SAE scan", unit="batch")):
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"batch {b}: expected a (meta DataFrame, X array) pair")
         meta, X = item
