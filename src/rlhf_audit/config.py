@@ -196,6 +196,14 @@ def check_references(config: dict, explicit_studies: bool = True) -> None:
         _check_endpoint(config, "steering.judge", (config.get("steering") or {}).get("judge"),
                         "Name the scorer of partisanship: {kind: stance_classifier}, {kind: hf, "
                         "model: <a key of models>} or {kind: openai, base_url: URL, model: NAME}.")
+        judge = (config.get("steering") or {}).get("judge") or {}
+        if judge.get("kind") == "stance_classifier":
+            name = judge.get("dataset", "partisan")
+            if (datasets.get(name) or {}).get("format") != "partisan":
+                raise ConfigError(f"key 'steering.judge.dataset' names dataset '{name}', which "
+                                  "is not a dataset of format partisan under 'datasets' "
+                                  f"(declared: {_names(datasets)}). The stance classifier is "
+                                  "trained on its left and right statements.")
     if runs["reward"]:
         _check_reward(config)
     check_layers(config)

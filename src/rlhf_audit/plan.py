@@ -244,7 +244,7 @@ def estimate(config: Mapping) -> dict[str, StageCost]:
     rpairs = _pairs(config, "reward")
     if rpairs and r["dataset"] in datasets:
         n, tok = dataset_size(datasets[r["dataset"]], ("chosen", "rejected"))
-        tok = min(tok / 2, r["max_length"])
+        tok = tok / 2 if r["max_length"] is None else min(tok / 2, r["max_length"])
         rewrite = r["rewrite"]["kind"] != "none"
         n_rw = max(1, round(r["rewrite"]["share"] * n)) if rewrite else 0
         texts = 2 * (n + n_rw)

@@ -676,7 +676,6 @@ STUDY_TARGETS = {
     "steering": steering_targets,
     "calibration": calibration_targets,
     "reward": reward_targets,
-    "diffing": diffing_targets,
 }
 
 
@@ -803,3 +802,6 @@ def diffing_targets():
                           for pair in diffing_pairs()},
             "figures": [f"results/figures/diffing/{pair}/relative_norm.png"
                         for pair in diffing_pairs()]}
+
+
+STUDY_TARGETS["diffing"] = diffing_targets
