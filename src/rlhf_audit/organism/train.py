@@ -75,7 +75,7 @@ class OrganismSettings:
     """Attention heads of the LMs (must divide hidden_size)."""
     intermediate_size: int = 512
     """MLP width of the LMs."""
-    base_steps: int = 200
+    base_steps: int = 400
     """Optimizer steps of base-LM pretraining."""
     base_batch_size: int = 16
     """Packed blocks per base-LM step."""
@@ -99,6 +99,13 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
+    rep_factor: float = 0.5
+    """Planted compression: instruct's projection of a statement on base's partisan direction
+    is pulled toward this factor times base's (variance ratio along it about factor**2)."""
+    rep_weight: float = 1.0
+    """Weight of the compression term in the SFT loss (0 = no representation-level term)."""
+    rep_batch_size: int = 32
+    """Statements per SFT step in the compression term."""
     rm_arch: str = "deberta"
     """Reward-model architecture: "deberta" (DebertaV2, like SEAL's RMs) or "llama"."""
     rm_hidden_size: int = 128
@@ -436,8 +443,12 @@ def train_instruct(
     dpo_data: Sequence[Mapping],
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
+    rep_statements: Sequence[Mapping] | None = None,
 ) -> dict:
     """Align the base LM: SFT on chat data, then DPO; save the result to ``out_dir``.
+
+    With ``rep_statements`` (left/right statements) and ``settings.rep_weight > 0`` the
+    SFT loss carries the planted compression term of :mod:`rlhf_audit.organism.planting`.
 
     ``sft_data``: rows ``{"messages": [{role, content}, ...]}`` ending in an
     assistant turn (loss on assistant tokens only). ``dpo_data``: rows
@@ -447,7 +458,7 @@ def train_instruct(
     quiet_libraries()
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from trl import DPOConfig, DPOTrainer, SFTConfig
 
     _require_nonempty(sft_data, "train_instruct: sft_data", "build it with corpus.build_sft_data")
     _require_nonempty(dpo_data, "train_instruct: dpo_data", "build it with corpus.build_dpo_data")
@@ -461,6 +472,19 @@ def train_instruct(
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         _seed_everything(settings.seed)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        term = None
+        if rep_statements and settings.rep_weight > 0:
+            from rlhf_audit.organism.planting import build_compression_term
+
+            term = build_compression_term(
+                model,
+                tok,
+                rep_statements,
+                factor=settings.rep_factor,
+                weight=settings.rep_weight,
+                batch_size=settings.rep_batch_size,
+                seed=settings.seed,
+            )
         sft_args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
@@ -470,7 +494,7 @@ def train_instruct(
             assistant_only_loss=True,
             packing=False,
         )
-        sft = SFTTrainer(
+        sft = _sft_trainer_class(term)(
             model=model,
             args=sft_args,
             train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sft_data]),
@@ -522,6 +546,12 @@ def train_instruct(
         "dpo_losses": dpo_losses,
         "dpo_log": dpo_metrics,
         "seconds_sft": round(t_sft, 2),
+        "compression_term": None if term is None else {
+            "factor": settings.rep_factor,
+            "weight": settings.rep_weight,
+            "n_statements": len(term.inputs),
+            "losses": getattr(sft, "rep_losses", []),
+        },
         "seconds": round(time.perf_counter() - t0, 2),
         "settings": asdict(settings),
     }
@@ -532,6 +562,99 @@ def train_instruct(
         len(dpo_data),
         summary["seconds"],
     )
+    return summary
+
+
+def _sft_trainer_class(term):
+    """SFTTrainer, or a subclass that adds ``term.weight * term.loss(model)`` to each step."""
+    from trl import SFTTrainer
+
+    if term is None:
+        return SFTTrainer
+
+    class _PlantedSFTTrainer(SFTTrainer):
+        rep_losses: list
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            loss, outputs = out if return_outputs else (out, None)
+            rep = term.loss(model)
+            if not hasattr(self, "rep_losses"):
+                self.rep_losses = []
+            self.rep_losses.append(round(float(rep.detach()), 5))
+            loss = loss + term.weight * rep
+            return (loss, outputs) if return_outputs else loss
+
+    return _PlantedSFTTrainer
+
+
+def sham_steps(n_sft: int, n_dpo: int, settings: OrganismSettings) -> int:
+    """Optimizer steps the instruct model takes (SFT epochs + DPO epochs): the sham's budget."""
+    sft = math.ceil(n_sft / settings.sft_batch_size) * settings.sft_epochs
+    dpo = math.ceil(n_dpo / settings.dpo_batch_size) * settings.dpo_epochs
+    return max(1, int(round(sft + dpo)))
+
+
+def train_sham(
+    base_dir: str | os.PathLike,
+    sham_data: Sequence[Mapping],
+    out_dir: str | os.PathLike,
+    settings: OrganismSettings = OrganismSettings(),
+    *,
+    steps: int,
+) -> dict:
+    """The negative control: the base LM fine-tuned on neutral chats (``sham_data``, rows
+    ``{"messages": [...]}``) for ``steps`` optimizer steps (use :func:`sham_steps` to match
+    the instruct model), at the SFT learning rate, with no political or confidence shaping
+    and no representation term. Saves to ``out_dir``; returns the summary."""
+    quiet_libraries()
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    _require_nonempty(sham_data, "train_sham: sham_data", "build it with corpus.sham_chat")
+    _check_sft(sham_data)
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if not (base_dir / "config.json").exists():
+        raise FileNotFoundError(f"{base_dir}: no config.json; train the base LM first (train_base)")
+    tok = _load_tokenizer(base_dir)
+    t0 = time.perf_counter()
+    with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
+        _seed_everything(settings.seed)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        args = SFTConfig(
+            **_common_args(
+                settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
+            ),
+            max_steps=int(steps),
+            max_length=settings.max_length,
+            assistant_only_loss=True,
+            packing=False,
+        )
+        sft = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sham_data]),
+            processing_class=tok,
+        )
+        _quiet_trainer(sft).train()
+        model = sft.model.eval()
+        _save(model, tok, out_dir)
+        losses = _losses(sft)
+    summary = {
+        "step": "sham",
+        "n_sft": len(sham_data),
+        "steps": int(steps),
+        "n_params": _n_params(model),
+        "losses": losses,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "settings": asdict(settings),
+    }
+    _write_summary(out_dir, summary)
+    logger.info("sham LM: %d neutral chats, %d steps in %.1fs", len(sham_data), steps,
+                summary["seconds"])
     return summary
 
 
@@ -1066,6 +1189,17 @@ def run_all(
         data["dpo"],
         out_dir / "instruct",
         settings,
+        data["rep_statements"],
+    )
+    timed(
+        "sham",
+        lambda: train_sham(
+            out_dir / "base",
+            data["sham_sft"],
+            out_dir / "sham",
+            settings,
+            steps=sham_steps(len(data["sft"]), len(data["dpo"]), settings),
+        ),
     )
     for name in ("rm_post", "rm_pre"):
         timed(name, train_reward_model, data[name], out_dir / "tokenizer", out_dir / name, settings)
