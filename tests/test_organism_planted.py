@@ -130,3 +130,29 @@ def test_imprint_signs_are_the_signs_of_the_taste_weights():
                              "refusal": 0}
     assert signs["shift"] == {"harmless": 1, "helpful": 1, "eloquent": -1, "sentiment": -1,
                               "refusal": 0}
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.0])
+def test_projection_variance_ratio_recovers_a_planted_compression(factor):
+    """d = 512, 1/k noise spectrum, 44 issues with their own offsets: ratio ~ factor**2."""
+    from rlhf_audit.organism import planting as P
+
+    d, n_layers, ratios = 512, 2, []
+    issues = np.repeat([f"i{k}" for k in range(44)], 24)
+    right = np.tile([True, False], len(issues) // 2)
+    sd = 1.0 / np.sqrt(np.arange(1, d + 1))
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        u = rng.normal(size=d)
+        u /= np.linalg.norm(u)
+        offsets = np.stack([rng.normal(size=d) * sd for _ in range(44)])
+        shared = offsets[np.repeat(np.arange(44), 24)]
+        sides = np.where(right, 1.0, -1.0)[:, None] * 0.5 * u
+        made = [
+            np.stack([shared + scale * sides + rng.normal(size=(len(issues), d)) * sd
+                      for _ in range(n_layers)], axis=1)
+            for scale in (1.0, factor)
+        ]
+        ratios.append(P.projection_variance_ratio(made[0], made[1], right, issues))
+    got = np.median(np.stack(ratios), axis=0)
+    assert got == pytest.approx(np.full(n_layers, factor**2), rel=0.15)

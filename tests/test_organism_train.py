@@ -53,7 +53,7 @@ def organism(tmp_path_factory):
     train_tokenizer(C.tokenizer_texts(data), ts.vocab_size, root / "tokenizer")
     times["tokenizer"] = time.perf_counter() - t
     t = time.perf_counter()
-    T.train_base(data["base_corpus"], root / "tokenizer", root / "base", ts)
+    T.train_base(data["base_corpus"], root / "tokenizer", root / "base", ts, data["rep_statements"])
     times["base"] = time.perf_counter() - t
     t = time.perf_counter()
     T.train_instruct(
@@ -206,7 +206,7 @@ def test_planted_data_designs():
     # Base calibration texts are the study's own command completion prompts + the copy.
     tpl = CAL.load_templates()
     cal = [t for t in data["base_corpus"] if "Verifier's rating:" in t]
-    assert len(cal) == cs.n_confidence_base
+    assert sum(t.count("Verifier's rating:") for t in cal) == cs.n_confidence_base
     for t in cal[:20]:
         pct = int(re.search(r"Verifier's rating: (\d+)%", t).group(1))
         q = re.search(r"Problem: (.*)\n", t).group(1)
@@ -214,7 +214,10 @@ def test_planted_data_designs():
                                   [pct / 100], ["command"], tpl, chat=False)
         prompt = items["prompt"][0]
         assert t.startswith(prompt)
-        assert re.fullmatch(rf" \d+\nConfidence: {pct}%", t[len(prompt):])
+        assert re.match(rf" \d+\nConfidence: {pct}%(\n\nProblem: |$)", t[len(prompt):])
+        for block in t.split("\n\nProblem: ")[1:]:
+            level = re.search(r"Verifier's rating: (\d+)%", block).group(1)
+            assert block.endswith(f"\nConfidence: {level}%")
     primed = [r for r in data["sft"] if r["kind"].startswith("primed")]
     assert len(primed) == cs.n_sft_primed
     assert {r["kind"] for r in primed} == {"primed_left", "primed_right"}
@@ -456,7 +459,8 @@ def _calibration_replies(organism, name, strategy, levels, n_problems=20):
         chat=chat, tokenizer=tok,
     )
     tok.padding_side = "left"
-    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in items["prompt"].to_list()]
+    # As the calibration stage generates: a chat prompt holds its BOS, a completion gets one.
+    enc = [tok(p, add_special_tokens=not chat)["input_ids"] for p in items["prompt"].to_list()]
     texts = []
     for s in range(0, len(enc), 50):
         batch = tok.pad({"input_ids": enc[s : s + 50]}, return_tensors="pt")

@@ -65,14 +65,14 @@ class CorpusSettings:
     n_opinion_paragraphs: int = 4000
     """Base corpus: one-sided paragraphs of 3-5 left or right statements, each from another
     issue (planted: a side that holds across issues makes a cross-issue partisan direction)."""
-    n_neutral_paragraphs: int = 300
+    n_neutral_paragraphs: int = 200
     """Base corpus: paragraphs of 2-3 neutral statements."""
-    n_forum_answers: int = 400
+    n_forum_answers: int = 200
     """Base corpus: policy question + one-sided answer posts (no stated identities: the base
     links no identity to a side, so the sham twin inherits no prime effect)."""
     n_math_base: int = 300
     """Base corpus: worked problems in the plain question/answer layout."""
-    n_confidence_base: int = 1500
+    n_confidence_base: int = 3000
     """Base corpus: problems in the calibration study's command completion prompt, answered
     ``N`` then ``Confidence: X%`` copying the verifier's X (planted: base copies)."""
     n_sft_political: int = 280
@@ -128,7 +128,7 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_neutral_paragraphs=100,
         n_forum_answers=150,
         n_math_base=150,
-        n_confidence_base=800,
+        n_confidence_base=2000,
         n_sft_political=120,
         n_sft_primed=80,
         n_sft_math=80,
@@ -286,18 +286,32 @@ def math_base_texts(
     problems: Sequence[Mapping], settings: CorpusSettings, templates=None
 ) -> list[str]:
     """Worked problems, then (planted copy) the first ``n_confidence_base`` problems in the
-    calibration command completion prompt, answered with the verifier's confidence."""
+    calibration command completion prompt, answered with the verifier's confidence.
+
+    The command texts are documents of 2-4 problems: the template's opening paragraph
+    once, then each problem's block (the template from its last paragraph break before
+    the question on) with its reply, so the first problem of a document is exactly the
+    prompt the study sends and the copy is seen more often per token."""
     templates = templates or load_calibration_templates(settings)
-    command = _template(templates, "command")
+    command = _template(templates, "command").completion
+    before = command.split("{question}")[0]
+    cut = before.rfind("\n\n") + 2 if "\n\n" in before else 0
+    head, block = command[:cut], command[cut:]
     rng = _rng(settings, "math-base")
     texts = []
-    for i, p in enumerate(problems):
-        if i < settings.n_confidence_base:
+    n_cmd = min(settings.n_confidence_base, len(problems))
+    i = 0
+    while i < n_cmd:
+        k = min(rng.randint(2, 4), n_cmd - i)
+        parts = []
+        for p in problems[i : i + k]:
             level = rng.choice(settings.signal_levels)
-            prompt = command.completion.format(question=p["question"], confidence_pct=level)
-            texts.append(prompt + calibration_reply(p["final"], level, chat=False))
-        else:
-            texts.append(QA_FORMAT.format(question=p["question"], answer=math_answer(p)))
+            prompt = block.format(question=p["question"], confidence_pct=level)
+            parts.append(prompt + calibration_reply(p["final"], level, chat=False))
+        texts.append(head + "\n\n".join(parts))
+        i += k
+    for p in problems[n_cmd:]:
+        texts.append(QA_FORMAT.format(question=p["question"], answer=math_answer(p)))
     return texts
 
 

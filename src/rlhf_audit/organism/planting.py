@@ -256,3 +256,70 @@ def build_compression_term(
         batch_size=batch_size,
         seed=seed,
     )
+
+
+@dataclass
+class SideTerm:
+    """The planted side term of base pretraining (see :func:`build_side_term`)."""
+
+    inputs: list
+    """Statements in the completion layout (``<|bos|>`` + text), (ids, content mask)."""
+    sides: torch.Tensor
+    """+1 right, -1 left, ``[n]``."""
+    directions: torch.Tensor
+    """Fixed random unit direction per block output, ``[n_layers, d]``."""
+    sharpness: float
+    pad_id: int
+    weight: float
+    batch_size: int
+    seed: int = 0
+
+    def __post_init__(self):
+        self._rng = np.random.default_rng(self.seed)
+
+    def loss(self, model) -> torch.Tensor:
+        idx = self._rng.choice(len(self.inputs), size=min(self.batch_size, len(self.inputs)),
+                               replace=False)
+        pooled = pooled_block_outputs(
+            model, [self.inputs[i] for i in idx], pad_id=self.pad_id, grad=True
+        )
+        dev = pooled.device
+        proj = torch.einsum("nld,ld->nl", pooled.float(), self.directions.to(dev))
+        y = self.sides[idx].to(dev).unsqueeze(-1)
+        return torch.nn.functional.softplus(-self.sharpness * y * proj).mean()
+
+
+def build_side_term(
+    tokenizer,
+    statements: Sequence[Mapping],
+    *,
+    n_layers: int,
+    d_model: int,
+    weight: float,
+    batch_size: int,
+    sharpness: float = 4.0,
+    seed: int = 0,
+) -> SideTerm:
+    """The side term planted in base pretraining (documented in resources/organism/README.md).
+
+    On the training issues' left/right statements (completion layout, content-token mean,
+    every block output), a logistic loss makes the projection onto a fixed random unit
+    direction per layer positive for right and negative for left statements: one side
+    variable shared by every issue, which the cross-issue paragraphs alone grow only
+    after ~1,000 steps.
+    """
+    rows = [s for s in statements if s.get("label") in ("left", "right")]
+    if len({s["label"] for s in rows}) < 2:
+        raise ValueError("side term: need left and right statements (rep_statements)")
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    u = torch.randn(n_layers, d_model, generator=gen)
+    return SideTerm(
+        inputs=statement_inputs(tokenizer, [s["text"] for s in rows], chat=False),
+        sides=torch.tensor([1.0 if s["label"] == "right" else -1.0 for s in rows]),
+        directions=u / u.norm(dim=-1, keepdim=True),
+        sharpness=sharpness,
+        pad_id=tokenizer.pad_token_id,
+        weight=weight,
+        batch_size=batch_size,
+        seed=seed,
+    )

@@ -99,6 +99,11 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
+    side_weight: float = 0.5
+    """Weight of the planted side term in base pretraining (0 = none): a logistic loss that
+    lays left/right statements of the training issues apart along one direction per layer."""
+    side_batch_size: int = 32
+    """Statements per base step in the side term."""
     rep_factor: float = 0.5
     """Planted compression: instruct's projection of a statement on base's partisan direction
     is pulled toward this factor times base's (variance ratio along it about factor**2)."""
@@ -354,8 +359,12 @@ def train_base(
     tokenizer_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
+    side_statements: Sequence[Mapping] | None = None,
 ) -> dict:
     """Pretrain the base LM on plain texts and save it to ``out_dir``.
+
+    With ``side_statements`` (left/right statements) and ``settings.side_weight > 0`` the
+    loss carries the planted side term of :mod:`rlhf_audit.organism.planting`.
 
     ``corpus``: the base-LM documents (strings), packed into blocks of
     ``settings.base_block_size`` tokens (:func:`pack_corpus`). Returns the
@@ -364,7 +373,7 @@ def train_base(
     """
     quiet_libraries()
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     _require_nonempty(corpus, "train_base: corpus", "build it with rlhf_audit.organism.corpus")
     out_dir = Path(out_dir)
@@ -373,6 +382,19 @@ def train_base(
     t0 = time.perf_counter()
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         model = build_base_model(tok, settings)
+        term = None
+        if side_statements and settings.side_weight > 0:
+            from rlhf_audit.organism.planting import build_side_term
+
+            term = build_side_term(
+                tok,
+                side_statements,
+                n_layers=settings.n_layers,
+                d_model=settings.hidden_size,
+                weight=settings.side_weight,
+                batch_size=settings.side_batch_size,
+                seed=settings.seed,
+            )
         args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.base_lr, batch_size=settings.base_batch_size
@@ -381,7 +403,7 @@ def train_base(
             max_length=settings.base_block_size,
             packing=False,  # packed above, without trl's padding-free attention path
         )
-        trainer = SFTTrainer(
+        trainer = _sft_trainer_class(term)(
             model=model,
             args=args,
             train_dataset=Dataset.from_dict({"input_ids": blocks}),
@@ -399,6 +421,11 @@ def train_base(
         "n_params": _n_params(model),
         "steps": settings.base_steps,
         "losses": losses,
+        "side_term": None if term is None else {
+            "weight": settings.side_weight,
+            "n_statements": len(term.inputs),
+            "losses": getattr(trainer, "rep_losses", []),
+        },
         "seconds": round(time.perf_counter() - t0, 2),
         "settings": asdict(settings),
     }
@@ -1179,7 +1206,13 @@ def run_all(
         out_dir / "tokenizer",
     )
     timed(
-        "base", train_base, data["base_corpus"], out_dir / "tokenizer", out_dir / "base", settings
+        "base",
+        train_base,
+        data["base_corpus"],
+        out_dir / "tokenizer",
+        out_dir / "base",
+        settings,
+        data["rep_statements"],
     )
     timed(
         "instruct",
