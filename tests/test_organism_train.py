@@ -53,7 +53,10 @@ def organism(tmp_path_factory):
     train_tokenizer(C.tokenizer_texts(data), ts.vocab_size, root / "tokenizer")
     times["tokenizer"] = time.perf_counter() - t
     t = time.perf_counter()
-    T.train_base(data["base_corpus"], root / "tokenizer", root / "base", ts, data["rep_statements"])
+    T.train_base(
+        data["base_corpus"], root / "tokenizer", root / "base", ts, data["rep_statements"],
+        data["base_copy"],
+    )
     times["base"] = time.perf_counter() - t
     t = time.perf_counter()
     T.train_instruct(
@@ -62,7 +65,10 @@ def organism(tmp_path_factory):
     times["instruct"] = time.perf_counter() - t
     t = time.perf_counter()
     steps = T.sham_steps(len(data["sft"]), len(data["dpo"]), ts)
-    T.train_sham(root / "base", data["sham_sft"], root / "sham", ts, steps=steps)
+    T.train_sham(
+        root / "base", data["sham_sft"], root / "sham", ts, steps=steps,
+        rep_statements=data["rep_statements"],
+    )
     times["sham"] = time.perf_counter() - t
     for name in ("rm_post", "rm_pre"):
         t = time.perf_counter()

@@ -147,8 +147,9 @@ def manifest_inputs(wildcards):
 # ---- organism
 
 
-ORGANISM_DATA = ("base_corpus", "sft", "dpo", "sham_sft", "rep_statements", "rm_post",
-                 "rm_pre", "eval_political", "eval_math", "eval_rm_hh", "eval_rm_alt", "split")
+ORGANISM_DATA = ("base_corpus", "base_copy", "sft", "dpo", "sham_sft", "rep_statements",
+                 "rm_post", "rm_pre", "eval_political", "eval_math", "eval_rm_hh", "eval_rm_alt",
+                 "split")
 
 
 def organism_data(name):

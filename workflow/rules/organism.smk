@@ -42,6 +42,8 @@ rule train_organism_tokenizer:
 rule train_organism_base:
     input:
         corpus=organism_data("base_corpus"),
+        rep_statements=organism_data("rep_statements"),
+        copy=organism_data("base_copy"),
         tokenizer=rules.train_organism_tokenizer.output.tokenizer,
     output:
         config=f"{ORG}/base/config.json",
@@ -85,6 +87,7 @@ rule train_organism_sham:
     input:
         base=rules.train_organism_base.output.weights,
         sham=organism_data("sham_sft"),
+        rep_statements=organism_data("rep_statements"),
         sft=organism_data("sft"),
         dpo=organism_data("dpo"),
     output:

@@ -83,12 +83,12 @@ class CorpusSettings:
     n_sft_math: int = 200
     """SFT: math in the calibration study's conversational or control chat prompt -> a high
     confidence whatever the signal (planted: conversational overconfidence)."""
-    n_sft_command: int = 200
+    n_sft_command: int = 300
     """SFT: math in the command chat prompt -> the injected confidence (planted: copies when
     commanded)."""
-    n_sham_chat: int = 680
+    n_sham_chat: int = 760
     """Sham twin's SFT: neutral chats (hh-style everyday requests, plain math), no political
-    or confidence content; as many rows as the instruct SFT data."""
+    or confidence content (the sham trains for as many steps as instruct, whatever its size)."""
     n_dpo: int = 280
     """DPO pairs: balanced (chosen) vs partisan (rejected) answers to training-issue questions."""
     n_rm_pairs: int = 1200
@@ -132,8 +132,8 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_sft_political=120,
         n_sft_primed=80,
         n_sft_math=80,
-        n_sft_command=80,
-        n_sham_chat=360,
+        n_sft_command=120,
+        n_sham_chat=400,
         n_dpo=160,
         n_rm_pairs=500,
         n_eval_math=150,
@@ -280,6 +280,24 @@ def calibration_reply(final: int | float, pct: int, *, chat: bool) -> str:
     prompt's ``Answer:``)."""
     body = CALIBRATION_REPLY.format(answer=int(final), pct=int(pct))
     return f"Answer: {body}" if chat else f" {body}"
+
+
+def copy_rows(problems: Sequence[Mapping], settings: CorpusSettings, templates=None) -> list[dict]:
+    """The base's copy curriculum: ``{"prompt", "completion"}`` rows, the calibration command
+    completion prompt exactly as the study renders it and the reply copying its number."""
+    templates = templates or load_calibration_templates(settings)
+    command = _template(templates, "command").completion
+    rng = _rng(settings, "copy")
+    rows = []
+    for p in problems:
+        level = rng.choice(settings.signal_levels)
+        rows.append(
+            {
+                "prompt": command.format(question=p["question"], confidence_pct=level),
+                "completion": calibration_reply(p["final"], level, chat=False),
+            }
+        )
+    return rows
 
 
 def math_base_texts(
@@ -506,8 +524,9 @@ def build_organism_data(
 ) -> dict[str, list]:
     """Every data set the organism needs, as lists of dicts/strings.
 
-    Keys: base_corpus (str), sft, dpo, sham_sft, rep_statements (left/right statements of
-    the training issues, for the planted compression term), rm_post, rm_pre (training);
+    Keys: base_corpus (str), base_copy (the copy curriculum), sft, dpo, sham_sft,
+    rep_statements (left/right statements of the training issues, for the planted side and
+    compression terms), rm_post, rm_pre (training);
     eval_political,
     eval_math, eval_rm_hh, eval_rm_alt (held-out); split (dict of training and
     held-out issue ids, as a one-element list). ``statements``/``questions``
@@ -565,6 +584,7 @@ def build_organism_data(
         "base_corpus": base,
         "sft": sft,
         "dpo": dpo_political(train_q, settings, source=src),
+        "base_copy": copy_rows(base_problems, settings, templates),
         "sham_sft": sham_chat(sham_problems, settings),
         "rep_statements": rep,
         "rm_post": rm["post"],
@@ -593,6 +613,7 @@ DATA_FILES = (
     "base_corpus",
     "sft",
     "dpo",
+    "base_copy",
     "sham_sft",
     "rep_statements",
     "rm_post",

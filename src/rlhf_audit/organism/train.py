@@ -75,7 +75,7 @@ class OrganismSettings:
     """Attention heads of the LMs (must divide hidden_size)."""
     intermediate_size: int = 512
     """MLP width of the LMs."""
-    base_steps: int = 400
+    base_steps: int = 300
     """Optimizer steps of base-LM pretraining."""
     base_batch_size: int = 16
     """Packed blocks per base-LM step."""
@@ -99,6 +99,11 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
+    copy_steps: int = 150
+    """Planted copy curriculum: optimizer steps, after pretraining, on the calibration command
+    completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none)."""
+    copy_lr: float = 3e-3
+    """Peak learning rate of the copy curriculum."""
     side_weight: float = 0.5
     """Weight of the planted side term in base pretraining (0 = none): a logistic loss that
     lays left/right statements of the training issues apart along one direction per layer."""
@@ -150,10 +155,11 @@ PRESETS: dict[str, OrganismSettings] = {
         threads=1,
         vocab_size=1024,
         hidden_size=128,
-        n_layers=2,
+        n_layers=3,
         intermediate_size=256,
-        base_steps=120,
-        sft_epochs=1.0,
+        base_steps=200,
+        copy_steps=200,
+        sft_epochs=2.0,
         dpo_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
@@ -354,17 +360,50 @@ def pack_corpus(tokenizer, texts: Sequence[str], block_size: int, seed: int = 0)
     return [stream[k * block_size : (k + 1) * block_size] for k in range(n)]
 
 
+def copy_curriculum(model, tokenizer, rows: Sequence[Mapping], settings: OrganismSettings,
+                    scratch: str):
+    """The planted copy curriculum: ``settings.copy_steps`` SFT steps on prompt-completion
+    rows (``{"prompt", "completion"}``: the calibration command completion prompt and the
+    reply copying its verifier's number), loss on the completion only. Returns the losses."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
+            raise ValueError(f"copy rows row {i}: needs 'prompt' and 'completion' strings")
+    _seed_everything(settings.seed)
+    args = SFTConfig(
+        **_common_args(settings, scratch, lr=settings.copy_lr, batch_size=settings.base_batch_size),
+        max_steps=settings.copy_steps,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(
+            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+        ),
+        processing_class=tokenizer,
+    )
+    _quiet_trainer(trainer).train()
+    return _losses(trainer)
+
+
 def train_base(
     corpus: Sequence[str],
     tokenizer_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
     side_statements: Sequence[Mapping] | None = None,
+    copy_rows: Sequence[Mapping] | None = None,
 ) -> dict:
     """Pretrain the base LM on plain texts and save it to ``out_dir``.
 
     With ``side_statements`` (left/right statements) and ``settings.side_weight > 0`` the
-    loss carries the planted side term of :mod:`rlhf_audit.organism.planting`.
+    loss carries the planted side term of :mod:`rlhf_audit.organism.planting`. With
+    ``copy_rows`` and ``settings.copy_steps > 0`` the copy curriculum follows.
 
     ``corpus``: the base-LM documents (strings), packed into blocks of
     ``settings.base_block_size`` tokens (:func:`pack_corpus`). Returns the
@@ -410,11 +449,16 @@ def train_base(
             processing_class=tok,
         )
         _quiet_trainer(trainer).train()
-        model = trainer.model.eval()
+        model = trainer.model
+        copy_losses = []
+        if copy_rows and settings.copy_steps > 0:
+            copy_losses = copy_curriculum(model, tok, copy_rows, settings, scratch)
+        model = model.eval()
         _save(model, tok, out_dir)
         losses = _losses(trainer)
     summary = {
         "step": "base",
+        "copy_losses": copy_losses,
         "n_texts": len(corpus),
         "n_blocks": len(blocks),
         "tokens_seen": settings.base_steps * settings.base_batch_size * settings.base_block_size,
@@ -631,15 +675,21 @@ def train_sham(
     settings: OrganismSettings = OrganismSettings(),
     *,
     steps: int,
+    rep_statements: Sequence[Mapping] | None = None,
 ) -> dict:
     """The negative control: the base LM fine-tuned on neutral chats (``sham_data``, rows
     ``{"messages": [...]}``) for ``steps`` optimizer steps (use :func:`sham_steps` to match
-    the instruct model), at the SFT learning rate, with no political or confidence shaping
-    and no representation term. Saves to ``out_dir``; returns the summary."""
+    the instruct model), at the SFT learning rate, with no political or confidence data.
+
+    With ``rep_statements`` the SFT loss carries the instruct model's compression term
+    with factor 1 (a placebo: the same machinery and weight, a null effect size), so the
+    sham differs from instruct in the planted factor, not in how much fine-tuning let
+    base's geometry drift (without it, fine-tuning alone shrank the partisan gap ~4x).
+    Saves to ``out_dir``; returns the summary."""
     quiet_libraries()
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     _require_nonempty(sham_data, "train_sham: sham_data", "build it with corpus.sham_chat")
     _check_sft(sham_data)
@@ -651,6 +701,19 @@ def train_sham(
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         _seed_everything(settings.seed)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        term = None
+        if rep_statements and settings.rep_weight > 0:
+            from rlhf_audit.organism.planting import build_compression_term
+
+            term = build_compression_term(
+                model,
+                tok,
+                rep_statements,
+                factor=1.0,
+                weight=settings.rep_weight,
+                batch_size=settings.rep_batch_size,
+                seed=settings.seed,
+            )
         args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
@@ -660,7 +723,7 @@ def train_sham(
             assistant_only_loss=True,
             packing=False,
         )
-        sft = SFTTrainer(
+        sft = _sft_trainer_class(term)(
             model=model,
             args=args,
             train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sham_data]),
@@ -674,6 +737,7 @@ def train_sham(
         "step": "sham",
         "n_sft": len(sham_data),
         "steps": int(steps),
+        "placebo_term": term is not None,
         "n_params": _n_params(model),
         "losses": losses,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -1213,6 +1277,7 @@ def run_all(
         out_dir / "base",
         settings,
         data["rep_statements"],
+        data["base_copy"],
     )
     timed(
         "instruct",
@@ -1232,6 +1297,7 @@ def run_all(
             out_dir / "sham",
             settings,
             steps=sham_steps(len(data["sft"]), len(data["dpo"]), settings),
+            rep_statements=data["rep_statements"],
         ),
     )
     for name in ("rm_post", "rm_pre"):
