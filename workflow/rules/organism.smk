@@ -43,7 +43,7 @@ rule train_organism_base:
     input:
         corpus=organism_data("base_corpus"),
         rep_statements=organism_data("rep_statements"),
-        copy=organism_data("base_copy"),
+        base_copy=organism_data("base_copy"),
         tokenizer=rules.train_organism_tokenizer.output.tokenizer,
     output:
         config=f"{ORG}/base/config.json",
