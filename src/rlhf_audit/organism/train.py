@@ -163,7 +163,7 @@ PRESETS: dict[str, OrganismSettings] = {
         dpo_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
-        rm_epochs=2.0,
+        rm_epochs=3.0,
         max_length=192,
     ),
 }
