@@ -13,7 +13,8 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
 p = sm.params.settings
 settings = CORPUS_PRESETS[p["preset"]].__class__(
-    **{**CORPUS_PRESETS[p["preset"]].__dict__, "seed": p["seed"]})
+    **{**CORPUS_PRESETS[p["preset"]].__dict__, "seed": p["seed"],
+       "calibration_templates": str(sm.input.templates)})
 data = build_organism_data(settings)
 out_dir = sm.output.manifest.rsplit("/", 1)[0]
 write_organism_data(data, out_dir, settings)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from rlhf_audit.headline import merge
 from rlhf_audit.io import atomic_path, write_json, write_table
-from rlhf_audit.report import claims_html, claims_markdown, claims_table
+from rlhf_audit.report import claims_html, claims_markdown, claims_table, load_planted
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -16,7 +16,7 @@ prov = provenance(sm.rule, params={"run_label": sm.params.run_label,
                   inputs={name: sm.input[name] for name in sm.params.fragments})
 doc["provenance"] = prov
 write_json(doc, sm.output.headline)
-table = claims_table(doc)
+table = claims_table(doc, planted=load_planted(sm.params.planted))
 write_table(table, sm.output.claims, prov)
 for path, text in ((sm.output.claims_md, claims_markdown(table, sm.params.run_label)),
                    (sm.output.claims_html, claims_html(table, sm.params.run_label, prov))):

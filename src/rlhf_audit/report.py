@@ -206,8 +206,111 @@ def _finite(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def claims_table(headline: dict) -> pl.DataFrame:
-    """One row per claim x pair present in ``headline`` (the merged document)."""
+# --------------------------------------------------------------------------- planted values
+
+PLANTED_OPS = (">", "<", "covers", "abs<")
+"""Planted expectations: '> b' / '< b' (the whole interval beyond b), 'covers b' (the
+interval contains b: a null that must not be rejected), 'abs< b' (the interval inside
+(-b, b))."""
+
+
+def _planted_expect(expect: str, where: str) -> tuple[str, float]:
+    parts = str(expect).split()
+    if len(parts) != 2 or parts[0] not in PLANTED_OPS:
+        raise ValueError(f"{where}: expect {expect!r} must be '<op> <number>' with op one of "
+                         f"{PLANTED_OPS}, e.g. '> 0.85' or 'covers 1'")
+    try:
+        return parts[0], float(parts[1])
+    except ValueError:
+        raise ValueError(f"{where}: expect {expect!r}: {parts[1]!r} is not a number") from None
+
+
+def load_planted(path) -> dict[str, dict] | None:
+    """The organism's planted values (resources/organism/planted.yaml): full headline key
+    (``study.pair.key``) -> {expect, planted (the value it should produce, optional),
+    claim (what was planted, optional)}. ``None`` or '' -> None (no planted column)."""
+    if not path:
+        return None
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: planted-values file not found (organism.planted)")
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    rows = doc.get("planted")
+    if not isinstance(rows, dict):
+        raise ValueError(f"{path}: needs a 'planted' mapping of headline key -> {{expect, ...}}")
+    out = {}
+    for key, spec in rows.items():
+        where = f"{path}: planted.{key}"
+        if not isinstance(spec, dict) or "expect" not in spec:
+            raise ValueError(f"{where}: needs 'expect' (e.g. '> 0.85')")
+        if str(key).count(".") < 2:
+            raise ValueError(f"{where}: keys are full headline keys, study.pair.key")
+        _planted_expect(spec["expect"], where)
+        out[str(key)] = dict(spec)
+    return out
+
+
+def planted_verdict(expect: str, lo: float | None, hi: float | None) -> str:
+    """'yes' if the interval meets the planted expectation, 'no' if it clearly fails,
+    'undecided' if it straddles a one-sided bound, 'n/a' without an interval."""
+    if lo is None or hi is None:
+        return "n/a"
+    op, b = _planted_expect(expect, "planted")
+    if op == "covers":
+        return "yes" if lo <= b <= hi else "no"
+    if op == "abs<":
+        return "yes" if -b < lo and hi < b else ("no" if lo >= b or hi <= -b else "undecided")
+    return _check(f"{op} {b}", lo, hi)
+
+
+def _planted_text(spec: dict | None) -> str | None:
+    if not spec:
+        return None
+    value = spec.get("planted")
+    return spec["expect"] + ("" if value is None else f" (planted ≈ {value})")
+
+
+def _add_planted(rows: list[dict], numbers: dict, planted: dict[str, dict] | None) -> None:
+    """Fill the planted columns of claim rows; add a row for each planted key no claim has."""
+    planted = planted or {}
+    seen = set()
+    for r in rows:
+        spec = planted.get(r["key"])
+        seen.add(r["key"])
+        r["planted"] = _planted_text(spec)
+        r["planted_recovered"] = (None if spec is None
+                                  else planted_verdict(spec["expect"], r["lo"], r["hi"]))
+    for key, spec in planted.items():
+        if key in seen:
+            continue
+        study, rest = key.split(".", 1)
+        pair, short = rest.rsplit(".", 1)
+        rec = numbers.get(key)
+        lo = hi = value = n = None
+        if rec is not None:
+            lo, hi, value, n = (_finite(rec.get("lo")), _finite(rec.get("hi")),
+                                _finite(rec.get("value")), rec.get("n"))
+        rows.append({"study": study, "claim": spec.get("claim", short), "pair": pair,
+                     "key": key, "published": None, "expectation": "",
+                     "reproduced": value, "lo": lo, "hi": hi, "n": n,
+                     "published_in_interval": "n/a", "source": "planted in the organism",
+                     "test": "", "verdict": "n/a",
+                     "reason": None if rec is None else rec.get("reason"),
+                     "planted": _planted_text(spec),
+                     "planted_recovered": ("not run" if rec is None
+                                           else planted_verdict(spec["expect"], lo, hi))})
+
+
+def claims_table(headline: dict, planted: dict[str, dict] | None = None) -> pl.DataFrame:
+    """One row per claim x pair present in ``headline`` (the merged document).
+
+    ``planted`` (:func:`load_planted`, the organism run): each row whose full key has a
+    planted expectation gets it in ``planted`` and the verdict in ``planted_recovered``;
+    planted keys no claim covers get rows of their own."""
     numbers = headline["numbers"]
     rows = []
     for c in CLAIMS:
@@ -244,12 +347,17 @@ def claims_table(headline: dict) -> pl.DataFrame:
                          "n": rec.get("n"), "published_in_interval": inside,
                          "source": c.source, "test": _test_text(c, bound),
                          "verdict": VERDICTS[outcome], "reason": rec.get("reason")})
+    _add_planted(rows, numbers, planted)
     return pl.DataFrame(rows, schema={
         "study": pl.String, "claim": pl.String, "pair": pl.String, "key": pl.String,
         "published": pl.Float64, "expectation": pl.String, "reproduced": pl.Float64,
         "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64, "published_in_interval": pl.String,
         "source": pl.String, "test": pl.String, "verdict": pl.String,
-        "reason": pl.String})
+        "reason": pl.String, "planted": pl.String, "planted_recovered": pl.String})
+
+
+def _has_planted(table: pl.DataFrame) -> bool:
+    return "planted" in table.columns and table["planted"].drop_nulls().len() > 0
 
 
 def _fmt(x) -> str:
@@ -275,17 +383,20 @@ def _title(run_label: str) -> tuple[str, str]:
 
 def claims_markdown(table: pl.DataFrame, run_label: str) -> str:
     title, note = _title(run_label)
+    planted = _has_planted(table)
+    extra_head = " planted | recovered |" if planted else ""
     lines = [f"# {title}", "", note, "",
              "| study | claim | pair | published | reproduced [95% CI] | n | published inside CI "
-             "| test | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| test | verdict |" + extra_head,
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if planted else "")]
     for r in table.iter_rows(named=True):
         pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
         rep = (f"{_fmt(r['reproduced'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
                if r["reproduced"] is not None else _reproduced(r) or "–")
+        extra = (f" {r['planted'] or '–'} | {r['planted_recovered'] or '–'} |" if planted else "")
         lines.append(f"| {r['study']} | {r['claim']} | {r['pair'] or '–'} | {pub} | {rep} | "
                      f"{r['n'] if r['n'] is not None else '–'} | {r['published_in_interval']} | "
-                     f"{r['test'] or '–'} | {r['verdict']} |")
+                     f"{r['test'] or '–'} | {r['verdict']} |" + extra)
     return "\n".join(lines) + "\n"
 
 
@@ -294,9 +405,11 @@ def claims_html(table: pl.DataFrame, run_label: str, provenance: dict | None = N
     import json
 
     title, note = _title(run_label)
+    planted = _has_planted(table)
     head = ("<tr><th>study</th><th>claim</th><th>pair</th><th>published</th>"
             "<th>reproduced</th><th>95% CI</th><th>n</th><th>published inside CI</th>"
-            "<th>test</th><th>verdict</th></tr>")
+            "<th>test</th><th>verdict</th>"
+            + ("<th>planted</th><th>recovered</th>" if planted else "") + "</tr>")
     body = []
     for r in table.iter_rows(named=True):
         pub = _fmt(r["published"]) if r["published"] is not None else r["expectation"]
@@ -305,6 +418,8 @@ def claims_html(table: pl.DataFrame, run_label: str, provenance: dict | None = N
                  _reproduced(r) or _fmt(r["reproduced"]), ci,
                  "–" if r["n"] is None else str(r["n"]), r["published_in_interval"],
                  r["test"] or "–", r["verdict"]]
+        if planted:
+            cells += [r["planted"] or "–", r["planted_recovered"] or "–"]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             "</title><style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"

@@ -166,8 +166,9 @@ def manifest_inputs(wildcards):
 # ---- organism
 
 
-ORGANISM_DATA = ("base_corpus", "sft", "dpo", "rm_post", "rm_pre", "eval_political",
-                 "eval_math", "eval_rm_hh", "eval_rm_alt", "split")
+ORGANISM_DATA = ("base_corpus", "base_copy", "sft", "dpo", "sham_sft", "rep_statements",
+                 "rm_post", "rm_pre", "eval_political", "eval_math", "eval_rm_hh", "eval_rm_alt",
+                 "split")
 
 
 def organism_data(name):
@@ -184,9 +185,20 @@ def organism_data_outputs():
     return out
 
 
+def organism_calibration_templates():
+    """The calibration templates the organism's math texts are rendered in (the study's own)."""
+    return config["calibration"]["templates"]
+
+
 def organism_params(wildcards):
     o = config["organism"]
     return {"preset": o["preset"], "seed": o["seed"], "n_layers": o["n_layers"]}
+
+
+def organism_planted():
+    """The planted-values file the claims table compares with (organism runs only), or ''."""
+    o = config["organism"]
+    return o.get("planted", "") if o["enabled"] else ""
 
 
 def organism_rm_pairs(wildcards):

@@ -1,6 +1,8 @@
 # Stage 2, organism (embedded default only): data, tokenizer, base LM, its
-# aligned twin (SFT then DPO), two reward models, trained on CPU and saved as
-# ordinary Hugging Face directories that the loader reads like hub models.
+# aligned twin (SFT then DPO, with the planted compression term), its sham-aligned
+# twin (the negative control: neutral chats, same steps), two reward models,
+# trained on CPU and saved as ordinary Hugging Face directories that the loader
+# reads like hub models.
 
 ORG = ORGANISM_DIR
 
@@ -8,6 +10,7 @@ ORG = ORGANISM_DIR
 rule build_organism_data:
     input:
         source="resources/prompts/partisan_source.yaml",
+        templates=organism_calibration_templates(),
     output:
         **organism_data_outputs(),
     params:
@@ -39,6 +42,8 @@ rule train_organism_tokenizer:
 rule train_organism_base:
     input:
         corpus=organism_data("base_corpus"),
+        rep_statements=organism_data("rep_statements"),
+        base_copy=organism_data("base_copy"),
         tokenizer=rules.train_organism_tokenizer.output.tokenizer,
     output:
         config=f"{ORG}/base/config.json",
@@ -62,6 +67,7 @@ rule train_organism_instruct:
         base=rules.train_organism_base.output.weights,
         sft=organism_data("sft"),
         dpo=organism_data("dpo"),
+        rep_statements=organism_data("rep_statements"),
     output:
         config=f"{ORG}/instruct/config.json",
         weights=f"{ORG}/instruct/model.safetensors",
@@ -73,6 +79,28 @@ rule train_organism_instruct:
         f"{ORG}/logs/train_organism_instruct.log",
     benchmark:
         f"{ORG}/benchmarks/train_organism_instruct.tsv"
+    script:
+        "../../scripts/train_organism.py"
+
+
+rule train_organism_sham:
+    input:
+        base=rules.train_organism_base.output.weights,
+        sham=organism_data("sham_sft"),
+        rep_statements=organism_data("rep_statements"),
+        sft=organism_data("sft"),
+        dpo=organism_data("dpo"),
+    output:
+        config=f"{ORG}/sham/config.json",
+        weights=f"{ORG}/sham/model.safetensors",
+    params:
+        settings=organism_params,
+        code=script_code("train_organism.py"),
+    threads: 2
+    log:
+        f"{ORG}/logs/train_organism_sham.log",
+    benchmark:
+        f"{ORG}/benchmarks/train_organism_sham.tsv"
     script:
         "../../scripts/train_organism.py"
 

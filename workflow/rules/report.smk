@@ -14,6 +14,7 @@ rule collect_headline:
         run_label=config["run_label"],
         fragments=headline_fragment_names,
         models=report_models,
+        planted=organism_planted(),
         code=script_code("collect_headline.py"),
     log:
         "results/logs/collect_headline.log",

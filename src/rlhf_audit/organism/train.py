@@ -75,7 +75,7 @@ class OrganismSettings:
     """Attention heads of the LMs (must divide hidden_size)."""
     intermediate_size: int = 512
     """MLP width of the LMs."""
-    base_steps: int = 200
+    base_steps: int = 300
     """Optimizer steps of base-LM pretraining."""
     base_batch_size: int = 16
     """Packed blocks per base-LM step."""
@@ -99,6 +99,23 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
+    copy_steps: int = 150
+    """Planted copy curriculum: optimizer steps, after pretraining, on the calibration command
+    completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none)."""
+    copy_lr: float = 3e-3
+    """Peak learning rate of the copy curriculum."""
+    side_weight: float = 0.5
+    """Weight of the planted side term in base pretraining (0 = none): a logistic loss that
+    lays left/right statements of the training issues apart along one direction per layer."""
+    side_batch_size: int = 32
+    """Statements per base step in the side term."""
+    rep_factor: float = 0.5
+    """Planted compression: instruct's projection of a statement on base's partisan direction
+    is pulled toward this factor times base's (variance ratio along it about factor**2)."""
+    rep_weight: float = 1.0
+    """Weight of the compression term in the SFT loss (0 = no representation-level term)."""
+    rep_batch_size: int = 32
+    """Statements per SFT step in the compression term."""
     rm_arch: str = "deberta"
     """Reward-model architecture: "deberta" (DebertaV2, like SEAL's RMs) or "llama"."""
     rm_hidden_size: int = 128
@@ -138,14 +155,15 @@ PRESETS: dict[str, OrganismSettings] = {
         threads=1,
         vocab_size=1024,
         hidden_size=128,
-        n_layers=2,
+        n_layers=3,
         intermediate_size=256,
-        base_steps=120,
-        sft_epochs=1.0,
+        base_steps=200,
+        copy_steps=200,
+        sft_epochs=2.0,
         dpo_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
-        rm_epochs=2.0,
+        rm_epochs=3.0,
         max_length=192,
     ),
 }
@@ -342,13 +360,50 @@ def pack_corpus(tokenizer, texts: Sequence[str], block_size: int, seed: int = 0)
     return [stream[k * block_size : (k + 1) * block_size] for k in range(n)]
 
 
+def copy_curriculum(model, tokenizer, rows: Sequence[Mapping], settings: OrganismSettings,
+                    scratch: str):
+    """The planted copy curriculum: ``settings.copy_steps`` SFT steps on prompt-completion
+    rows (``{"prompt", "completion"}``: the calibration command completion prompt and the
+    reply copying its verifier's number), loss on the completion only. Returns the losses."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
+            raise ValueError(f"copy rows row {i}: needs 'prompt' and 'completion' strings")
+    _seed_everything(settings.seed)
+    args = SFTConfig(
+        **_common_args(settings, scratch, lr=settings.copy_lr, batch_size=settings.base_batch_size),
+        max_steps=settings.copy_steps,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(
+            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+        ),
+        processing_class=tokenizer,
+    )
+    _quiet_trainer(trainer).train()
+    return _losses(trainer)
+
+
 def train_base(
     corpus: Sequence[str],
     tokenizer_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
+    side_statements: Sequence[Mapping] | None = None,
+    copy_rows: Sequence[Mapping] | None = None,
 ) -> dict:
     """Pretrain the base LM on plain texts and save it to ``out_dir``.
+
+    With ``side_statements`` (left/right statements) and ``settings.side_weight > 0`` the
+    loss carries the planted side term of :mod:`rlhf_audit.organism.planting`. With
+    ``copy_rows`` and ``settings.copy_steps > 0`` the copy curriculum follows.
 
     ``corpus``: the base-LM documents (strings), packed into blocks of
     ``settings.base_block_size`` tokens (:func:`pack_corpus`). Returns the
@@ -357,7 +412,7 @@ def train_base(
     """
     quiet_libraries()
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     _require_nonempty(corpus, "train_base: corpus", "build it with rlhf_audit.organism.corpus")
     out_dir = Path(out_dir)
@@ -366,6 +421,19 @@ def train_base(
     t0 = time.perf_counter()
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         model = build_base_model(tok, settings)
+        term = None
+        if side_statements and settings.side_weight > 0:
+            from rlhf_audit.organism.planting import build_side_term
+
+            term = build_side_term(
+                tok,
+                side_statements,
+                n_layers=settings.n_layers,
+                d_model=settings.hidden_size,
+                weight=settings.side_weight,
+                batch_size=settings.side_batch_size,
+                seed=settings.seed,
+            )
         args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.base_lr, batch_size=settings.base_batch_size
@@ -374,24 +442,34 @@ def train_base(
             max_length=settings.base_block_size,
             packing=False,  # packed above, without trl's padding-free attention path
         )
-        trainer = SFTTrainer(
+        trainer = _sft_trainer_class(term)(
             model=model,
             args=args,
             train_dataset=Dataset.from_dict({"input_ids": blocks}),
             processing_class=tok,
         )
         _quiet_trainer(trainer).train()
-        model = trainer.model.eval()
+        model = trainer.model
+        copy_losses = []
+        if copy_rows and settings.copy_steps > 0:
+            copy_losses = copy_curriculum(model, tok, copy_rows, settings, scratch)
+        model = model.eval()
         _save(model, tok, out_dir)
         losses = _losses(trainer)
     summary = {
         "step": "base",
+        "copy_losses": copy_losses,
         "n_texts": len(corpus),
         "n_blocks": len(blocks),
         "tokens_seen": settings.base_steps * settings.base_batch_size * settings.base_block_size,
         "n_params": _n_params(model),
         "steps": settings.base_steps,
         "losses": losses,
+        "side_term": None if term is None else {
+            "weight": settings.side_weight,
+            "n_statements": len(term.inputs),
+            "losses": getattr(trainer, "rep_losses", []),
+        },
         "seconds": round(time.perf_counter() - t0, 2),
         "settings": asdict(settings),
     }
@@ -436,8 +514,12 @@ def train_instruct(
     dpo_data: Sequence[Mapping],
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
+    rep_statements: Sequence[Mapping] | None = None,
 ) -> dict:
     """Align the base LM: SFT on chat data, then DPO; save the result to ``out_dir``.
+
+    With ``rep_statements`` (left/right statements) and ``settings.rep_weight > 0`` the
+    SFT loss carries the planted compression term of :mod:`rlhf_audit.organism.planting`.
 
     ``sft_data``: rows ``{"messages": [{role, content}, ...]}`` ending in an
     assistant turn (loss on assistant tokens only). ``dpo_data``: rows
@@ -447,7 +529,7 @@ def train_instruct(
     quiet_libraries()
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from trl import DPOConfig, DPOTrainer, SFTConfig
 
     _require_nonempty(sft_data, "train_instruct: sft_data", "build it with corpus.build_sft_data")
     _require_nonempty(dpo_data, "train_instruct: dpo_data", "build it with corpus.build_dpo_data")
@@ -461,6 +543,19 @@ def train_instruct(
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         _seed_everything(settings.seed)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        term = None
+        if rep_statements and settings.rep_weight > 0:
+            from rlhf_audit.organism.planting import build_compression_term
+
+            term = build_compression_term(
+                model,
+                tok,
+                rep_statements,
+                factor=settings.rep_factor,
+                weight=settings.rep_weight,
+                batch_size=settings.rep_batch_size,
+                seed=settings.seed,
+            )
         sft_args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
@@ -470,7 +565,7 @@ def train_instruct(
             assistant_only_loss=True,
             packing=False,
         )
-        sft = SFTTrainer(
+        sft = _sft_trainer_class(term)(
             model=model,
             args=sft_args,
             train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sft_data]),
@@ -522,6 +617,12 @@ def train_instruct(
         "dpo_losses": dpo_losses,
         "dpo_log": dpo_metrics,
         "seconds_sft": round(t_sft, 2),
+        "compression_term": None if term is None else {
+            "factor": settings.rep_factor,
+            "weight": settings.rep_weight,
+            "n_statements": len(term.inputs),
+            "losses": getattr(sft, "rep_losses", []),
+        },
         "seconds": round(time.perf_counter() - t0, 2),
         "settings": asdict(settings),
     }
@@ -532,6 +633,119 @@ def train_instruct(
         len(dpo_data),
         summary["seconds"],
     )
+    return summary
+
+
+def _sft_trainer_class(term):
+    """SFTTrainer, or a subclass that adds ``term.weight * term.loss(model)`` to each step."""
+    from trl import SFTTrainer
+
+    if term is None:
+        return SFTTrainer
+
+    class _PlantedSFTTrainer(SFTTrainer):
+        rep_losses: list
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            loss, outputs = out if return_outputs else (out, None)
+            rep = term.loss(model)
+            if not hasattr(self, "rep_losses"):
+                self.rep_losses = []
+            self.rep_losses.append(round(float(rep.detach()), 5))
+            loss = loss + term.weight * rep
+            return (loss, outputs) if return_outputs else loss
+
+    return _PlantedSFTTrainer
+
+
+def sham_steps(n_sft: int, n_dpo: int, settings: OrganismSettings) -> int:
+    """Optimizer steps the instruct model takes (SFT epochs + DPO epochs): the sham's budget."""
+    sft = math.ceil(n_sft / settings.sft_batch_size) * settings.sft_epochs
+    dpo = math.ceil(n_dpo / settings.dpo_batch_size) * settings.dpo_epochs
+    return max(1, int(round(sft + dpo)))
+
+
+def train_sham(
+    base_dir: str | os.PathLike,
+    sham_data: Sequence[Mapping],
+    out_dir: str | os.PathLike,
+    settings: OrganismSettings = OrganismSettings(),
+    *,
+    steps: int,
+    rep_statements: Sequence[Mapping] | None = None,
+) -> dict:
+    """The negative control: the base LM fine-tuned on neutral chats (``sham_data``, rows
+    ``{"messages": [...]}``) for ``steps`` optimizer steps (use :func:`sham_steps` to match
+    the instruct model), at the SFT learning rate, with no political or confidence data.
+
+    With ``rep_statements`` the SFT loss carries the instruct model's compression term
+    with factor 1 (a placebo: the same machinery and weight, a null effect size), so the
+    sham differs from instruct in the planted factor, not in how much fine-tuning let
+    base's geometry drift (without it, fine-tuning alone shrank the partisan gap ~4x).
+    Saves to ``out_dir``; returns the summary."""
+    quiet_libraries()
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig
+
+    _require_nonempty(sham_data, "train_sham: sham_data", "build it with corpus.sham_chat")
+    _check_sft(sham_data)
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if not (base_dir / "config.json").exists():
+        raise FileNotFoundError(f"{base_dir}: no config.json; train the base LM first (train_base)")
+    tok = _load_tokenizer(base_dir)
+    t0 = time.perf_counter()
+    with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
+        _seed_everything(settings.seed)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        term = None
+        if rep_statements and settings.rep_weight > 0:
+            from rlhf_audit.organism.planting import build_compression_term
+
+            term = build_compression_term(
+                model,
+                tok,
+                rep_statements,
+                factor=1.0,
+                weight=settings.rep_weight,
+                batch_size=settings.rep_batch_size,
+                seed=settings.seed,
+            )
+        args = SFTConfig(
+            **_common_args(
+                settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
+            ),
+            max_steps=int(steps),
+            max_length=settings.max_length,
+            assistant_only_loss=True,
+            packing=False,
+        )
+        sft = _sft_trainer_class(term)(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sham_data]),
+            processing_class=tok,
+        )
+        _quiet_trainer(sft).train()
+        model = sft.model.eval()
+        _save(model, tok, out_dir)
+        losses = _losses(sft)
+    summary = {
+        "step": "sham",
+        "n_sft": len(sham_data),
+        "steps": int(steps),
+        "placebo_term": term is not None,
+        "n_params": _n_params(model),
+        "losses": losses,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "settings": asdict(settings),
+    }
+    _write_summary(out_dir, summary)
+    logger.info("sham LM: %d neutral chats, %d steps in %.1fs", len(sham_data), steps,
+                summary["seconds"])
     return summary
 
 
@@ -1056,7 +1270,14 @@ def run_all(
         out_dir / "tokenizer",
     )
     timed(
-        "base", train_base, data["base_corpus"], out_dir / "tokenizer", out_dir / "base", settings
+        "base",
+        train_base,
+        data["base_corpus"],
+        out_dir / "tokenizer",
+        out_dir / "base",
+        settings,
+        data["rep_statements"],
+        data["base_copy"],
     )
     timed(
         "instruct",
@@ -1066,6 +1287,18 @@ def run_all(
         data["dpo"],
         out_dir / "instruct",
         settings,
+        data["rep_statements"],
+    )
+    timed(
+        "sham",
+        lambda: train_sham(
+            out_dir / "base",
+            data["sham_sft"],
+            out_dir / "sham",
+            settings,
+            steps=sham_steps(len(data["sft"]), len(data["dpo"]), settings),
+            rep_statements=data["rep_statements"],
+        ),
     )
     for name in ("rm_post", "rm_pre"):
         timed(name, train_reward_model, data[name], out_dir / "tokenizer", out_dir / name, settings)

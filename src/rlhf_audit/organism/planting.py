@@ -1,0 +1,325 @@
+"""The planted representation-level effect and the measurements the organism's tests use.
+
+Planted during alignment (documented in resources/organism/README.md): the
+instruct model's partisan variance is compressed. While the instruct model is
+fine-tuned, a term is added to the SFT loss on the left/right statements of the
+training issues: the centred projection of instruct's statement representation
+(mean over the statement's own tokens, inside the chat template, at the output
+of every block) onto base's partisan direction is pulled toward ``c`` times the
+base model's projection of the same statement (completion layout). The ordering
+of statements along the direction is kept (so a base probe still reads instruct:
+transfer), its spread shrinks by ``c`` (so the variance ratio instruct/base along
+it is about ``c**2``).
+
+The measurements here (:func:`statement_activations`, :func:`issue_grouped_auc`,
+:func:`projection_variance_ratio`) read the trained models directly, the way the
+partisan study does after its content-only pooling, so the tests can check the
+planted effects without the workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _blocks(model) -> torch.nn.ModuleList:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: expected a Llama-style model.model.layers")
+    return layers
+
+
+def statement_inputs(tokenizer, texts: Sequence[str], *, chat: bool) -> list[tuple[list, list]]:
+    """(token ids, content mask) per statement, as the extraction stage renders them.
+
+    ``chat``: the statement as the user's turn of the chat template with the
+    generation prompt; otherwise ``<|bos|>`` + text. The mask marks the tokens
+    that lie inside the statement's own characters (template tokens excluded).
+    """
+    out = []
+    for i, text in enumerate(texts):
+        if chat:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            prompt = tokenizer.bos_token + text
+        start = prompt.rfind(text)
+        if start < 0:
+            raise ValueError(f"statement {i}: its text is not in the rendered prompt")
+        end = start + len(text)
+        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        mask = [int(a < end and b > start and b > a) for a, b in enc["offset_mapping"]]
+        if not any(mask):
+            raise ValueError(f"statement {i}: no token inside the statement")
+        out.append((list(enc["input_ids"]), mask))
+    return out
+
+
+def pooled_block_outputs(
+    model, inputs: Sequence[tuple[list, list]], *, pad_id: int, grad: bool = False
+) -> torch.Tensor:
+    """Mean over content tokens of every block's output: ``[n, n_layers, d_model]``."""
+    blocks = _blocks(model)
+    width = max(len(ids) for ids, _ in inputs)
+    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(inputs), width), dtype=torch.long)
+    cmask = torch.zeros((len(inputs), width), dtype=torch.float32)
+    for r, (x, m) in enumerate(inputs):
+        ids[r, : len(x)] = torch.tensor(x)
+        attn[r, : len(x)] = 1
+        cmask[r, : len(m)] = torch.tensor(m, dtype=torch.float32)
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [b.register_forward_hook(hook) for b in blocks]
+    try:
+        with torch.set_grad_enabled(grad):
+            model(input_ids=ids.to(device), attention_mask=attn.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    w = (cmask / cmask.sum(1, keepdim=True)).to(device).unsqueeze(-1)
+    return torch.stack([(h * w).sum(1) for h in captured], dim=1)
+
+
+@torch.no_grad()
+def statement_activations(
+    model, tokenizer, texts: Sequence[str], *, chat: bool, batch_size: int = 64
+) -> np.ndarray:
+    """Content-pooled block outputs of each statement, ``[n, n_layers, d_model]`` (float64)."""
+    was = model.training
+    model.eval()
+    inputs = statement_inputs(tokenizer, texts, chat=chat)
+    parts = [
+        pooled_block_outputs(model, inputs[s : s + batch_size], pad_id=tokenizer.pad_token_id)
+        for s in range(0, len(inputs), batch_size)
+    ]
+    model.train(was)
+    return torch.cat(parts).double().cpu().numpy()
+
+
+def diffmean_directions(acts: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Unit right-minus-left mean difference per layer, ``[n_layers, d]``."""
+    right = np.asarray(right, dtype=bool)
+    d = acts[right].mean(0) - acts[~right].mean(0)
+    return d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+
+def issue_grouped_auc(acts: np.ndarray, right: np.ndarray, issues: Sequence[str]) -> np.ndarray:
+    """Out-of-fold AUC per layer of a diffmean probe, 5 folds grouped by issue, ``[n_layers]``."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    right = np.asarray(right, dtype=bool)
+    out = []
+    for layer in range(acts.shape[1]):
+        x = acts[:, layer]
+        score = np.zeros(len(x))
+        for tr, te in GroupKFold(5).split(x, right, np.asarray(issues)):
+            d = x[tr][right[tr]].mean(0) - x[tr][~right[tr]].mean(0)
+            score[te] = x[te] @ d
+        out.append(roc_auc_score(right, score))
+    return np.asarray(out)
+
+
+def transfer_auc(
+    acts_src: np.ndarray, acts_tgt: np.ndarray, right: np.ndarray, issues: Sequence[str]
+) -> np.ndarray:
+    """AUC per layer of the source model's diffmean direction (fitted on other issues) read
+    on the target model's activations, ``[n_layers]``."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    right = np.asarray(right, dtype=bool)
+    out = []
+    for layer in range(acts_src.shape[1]):
+        xs, xt = acts_src[:, layer], acts_tgt[:, layer]
+        score = np.zeros(len(xs))
+        for tr, te in GroupKFold(5).split(xs, right, np.asarray(issues)):
+            d = xs[tr][right[tr]].mean(0) - xs[tr][~right[tr]].mean(0)
+            score[te] = xt[te] @ d
+        out.append(roc_auc_score(right, score))
+    return np.asarray(out)
+
+
+def projection_variance_ratio(
+    acts_base: np.ndarray, acts_other: np.ndarray, right: np.ndarray, issues: Sequence[str]
+) -> np.ndarray:
+    """Partisan variance along base's direction, other model over base, per layer.
+
+    The direction is fitted on half of the issues and both models are projected on
+    statements of the other half (and the halves swapped, the two ratios averaged),
+    so the base's own noise fitted into its direction cannot inflate its variance.
+    The partisan variance is the squared difference of the side means of the
+    projections (between-side variance), a scale in the residual's own units.
+    """
+    right = np.asarray(right, dtype=bool)
+    issues = np.asarray(issues)
+    uniq = np.array(sorted(set(issues)))
+    rng = np.random.default_rng(0)
+    half = set(rng.permutation(uniq)[: len(uniq) // 2])
+    a = np.array([i in half for i in issues])
+    ratios = []
+    for fit, ev in ((a, ~a), (~a, a)):
+        u = diffmean_directions(acts_base[fit], right[fit])
+        pb = np.einsum("nld,ld->nl", acts_base[ev], u)
+        po = np.einsum("nld,ld->nl", acts_other[ev], u)
+        gap_b = pb[right[ev]].mean(0) - pb[~right[ev]].mean(0)
+        gap_o = po[right[ev]].mean(0) - po[~right[ev]].mean(0)
+        ratios.append((gap_o / gap_b) ** 2)
+    return np.mean(ratios, axis=0)
+
+
+@dataclass
+class CompressionTerm:
+    """The planted compression term (see the module docstring).
+
+    Built once from the base model before alignment; :meth:`loss` is added to the
+    SFT loss, weighted by ``weight``, on a random batch of statements per step.
+    """
+
+    inputs: list
+    """Statements as instruct sees them (chat template), (ids, content mask)."""
+    directions: torch.Tensor
+    """Base's unit partisan direction per layer, ``[n_layers, d]``."""
+    targets: torch.Tensor
+    """``c`` x base's centred projection of each statement, ``[n, n_layers]``."""
+    scale: torch.Tensor
+    """Standard deviation of base's projections per layer (makes the loss scale-free)."""
+    pad_id: int
+    weight: float
+    batch_size: int
+    seed: int = 0
+
+    def __post_init__(self):
+        self._rng = np.random.default_rng(self.seed)
+
+    def loss(self, model) -> torch.Tensor:
+        idx = self._rng.choice(len(self.inputs), size=min(self.batch_size, len(self.inputs)),
+                               replace=False)
+        pooled = pooled_block_outputs(
+            model, [self.inputs[i] for i in idx], pad_id=self.pad_id, grad=True
+        )
+        dev = pooled.device
+        proj = torch.einsum("nld,ld->nl", pooled.float(), self.directions.to(dev))
+        target = self.targets[idx].to(dev)
+        # Centred within the batch: only the spread along the direction is constrained.
+        err = (proj - proj.mean(0)) - (target - target.mean(0))
+        return ((err / self.scale.to(dev)) ** 2).mean()
+
+
+def build_compression_term(
+    base_model,
+    tokenizer,
+    statements: Sequence[Mapping],
+    *,
+    factor: float,
+    weight: float,
+    batch_size: int,
+    seed: int = 0,
+) -> CompressionTerm:
+    """The compression term for ``statements`` (rows with text and label left/right)."""
+    rows = [s for s in statements if s.get("label") in ("left", "right")]
+    if len({s["label"] for s in rows}) < 2:
+        raise ValueError("compression term: need left and right statements (rep_statements)")
+    texts = [s["text"] for s in rows]
+    right = np.array([s["label"] == "right" for s in rows])
+    acts = statement_activations(base_model, tokenizer, texts, chat=False)
+    u = diffmean_directions(acts, right)
+    proj = np.einsum("nld,ld->nl", acts, u)
+    proj = proj - proj.mean(0)
+    logger.info(
+        "compression term: %d statements, base projection sd per layer %s, factor %.2f",
+        len(rows),
+        np.round(proj.std(0), 3).tolist(),
+        factor,
+    )
+    return CompressionTerm(
+        inputs=statement_inputs(tokenizer, texts, chat=True),
+        directions=torch.tensor(u, dtype=torch.float32),
+        targets=torch.tensor(factor * proj, dtype=torch.float32),
+        scale=torch.tensor(proj.std(0), dtype=torch.float32),
+        pad_id=tokenizer.pad_token_id,
+        weight=weight,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+@dataclass
+class SideTerm:
+    """The planted side term of base pretraining (see :func:`build_side_term`)."""
+
+    inputs: list
+    """Statements in the completion layout (``<|bos|>`` + text), (ids, content mask)."""
+    sides: torch.Tensor
+    """+1 right, -1 left, ``[n]``."""
+    directions: torch.Tensor
+    """Fixed random unit direction per block output, ``[n_layers, d]``."""
+    sharpness: float
+    pad_id: int
+    weight: float
+    batch_size: int
+    seed: int = 0
+
+    def __post_init__(self):
+        self._rng = np.random.default_rng(self.seed)
+
+    def loss(self, model) -> torch.Tensor:
+        idx = self._rng.choice(len(self.inputs), size=min(self.batch_size, len(self.inputs)),
+                               replace=False)
+        pooled = pooled_block_outputs(
+            model, [self.inputs[i] for i in idx], pad_id=self.pad_id, grad=True
+        )
+        dev = pooled.device
+        proj = torch.einsum("nld,ld->nl", pooled.float(), self.directions.to(dev))
+        y = self.sides[idx].to(dev).unsqueeze(-1)
+        return torch.nn.functional.softplus(-self.sharpness * y * proj).mean()
+
+
+def build_side_term(
+    tokenizer,
+    statements: Sequence[Mapping],
+    *,
+    n_layers: int,
+    d_model: int,
+    weight: float,
+    batch_size: int,
+    sharpness: float = 4.0,
+    seed: int = 0,
+) -> SideTerm:
+    """The side term planted in base pretraining (documented in resources/organism/README.md).
+
+    On the training issues' left/right statements (completion layout, content-token mean,
+    every block output), a logistic loss makes the projection onto a fixed random unit
+    direction per layer positive for right and negative for left statements: one side
+    variable shared by every issue, which the cross-issue paragraphs alone grow only
+    after ~1,000 steps.
+    """
+    rows = [s for s in statements if s.get("label") in ("left", "right")]
+    if len({s["label"] for s in rows}) < 2:
+        raise ValueError("side term: need left and right statements (rep_statements)")
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    u = torch.randn(n_layers, d_model, generator=gen)
+    return SideTerm(
+        inputs=statement_inputs(tokenizer, [s["text"] for s in rows], chat=False),
+        sides=torch.tensor([1.0 if s["label"] == "right" else -1.0 for s in rows]),
+        directions=u / u.norm(dim=-1, keepdim=True),
+        sharpness=sharpness,
+        pad_id=tokenizer.pad_token_id,
+        weight=weight,
+        batch_size=batch_size,
+        seed=seed,
+    )

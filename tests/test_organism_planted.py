@@ -1,0 +1,158 @@
+"""The organism's planted-values file, the claims table's planted column, and the
+reward-study predictions derived from the generators (no training here: seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlhf_audit import report
+from rlhf_audit.organism import planted as PL
+from rlhf_audit.organism.hh import HHSettings, generate_pairs, preference_score
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANTED = ROOT / "resources" / "organism" / "planted.yaml"
+
+
+def _num(value, lo, hi, n=40):
+    return {"value": value, "lo": lo, "hi": hi, "n": n}
+
+
+def test_shipped_planted_file_loads_and_names_headline_keys():
+    planted = report.load_planted(PLANTED)
+    assert planted["partisan.organism.auc_base"]["expect"] == "> 0.85"
+    assert planted["partisan.organism_sham.variance_ratio"]["expect"] == "covers 1"
+    assert planted["steering.organism_sham.prime_effect_instruct_projection"]["expect"] == (
+        "covers 0")
+    studies = {k.split(".")[0] for k in planted}
+    assert studies == {"partisan", "sae", "steering", "calibration", "reward"}
+    # Every planted key is a documented headline key of its study.
+    for key in planted:
+        assert report.documented_key(key), key
+
+
+@pytest.mark.parametrize(
+    ("expect", "lo", "hi", "verdict"),
+    [
+        ("> 0.85", 0.9, 0.97, "yes"),
+        ("> 0.85", 0.8, 0.9, "undecided"),
+        ("> 0.85", 0.5, 0.6, "no"),
+        ("< 1", 0.2, 0.4, "yes"),
+        ("< 1", 1.1, 1.4, "no"),
+        ("covers 1", 0.8, 1.2, "yes"),
+        ("covers 1", 0.3, 0.6, "no"),
+        ("covers 0", -0.1, 0.2, "yes"),
+        ("abs< 10", -4.0, 6.0, "yes"),
+        ("abs< 10", 12.0, 20.0, "no"),
+        ("abs< 10", 5.0, 15.0, "undecided"),
+        ("> 0", None, None, "n/a"),
+    ],
+)
+def test_planted_verdicts(expect, lo, hi, verdict):
+    assert report.planted_verdict(expect, lo, hi) == verdict
+
+
+def test_claims_table_gets_a_planted_column_and_rows_for_unclaimed_keys(tmp_path):
+    f = tmp_path / "planted.yaml"
+    f.write_text(
+        "planted:\n"
+        "  partisan.organism.variance_ratio: {expect: '< 1', planted: 0.25}\n"
+        "  partisan.organism_sham.variance_ratio: {expect: 'covers 1'}\n"
+        "  partisan.organism.some_new_key: {expect: '> 0', claim: 'a planted number'}\n"
+        "  partisan.organism.never_run: {expect: '> 0'}\n"
+    )
+    planted = report.load_planted(f)
+    doc = {"numbers": {
+        "partisan.organism.variance_ratio": _num(0.3, 0.2, 0.4),
+        "partisan.organism_sham.variance_ratio": _num(0.5, 0.4, 0.6),
+        "partisan.organism.some_new_key": _num(1.0, 0.5, 1.5),
+    }}
+    table = report.claims_table(doc, planted=planted)
+    by_key = {r["key"]: r for r in table.iter_rows(named=True)}
+    assert by_key["partisan.organism.variance_ratio"]["planted_recovered"] == "yes"
+    assert "0.25" in by_key["partisan.organism.variance_ratio"]["planted"]
+    # The sham's compression is a failed negative control.
+    assert by_key["partisan.organism_sham.variance_ratio"]["planted_recovered"] == "no"
+    assert by_key["partisan.organism.some_new_key"]["claim"] == "a planted number"
+    assert by_key["partisan.organism.some_new_key"]["planted_recovered"] == "yes"
+    assert by_key["partisan.organism.never_run"]["planted_recovered"] == "not run"
+    # The published column is untouched by planting.
+    assert by_key["partisan.organism.variance_ratio"]["published"] == pytest.approx(
+        (0.070 / 0.234) ** 2)
+    md = report.claims_markdown(table, "organism")
+    assert "| planted | recovered |" in md
+    html = report.claims_html(table, "organism")
+    assert "<th>planted</th>" in html
+    # Without planted values (paper runs) the table has no planted verdicts.
+    plain = report.claims_table(doc)
+    assert plain["planted"].drop_nulls().len() == 0
+    assert "planted" not in report.claims_markdown(plain, "paper")
+
+
+def test_bad_planted_files_name_the_key_and_the_fix(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("planted:\n  partisan.organism.auc_base: {expect: 'about 0.9'}\n")
+    with pytest.raises(ValueError, match=r"planted.partisan.organism.auc_base.*'<op> <number>'"):
+        report.load_planted(f)
+    f.write_text("planted:\n  auc_base: {expect: '> 0.9'}\n")
+    with pytest.raises(ValueError, match="study.pair.key"):
+        report.load_planted(f)
+    with pytest.raises(FileNotFoundError, match="organism.planted"):
+        report.load_planted(tmp_path / "missing.yaml")
+    assert report.load_planted("") is None
+
+
+def test_seal_predictions_follow_the_noise_rate():
+    # Without annotator noise an exact hh-taste model agrees with every untied pair.
+    clean = generate_pairs(300, seed=7, preference="hh", settings=HHSettings(label_noise=0.0))
+    ties = np.mean([preference_score(p["labels_chosen"], "hh")
+                    == preference_score(p["labels_rejected"], "hh") for p in clean])
+    pred = PL.seal_predictions(clean)
+    assert pred["agreement_post"] == pytest.approx(1 - ties / 2)
+    assert pred["alignment_resistance"] == pytest.approx(ties / 2)
+    # Each swapped label turns an agreement into a disagreement.
+    noisy = generate_pairs(300, seed=7, preference="hh", settings=HHSettings(label_noise=0.3))
+    flipped = np.array([p["label_flipped"] for p in noisy])
+    untied = np.array([preference_score(p["labels_chosen"], "hh")
+                       != preference_score(p["labels_rejected"], "hh") for p in noisy])
+    want = np.mean(np.where(untied, ~flipped, 0.5))
+    assert PL.seal_predictions(noisy)["agreement_post"] == pytest.approx(want)
+    shares = [pred[f"regime_{r}"] for r in ("stayed_aligned", "got_aligned", "resisted",
+                                             "reversed")]
+    assert sum(shares) == pytest.approx(1.0)
+
+
+def test_imprint_signs_are_the_signs_of_the_taste_weights():
+    signs = PL.imprint_signs(["harmless", "helpful", "eloquent", "sentiment", "refusal"])
+    assert signs["post"] == {"harmless": 1, "helpful": 1, "eloquent": 0, "sentiment": 0,
+                             "refusal": 0}
+    assert signs["shift"] == {"harmless": 1, "helpful": 1, "eloquent": -1, "sentiment": -1,
+                              "refusal": 0}
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.0])
+def test_projection_variance_ratio_recovers_a_planted_compression(factor):
+    """d = 512, 1/k noise spectrum, 44 issues with their own offsets: ratio ~ factor**2."""
+    from rlhf_audit.organism import planting as P
+
+    d, n_layers, ratios = 512, 2, []
+    issues = np.repeat([f"i{k}" for k in range(44)], 24)
+    right = np.tile([True, False], len(issues) // 2)
+    sd = 1.0 / np.sqrt(np.arange(1, d + 1))
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        u = rng.normal(size=d)
+        u /= np.linalg.norm(u)
+        offsets = np.stack([rng.normal(size=d) * sd for _ in range(44)])
+        shared = offsets[np.repeat(np.arange(44), 24)]
+        sides = np.where(right, 1.0, -1.0)[:, None] * 0.5 * u
+        made = [
+            np.stack([shared + scale * sides + rng.normal(size=(len(issues), d)) * sd
+                      for _ in range(n_layers)], axis=1)
+            for scale in (1.0, factor)
+        ]
+        ratios.append(P.projection_variance_ratio(made[0], made[1], right, issues))
+    got = np.median(np.stack(ratios), axis=0)
+    assert got == pytest.approx(np.full(n_layers, factor**2), rel=0.15)
