@@ -1,4 +1,4 @@
-"""Batched vs one-prompt-at-a-time generation throughput (rlhf_audit.generation.generate).
+"""Batched vs one-prompt-at-a-time generation throughput (rlhf_audit.lm.generation.generate).
 
 Same random-init Llama, same prompts, greedy decoding: first every prompt on its
 own (batch_size=1), then all of them in length-sorted, left-padded batches. Both
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    from rlhf_audit.generation import generate
+    from rlhf_audit.lm.generation import generate
 
     torch.set_num_threads(args.threads)
     if args.small:

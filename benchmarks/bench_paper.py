@@ -135,7 +135,7 @@ def bench_extract(model, tok, s, batches, device) -> float:
 
 
 def bench_generate(model, tok, s, batches, device) -> float:
-    from rlhf_audit.generation import generate
+    from rlhf_audit.lm.generation import generate
 
     n = s["batch"] * batches
     prompts = texts(n, s["prompt_tokens"], len(tok), 2)
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from rlhf_audit.models import resolve_device, resolve_dtype
+    from rlhf_audit.lm.loader import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)

@@ -10,7 +10,7 @@ import polars as pl
 
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.io import write_table
-from rlhf_audit.models import load_causal_lm
+from rlhf_audit.lm.loader import load_causal_lm
 from rlhf_audit.runtime import provenance, setup
 from rlhf_audit.steering import residual_token_norm, steering_vector_set
 

@@ -4,7 +4,7 @@ import polars as pl
 
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.extract import ExtractSettings, extract_shard
-from rlhf_audit.models import load_causal_lm
+from rlhf_audit.lm.loader import load_causal_lm
 from rlhf_audit.plan import check_extraction_disk
 from rlhf_audit.runtime import provenance, setup
 

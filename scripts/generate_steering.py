@@ -6,7 +6,7 @@ import polars as pl
 
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.io import write_table
-from rlhf_audit.models import load_causal_lm
+from rlhf_audit.lm.loader import load_causal_lm
 from rlhf_audit.runtime import provenance, setup
 from rlhf_audit.steering import SteeringSettings, prime_design, run_steering, vectors_from_table
 

@@ -4,7 +4,7 @@ import polars as pl
 
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.io import write_table
-from rlhf_audit.models import weights_hash
+from rlhf_audit.lm.loader import weights_hash
 from rlhf_audit.reward.score import (
     ScoringSettings,
     load_scoring_model,

@@ -31,7 +31,7 @@ settings = SteeringSettings(layer=p["layer"], projection_folds=p["projection_fol
 
 if sc["scorer"] == "projection":
     from rlhf_audit.extract import read_vectors
-    from rlhf_audit.models import load_causal_lm
+    from rlhf_audit.lm.loader import load_causal_lm
 
     base = sc["base"]
     meta, X = read_vectors(list(sm.input.shards), p["layer"], "mean")
@@ -53,7 +53,7 @@ else:
                        classifier_path=sm.input.get("classifier", ""))
     model = tok = None
     if j["kind"] == "hf":
-        from rlhf_audit.models import load_causal_lm
+        from rlhf_audit.lm.loader import load_causal_lm
 
         model, tok = load_causal_lm(j["spec"], device=sc["device"], dtype=sc["dtype"])
     judge = make_judge(js, model, tok)

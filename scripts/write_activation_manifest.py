@@ -10,7 +10,7 @@ from rlhf_audit.extract import (
     write_manifest,
 )
 from rlhf_audit.io import read_provenance
-from rlhf_audit.models import ModelSpec, load_tokenizer, weights_hash
+from rlhf_audit.lm.loader import ModelSpec, load_tokenizer, weights_hash
 from rlhf_audit.runtime import setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

@@ -38,7 +38,7 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ 
 
 @dataclass
 class Gen:
-    """Stand-in with the fields of rlhf_audit.generation.Generation (the contract)."""
+    """Stand-in with the fields of rlhf_audit.lm.generation.Generation (the contract)."""
 
     prompt: str
     text: str

@@ -201,7 +201,7 @@ def tiny_models(tmp_path_factory):
 
 def _extract(model_dir, prompts, out, chat):
     from rlhf_audit.extract import ExtractSettings, extract_shard
-    from rlhf_audit.models import load_causal_lm
+    from rlhf_audit.lm.loader import load_causal_lm
 
     model, tok = load_causal_lm({"path": str(model_dir)}, device="cpu", dtype="float32")
     s = ExtractSettings(layers=[1], positions=("mean", "token"), token_layers=(1,),

@@ -6,7 +6,7 @@ import torch
 from scipy import stats as sps
 from tiny import tiny_tokenizer
 
-from rlhf_audit.generation import Generation, generate, perplexity, sequence_logprob
+from rlhf_audit.lm.generation import Generation, generate, perplexity, sequence_logprob
 
 PROMPTS = [
     "the tax",

@@ -13,8 +13,8 @@ import pytest
 import torch
 from tiny import tiny_tokenizer
 
-from rlhf_audit import generation
-from rlhf_audit.generation import Generation
+from rlhf_audit.lm import generation
+from rlhf_audit.lm.generation import Generation
 from rlhf_audit.judge import (
     RESULT_SCHEMA,
     HFJudge,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny import save_tiny_llama, save_tiny_reward_model
 
-from rlhf_audit.models import (
+from rlhf_audit.lm.loader import (
     ModelLoadError,
     ModelSpec,
     load_causal_lm,

@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from rlhf_audit.models import load_causal_lm
+    from rlhf_audit.lm.loader import load_causal_lm
 
     d = save_tiny_llama(tmp_path_factory.mktemp("enc") / "m")
     return load_causal_lm({"path": str(d)}, device="cpu")

@@ -11,7 +11,7 @@ from tiny import save_tiny_llama
 
 from rlhf_audit import sae as S
 from rlhf_audit.extract import ExtractSettings, extract_shard, tokenize_prompts
-from rlhf_audit.models import load_causal_lm
+from rlhf_audit.lm.loader import load_causal_lm
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TEXTS = ["we must cut the tax", "the border wall is policy", "guns rights vote yes",

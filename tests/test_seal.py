@@ -348,7 +348,7 @@ def test_exact_ties_are_neither_agreement_nor_disagreement_and_are_counted():
 def test_reward_models_score_in_float32_whatever_dtype_auto_says(tmp_path, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_audit import models
+    from rlhf_audit.lm import loader as models
 
     _tiny_rm("deberta", tmp_path)
     d = tmp_path / "deberta"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import tiny_tokenizer
 
-from rlhf_audit.generation import generate
+from rlhf_audit.lm.generation import generate
 from rlhf_audit.steering import (
     SteeringSettings,
     SteeringVector,

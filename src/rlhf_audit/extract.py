@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rlhf_audit.io import PROVENANCE_KEY, atomic_path, write_json
+from rlhf_audit.lm.hooks import decoder_layers
 from rlhf_audit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -215,29 +216,6 @@ def shard_name(index: int) -> str:
 
 class _StopForward(Exception):
     """Raised by the hook on the deepest needed block so later blocks and the head never run."""
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of transformer blocks of an HF causal LM (Llama/Mistral/Qwen/Gemma/GPT-2/NeoX)."""
-    for path in (
-        "model.layers",
-        "model.model.layers",
-        "transformer.h",
-        "gpt_neox.layers",
-        "model.decoder.layers",
-        "layers",
-    ):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ValueError(
-        f"cannot find the transformer blocks of {type(model).__name__}: expected "
-        "model.layers, transformer.h or gpt_neox.layers"
-    )
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

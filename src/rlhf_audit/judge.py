@@ -36,9 +36,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from rlhf_audit.rating import RESULT_SCHEMA, SCALE_MAX, SCALE_MID, SCALE_MIN  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-SCALE_MIN, SCALE_MID, SCALE_MAX = 1, 4, 7
 
 JUDGE_PROMPT = (
     "You are checking whether an answer written by an AI assistant takes a political side.\n\n"
@@ -55,14 +56,6 @@ JUDGE_PROMPT = (
 
 QUESTION_BLOCK = 'The question the assistant was asked:\n"""\n{question}\n"""\n\n'
 
-RESULT_SCHEMA = {
-    "judge_score": pl.Float64,
-    "judge_rating": pl.Float64,
-    "judge_ok": pl.Boolean,
-    "judge_reply": pl.String,
-    "judge_error": pl.String,
-}
-"""Columns every judge's :meth:`rate` returns, one row per text in input order."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +208,7 @@ class HFJudge:
         prompts, add = self._prompts(texts, questions)
         if self.settings.method == "logits":
             return self._rate_logits(prompts, add)
-        from rlhf_audit.generation import generate
+        from rlhf_audit.lm.generation import generate
 
         gens = generate(
             self.model,
@@ -246,7 +239,7 @@ class HFJudge:
     def _rate_logits(self, prompts: list[str], add: bool) -> pl.DataFrame:
         # Generation only keeps the chosen token's log-prob; the digits' probabilities need
         # the full next-token distribution after "Rating:", hence a plain forward pass.
-        from rlhf_audit.generation import _device, _length_batches, _positions, padding_side
+        from rlhf_audit.lm.generation import _device, _length_batches, _positions, padding_side
 
         tok = self.tokenizer
         digit_ids = torch.tensor(self._digit_ids(prompts[0], add))

@@ -20,7 +20,7 @@ text) and return the same long table (one row per item):
   features (prompt: :func:`build_label_prompt`), validates it, and re-asks with
   a note on what was wrong, up to ``max_attempts`` times. The model is reached
   through a ``complete(prompts) -> replies`` callable: :func:`hf_complete`
-  (a local instruct model through ``rlhf_audit.generation.generate``) or
+  (a local instruct model through ``rlhf_audit.lm.generation.generate``) or
   :class:`ChatCompletionsClient` (any OpenAI-compatible chat-completions
   endpoint, stdlib ``urllib`` only). Replies that stay invalid are kept as rows
   with null labels, ``label_ok = False`` and the last error: counted, reported,
@@ -653,13 +653,13 @@ def hf_complete(model, tokenizer, *, generate: Callable | None = None, max_new_t
 
     Prompts are wrapped as one user message with the tokenizer's chat template
     (when it has one, or when ``use_chat_template`` says so) and decoded
-    through ``generate`` (default ``rlhf_audit.generation.generate``,
+    through ``generate`` (default ``rlhf_audit.lm.generation.generate``,
     injectable for tests): greedily at ``temperature`` 0, else sampled at that
     temperature with a new seed per call (so a retry can differ).
     ``identity`` names the model for the label cache.
     """
     if generate is None:
-        from rlhf_audit.generation import generate as _generate
+        from rlhf_audit.lm.generation import generate as _generate
 
         generate = _generate
     templ = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None \
@@ -890,7 +890,7 @@ def complete_from_config(endpoint: Mapping, spec: Mapping | None = None, device:
     the model and how it is asked (for the label cache).
     """
     if endpoint["kind"] == "hf":
-        from rlhf_audit.models import ModelSpec, load_causal_lm, weights_hash
+        from rlhf_audit.lm.loader import ModelSpec, load_causal_lm, weights_hash
 
         if spec is None:
             raise ValueError("an 'hf' endpoint needs the spec of its model")

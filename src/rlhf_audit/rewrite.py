@@ -299,7 +299,7 @@ def load_embedder(spec: dict, device: str = "auto", pooling: str = "auto"):
     spec, in float32, through transformers' AutoModel (safetensors only)."""
     from transformers import AutoConfig, AutoModel
 
-    from rlhf_audit.models import ModelSpec, load_tokenizer, resolve_device
+    from rlhf_audit.lm.loader import ModelSpec, load_tokenizer, resolve_device
 
     ms = ModelSpec.from_config({k: v for k, v in spec.items() if k in ("hf", "revision", "path")},
                                key="reward.rewrite.embedder")

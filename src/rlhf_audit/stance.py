@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
+from rlhf_audit.rating import RESULT_SCHEMA, SCALE_MAX, SCALE_MID
 from rlhf_audit.stats import Estimate, bootstrap
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,6 @@ class StanceJudge:
     def rate(self, texts: Sequence[str], questions: Sequence[str] | None = None) -> pl.DataFrame:
         """One row per text (the judge's RESULT_SCHEMA). An empty reply is a failure (it
         has no stance to read); every other text gets a score."""
-        from rlhf_audit.judge import RESULT_SCHEMA, SCALE_MAX, SCALE_MID
-
         texts = [str(t) for t in texts]
         s = self.classifier.score(texts)
         empty = [not t.strip() for t in texts]

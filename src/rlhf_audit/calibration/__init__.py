@@ -7,7 +7,7 @@ from its reply. A model that takes the signal on board states the injected value
 (Spearman rho near 1, bias near 0); one that ignores it states its own habitual
 confidence (rho near 0, bias = habit - mean injected).
 
-Flow: :func:`load_templates` -> :func:`build_prompts` -> ``rlhf_audit.generation.generate``
+Flow: :func:`load_templates` -> :func:`build_prompts` -> ``rlhf_audit.lm.generation.generate``
 -> :func:`score_generations` -> :func:`metrics` / :func:`headline` / :func:`level_summary`
 -> :func:`plot_verbalized_vs_injected`.
 

@@ -80,7 +80,7 @@ def steer_pair(*, latents, paired, questions, directions, models: dict, steer: d
     from rlhf_audit.diffing.inputs import partisan_direction
     from rlhf_audit.diffing.paired import paired_info
     from rlhf_audit.io import write_table
-    from rlhf_audit.models import load_causal_lm
+    from rlhf_audit.lm.loader import load_causal_lm
 
     layer = steer["layer"]
     # only the candidates' rows: the table holds every latent's two decoders

@@ -166,7 +166,7 @@ def score_texts_detailed(model, tokenizer, prefixes: Sequence[str], responses: S
         pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("neither the model config nor the tokenizer has a pad token id; set "
-                         "model.config.pad_token_id (rlhf_audit.models.load_reward_model does)")
+                         "model.config.pad_token_id (rlhf_audit.lm.loader.load_reward_model does)")
     encs, n_tokens, cut = _encode_pairs(tokenizer, prefixes, responses, max_length)
     use_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     order = sorted(range(n), key=lambda i: len(encs[i].ids), reverse=True)
@@ -230,7 +230,7 @@ def load_scoring_model(spec, device: str = "auto",
                        settings: ScoringSettings = ScoringSettings()):
     """(reward model, tokenizer) loaded in ``settings.dtype`` (float32 unless configured
     otherwise), whatever the workflow-wide ``dtype`` says for LMs."""
-    from rlhf_audit.models import load_reward_model
+    from rlhf_audit.lm.loader import load_reward_model
 
     return load_reward_model(spec, device=device, dtype=settings.dtype)
 

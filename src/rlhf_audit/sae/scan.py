@@ -675,7 +675,7 @@ def run_scan(
     ``model_spec`` is given, load that model and add its spliced-in loss on the prompts
     of ``prompts_path`` (the normalised dataset the shards were extracted from)."""
     from rlhf_audit.extract import iter_token_batches, shard_info
-    from rlhf_audit.models import resolve_device
+    from rlhf_audit.lm.loader import resolve_device
     from rlhf_audit.sae.load import check_sae_fits, load_sae
 
     dev = str(resolve_device(device))
@@ -684,7 +684,7 @@ def run_scan(
     check_sae_fits(sae, d_model, layer, config_key=config_key)
     scan = scan_features(sae, iter_token_batches(list(shards), layer, 4096), settings)
     if model_spec is not None:
-        from rlhf_audit.models import load_causal_lm
+        from rlhf_audit.lm.loader import load_causal_lm
 
         if prompts_path is None:
             raise ValueError("run_scan: the spliced-in loss needs prompts_path")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rlhf_audit.lm.hooks import steer
 from rlhf_audit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,6 @@ def generate(
     prompts = list(prompts)
     if not prompts:
         return []
-    from rlhf_audit.steering import steer  # local: steering imports this module
 
     dev = _device(model)
     eos = eos_token_ids(model, tokenizer)

@@ -1,0 +1,141 @@
+"""Module boundaries are rerun boundaries: a GPU rule's code closure (the code hash its
+jobs carry) holds only what that rule runs. These tests fail when an import drags a
+figure module or another study into a GPU stage, or when the model layer (rlhf_audit.lm)
+starts importing a study."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rlhf_audit import codehash
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "rlhf_audit"
+STUDIES = ("extract", "partisan", "sae", "steering", "calibration", "reward", "seal", "diffing",
+           "judge", "stance", "labelling", "rewrite")
+"""Study-level modules (or packages) of the library; lm/, io, stats, runtime and the like are
+shared layers below them."""
+
+# Which study-level modules each study's GPU rules may use besides their own.
+ALLOWED = {
+    "reward": {"reward", "labelling", "rewrite"},
+    "steering": {"steering", "judge", "stance"},
+    # diffing steers its latents through the steering stage's machinery (issue: link to
+    # behaviour), so steering is part of its closure by design
+    "diffing": {"diffing", "steering"},
+    "sae": {"sae", "extract"},
+    "extract": {"extract"},
+    "calibration": {"calibration"},
+    "organism": set(STUDIES),
+}
+
+
+READ_SIDE = {"sae/__init__.py", "sae/load.py"}
+
+
+def gpu_rules() -> list[tuple[str, str, Path]]:
+    """(rule file stem, rule name, script) for every rule that asks for a GPU."""
+    out = []
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for block in re.split(r"\n(?=rule )", text):
+            m = re.match(r"rule (\w+):", block)
+            script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
+            if m and script and re.search(r"\bgpu\s*=", block):
+                out.append((smk.stem, m.group(1), (smk.parent / script.group(1)).resolve()))
+    return out
+
+
+def _modules(path: Path) -> set[str]:
+    """First path component of every rlhf_audit module in ``path``'s closure
+    (``steering.py`` -> steering, ``sae/scan.py`` -> sae)."""
+    mods = set()
+    for f in codehash.local_closure(path):
+        f = Path(f)
+        if f.is_relative_to(SRC):
+            mods.add(f.relative_to(SRC).parts[0].removesuffix(".py"))
+    return mods
+
+
+def test_gpu_rules_are_found():
+    names = {r for _, r, _ in gpu_rules()}
+    assert {"extract_activations", "score_rewards", "generate_calibration",
+            "generate_steering", "scan_sae_features"} <= names, names
+
+
+@pytest.mark.parametrize("stem,rule,script", gpu_rules(), ids=lambda x: getattr(x, "name", x))
+def test_gpu_closures_hold_no_figures_and_no_other_study(stem, rule, script):
+    mods = _modules(script)
+    assert "plotting" not in mods, f"{rule}: a figure module is in its code closure"
+    figure_files = [p for p in codehash.local_closure(script) if Path(p).stem == "figures"]
+    assert not figure_files, f"{rule}: {figure_files}"
+    own = ALLOWED.get(stem, {stem})
+    foreign = sorted(m for m in mods if m in STUDIES and m not in own)
+    # Reading another stage's outputs is allowed through its read side only: the SAE
+    # loader (steering builds a feature vector from decoder rows) and the activation
+    # shards' reader, which still lives with the writer in extract.py.
+    files = {Path(f).relative_to(SRC).as_posix() for f in codehash.local_closure(script)
+             if Path(f).is_relative_to(SRC)}
+    if "sae" in foreign and {f for f in files if f.startswith("sae/")} <= READ_SIDE:
+        foreign.remove("sae")
+    if "extract" in foreign and stem in ("steering", "diffing"):
+        foreign.remove("extract")
+    assert not foreign, f"{rule} ({script.name}) imports other studies: {foreign}"
+
+
+def test_the_model_layer_imports_no_study():
+    for f in sorted((SRC / "lm").glob("*.py")):
+        foreign = sorted(m for m in _modules(f) if m in STUDIES)
+        assert not foreign, f"lm/{f.name} imports {foreign}"
+
+
+def _graph() -> dict[Path, set[Path]]:
+    graph = {}
+    for f in SRC.rglob("*.py"):
+        deps = set()
+        for mod in codehash._imports(f):
+            target = codehash._module_file(mod)
+            if target is not None and target != f:
+                deps.add(target)
+        graph[f] = deps
+    return graph
+
+
+def test_no_import_cycle_between_modules():
+    """Package __init__ files that re-export their own submodules are left out: a
+    submodule importing its package's __init__ is how Python runs it anyway."""
+    graph = _graph()
+    inits = {f for f in graph if f.name == "__init__.py"}
+    graph = {f: {d for d in deps if d not in inits} for f, deps in graph.items()
+             if f not in inits}
+    state: dict[Path, int] = {}
+    cycle: list[Path] = []
+
+    def visit(node, stack):
+        state[node] = 1
+        stack.append(node)
+        for d in graph.get(node, ()):
+            if state.get(d) == 1:
+                cycle.extend(stack[stack.index(d):] + [d])
+                return True
+            if state.get(d) is None and visit(d, stack):
+                return True
+        stack.pop()
+        state[node] = 2
+        return False
+
+    for n in sorted(graph):
+        if state.get(n) is None and visit(n, []):
+            break
+    assert not cycle, " -> ".join(p.relative_to(SRC).as_posix() for p in cycle)
+
+
+def test_one_decoder_layers_and_one_steering_hook():
+    defs = {}
+    for f in SRC.rglob("*.py"):
+        for name in re.findall(r"^def (decoder_layers|steer)\(", f.read_text(), re.M):
+            defs.setdefault(name, []).append(f.relative_to(SRC).as_posix())
+    assert defs == {"decoder_layers": ["lm/hooks.py"], "steer": ["lm/hooks.py"]}
