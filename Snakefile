@@ -50,6 +50,8 @@ localrules:
     plot_steering,
     plot_calibration,
     plot_rewards,
+    summarise_diffing,
+    plot_diffing,
     collect_headline,
 
 

@@ -160,7 +160,8 @@ def test_editing_probe_params_reruns_probes_and_descendants_not_extraction(tiny_
                 override(code, "folds", {"partisan": {"n_folds": 2}}))
     assert set(jobs) == {"fit_partisan_probes", "plot_partisan", "build_steering_vectors",
                          "generate_steering", "score_steering", "analyse_steering",
-                         "plot_steering", "collect_headline", "all"}, jobs
+                         "plot_steering", "analyse_diffing", "steer_diffing_latents",
+                         "summarise_diffing", "plot_diffing", "collect_headline", "all"}, jobs
     assert jobs["generate_steering"] == 2 and jobs["score_steering"] == 4
 
 
@@ -169,7 +170,8 @@ def test_changing_steering_alphas_regenerates_only_steering(tiny_run):
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "alphas", {"steering": {"alphas": [0.5, 1.0]}}))
     assert set(jobs) == {"generate_steering", "score_steering", "analyse_steering",
-                         "plot_steering", "collect_headline", "all"}, jobs
+                         "plot_steering", "analyse_diffing", "steer_diffing_latents",
+                         "summarise_diffing", "plot_diffing", "collect_headline", "all"}, jobs
 
 
 def test_changing_the_judge_rescores_without_regenerating(tiny_run):
