@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from rlhf_audit.partisan import plot_auc_by_layer, plot_projections, plot_variance_ratio
+from rlhf_audit.partisan_figures import plot_auc_by_layer, plot_projections, plot_variance_ratio
 from rlhf_audit.runtime import setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from rlhf_audit import partisan as P
+from rlhf_audit import partisan_figures as PF
 
 FAST = P.PartisanSettings(n_boot=200, methods=("diffmean",), n_perm=50)
 BOTH = P.PartisanSettings(n_boot=200, n_perm=50)
@@ -308,9 +309,9 @@ def test_tables_headline_and_best_layer(tmp_path):
     for k, e in h.items():
         assert e.n == 60 and np.isfinite(e.value), k
 
-    P.plot_auc_by_layer(probe, tmp_path / "auc.png")
-    P.plot_projections(proj, tmp_path / "proj.png")
-    P.plot_variance_ratio(variance, tmp_path / "vr.png")
+    PF.plot_auc_by_layer(probe, tmp_path / "auc.png")
+    PF.plot_projections(proj, tmp_path / "proj.png")
+    PF.plot_variance_ratio(variance, tmp_path / "vr.png")
     for name in ("auc", "proj", "vr"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / f"{name}.pdf").stat().st_size > 1000

@@ -21,11 +21,10 @@ from rlhf_audit.steering_analysis import (
     analyse,
     degeneration_table,
     judge_failures,
-    plot_degeneration,
-    plot_steering,
     prime_contrasts,
     steering_contrast,
 )
+from rlhf_audit.steering_figures import plot_degeneration, plot_steering
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "resources" / "prompts"
 ALPHAS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)

@@ -212,6 +212,36 @@ def test_editing_a_library_module_reruns_the_rules_that_import_it(tiny_run):
         module.write_text(original)
 
 
+@pytest.mark.parametrize("module,expected", [
+    # a steering figure: the figure only
+    ("src/rlhf_audit/steering_figures.py", {"plot_steering"}),
+    # the confidence parser: rescoring, never regeneration
+    ("src/rlhf_audit/calibration/confidence.py",
+     {"score_calibration", "plot_calibration", "collect_headline"}),
+    # the reward analysis: refit, never rescoring or relabelling
+    ("src/rlhf_audit/reward/analysis.py",
+     {"analyse_rewards", "plot_rewards", "collect_headline"}),
+])
+def test_a_library_edit_plans_exactly_its_jobs(tiny_run, module, expected):
+    code, cfg = tiny_run
+    path = code / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# a real edit\n")
+        assert set(plan(code, "--configfile", str(cfg))) == expected | {"all"}
+    finally:
+        path.write_text(original)
+
+
+def test_changing_n_boot_reruns_analyses_not_generation(tiny_run):
+    code, cfg = tiny_run
+    jobs = plan(code, "--configfile", str(cfg),
+                override(code, "nboot", {"steering": {"n_boot": 200},
+                                         "calibration": {"n_boot": 200}}))
+    assert set(jobs) == {"analyse_steering", "plot_steering", "score_calibration",
+                         "plot_calibration", "collect_headline", "all"}, jobs
+
+
 def test_report_builds(tiny_run):
     code, cfg = tiny_run
     out = code / "report.html"
