@@ -2,6 +2,7 @@
 #   make run    set up .venv if needed, then run the workflow on the embedded default
 #   make test   set up .venv and the SLURM test's system packages if needed, then run
 #               the test suite (the one command CI runs too: .ci/run)
+#   make test-fast  the suite without its end-to-end runs (local work; CI runs all)
 #   make plan   what a config costs before running it: jobs, tokens, bytes, GPU time
 #               (CONFIG=configs/paper.yaml; the embedded default when unset)
 # Set-up is offline-friendly: PyPI only, torch 2.13.0 installed first (a CPU build
@@ -16,7 +17,7 @@ CONFIG ?=
 # tests/test_slurm.py starts a real single-node SLURM cluster (docs/slurm.md).
 SLURM_BINS := slurmctld slurmd sbatch squeue munged
 
-.PHONY: setup run test test-deps plan report lint clean-results
+.PHONY: setup run test test-fast test-deps plan report lint clean-results
 
 $(STAMP): pyproject.toml envs/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,11 @@ test-deps:
 # The cluster test drops this variable for the commands that talk to its cluster.
 test: $(STAMP) test-deps
 	SLURM_CONF=$${SLURM_CONF:-/dev/null} $(BIN)/python -m pytest -q
+
+# Local work: everything but the end-to-end runs marked slow (a few minutes). CI runs
+# the whole suite (make test).
+test-fast: $(STAMP)
+	SLURM_CONF=$${SLURM_CONF:-/dev/null} $(BIN)/python -m pytest -q -m "not slow"
 
 plan: $(STAMP)
 	$(BIN)/python -m rlhf_audit.plan $(if $(CONFIG),--configfile $(CONFIG))

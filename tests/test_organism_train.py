@@ -35,6 +35,9 @@ from rlhf_audit.organism.tokenizer import (
 )
 from rlhf_audit.stats import bootstrap
 
+# Minutes of CPU: `make test-fast` leaves this file out; `make test` and CI run it.
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 

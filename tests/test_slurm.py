@@ -35,6 +35,9 @@ from slurm_cluster import (
     start_cluster,
 )
 
+# Minutes of CPU: `make test-fast` leaves this file out; `make test` and CI run it.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 DEFAULT_PROFILE = REPO / "profiles" / "default"

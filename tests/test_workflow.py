@@ -20,6 +20,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+# Minutes of CPU: `make test-fast` leaves this file out; `make test` and CI run it.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SMALL = ROOT / "tests/configs/organism_small.yaml"
