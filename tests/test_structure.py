@@ -139,3 +139,22 @@ def test_one_decoder_layers_and_one_steering_hook():
         for name in re.findall(r"^def (decoder_layers|steer)\(", f.read_text(), re.M):
             defs.setdefault(name, []).append(f.relative_to(SRC).as_posix())
     assert defs == {"decoder_layers": ["lm/hooks.py"], "steer": ["lm/hooks.py"]}
+
+
+def test_the_study_registry_names_real_code():
+    import importlib
+
+    from rlhf_audit import report, studies
+
+    docs = report.key_docs()
+    assert [s.name for s in studies.REGISTRY] == list(docs)
+    for s in studies.REGISTRY:
+        module, attr = s.keys.split(":")
+        assert getattr(importlib.import_module(module), attr) == docs[s.name], s.name
+        mod, _, func = s.computed_in.rpartition(".")
+        assert callable(getattr(importlib.import_module(mod), func)), s.computed_in
+        assert s.rule_file is None or (ROOT / "workflow" / "rules" / s.rule_file).is_file()
+    # every study's rule file is included by the Snakefile
+    snakefile = (ROOT / "Snakefile").read_text()
+    for s in studies.REGISTRY:
+        assert f"workflow/rules/{s.rule_file}" in snakefile, s.rule_file

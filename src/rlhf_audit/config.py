@@ -17,6 +17,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from rlhf_audit.studies import CHOOSABLE
+
 
 class ConfigError(ValueError):
     """An invalid config; the message names the key."""
@@ -90,8 +92,8 @@ def validate_config(config: dict, schema: dict, source: str = "config") -> dict:
     return config
 
 
-STUDIES = ("partisan", "sae", "steering", "calibration", "reward", "diffing")
-"""Studies a config can choose with its top-level ``studies:`` list."""
+STUDIES = CHOOSABLE
+"""Studies a config can choose with its top-level ``studies:`` list (the registry's)."""
 
 # Studies that read activations of the extraction dataset (extract.dataset).
 EXTRACT_STUDIES = ("partisan", "sae", "steering", "diffing")

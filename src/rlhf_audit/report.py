@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from rlhf_audit.studies import BY_NAME, REGISTRY
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -435,19 +437,13 @@ def claims_html(table: pl.DataFrame, run_label: str, provenance: dict | None = N
 
 # --------------------------------------------------------------------------- key documentation
 
-STUDY_TITLES = {
-    "organism": "Organism checks (embedded default only)",
-    "partisan": "The Neutral Mask: partisan geometry (claims 1-2)",
-    "sae": "The Neutral Mask: SAE features (claim 3)",
-    "steering": "The Neutral Mask: steering and identity primes (claims 4-5)",
-    "calibration": "Resisting Correction: injected confidence",
-    "reward": "SEAL: reward-model error analysis",
-    "diffing": "Model diffing: crosscoder, Latent Scaling and diff-SAE",
-}
+STUDY_TITLES = {s.name: s.title for s in REGISTRY}
 
 
 def key_docs() -> dict[str, dict[str, str]]:
-    """Study -> {key (or template with {feature}) -> description}, from the study modules."""
+    """Study -> {key (or template with {feature}) -> description}, from the study modules
+    the registry names (imported by name here too, so that the code hash of the rules
+    that document keys sees them)."""
     from rlhf_audit import calibration, partisan, sae, seal, steering
     from rlhf_audit.diffing import summary as diffing_summary
     from rlhf_audit.organism import train
@@ -482,8 +478,10 @@ def headline_doc() -> str:
              "is undefined (e.g. a correlation with a constant input) has `value`, `lo` and "
              "`hi` null and a `reason`.", ""]
     for study, keys in key_docs().items():
-        lines += [f"## {study}: {STUDY_TITLES[study]}", "", "| key | meaning |", "|---|---|"]
-        lines += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in keys.items()]
+        where = f"`{BY_NAME[study].computed_in}`"
+        lines += [f"## {study}: {STUDY_TITLES[study]}", "", "| key | meaning | computed in |",
+                  "|---|---|---|"]
+        lines += [f"| `{k}` | {v.replace('|', '/')} | {where} |" for k, v in keys.items()]
         lines.append("")
     return "\n".join(lines)
 

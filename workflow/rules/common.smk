@@ -817,3 +817,8 @@ def diffing_targets():
 
 
 STUDY_TARGETS["diffing"] = diffing_targets
+
+# Every study of the registry (rlhf_audit.studies) must say what it adds to a full run.
+_unregistered = [s for s in STUDIES if s not in STUDY_TARGETS]
+if _unregistered:
+    raise WorkflowError(f"studies {_unregistered} have no entry in STUDY_TARGETS (common.smk)")
