@@ -50,6 +50,12 @@ SWAPS = {
     "partisan.n_boot": 200, "sae.n_boot": 200, "steering.n_boot": 200,
     "calibration.n_boot": 200, "reward.n_boot": 200,
     "reward.rewrite.share": 0.5,             # paper: 0.01 of 160,800 pairs
+    # diffing, paper: 131,072 latents, 150M tokens (the GPU budget of the anchors)
+    "diffing.n_latents": 64, "diffing.k": 4, "diffing.training_tokens": 20000,
+    "diffing.batch_size": 256, "diffing.n_boot": 200,
+    "diffing.diff_sae.n_latents": 64, "diffing.diff_sae.k": 4,
+    "diffing.diff_sae.training_tokens": 10000,
+    "diffing.steer.n_questions": 3, "diffing.steer.max_new_tokens": 4,
     "reward.labeller.lm.base_url": "{stub}",
     "reward.rewrite.lm.base_url": "{stub}",
 }
