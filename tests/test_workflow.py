@@ -137,7 +137,7 @@ def test_headline_keys_are_present_documented_and_carry_intervals(organism_run):
     doc = json.loads((organism_run / "results/headline.json").read_text())
     numbers = doc["numbers"]
     studies = {k.split(".")[0] for k in numbers}
-    assert studies == {"organism", "partisan", "sae", "steering", "calibration", "reward"}
+    assert studies == {"organism", "partisan", "sae", "steering", "calibration", "reward", "diffing"}
     for key, rec in numbers.items():
         assert documented_key(key), f"{key} is not documented in docs/headline.md"
         assert rec["description"], key
@@ -173,8 +173,7 @@ def test_changing_steering_alphas_regenerates_only_steering(tiny_run):
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "alphas", {"steering": {"alphas": [0.5, 1.0]}}))
     assert set(jobs) == {"generate_steering", "score_steering", "analyse_steering",
-                         "plot_steering", "analyse_diffing", "steer_diffing_latents",
-                         "summarise_diffing", "plot_diffing", "collect_headline", "all"}, jobs
+                         "plot_steering", "collect_headline", "all"}, jobs
 
 
 def test_changing_the_judge_rescores_without_regenerating(tiny_run):
