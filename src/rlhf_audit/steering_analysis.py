@@ -308,7 +308,10 @@ def dose_response(scores: pl.DataFrame, score: str, *, n_boot: int = 2000,
     rows = []
     for (m, v, a), g in d.group_by(["model", "vector", "alpha"], maintain_order=True):
         ok = g.filter(pl.col("_ok"))
-        q = ok.group_by("question_id").agg(pl.col(score).mean(), pl.col("issue").first())
+        # sorted: the bootstrap weights and the sum follow row order, which group_by
+        # does not fix (two runs must give the same bits)
+        q = (ok.group_by("question_id").agg(pl.col(score).mean(), pl.col("issue").first())
+             .sort("question_id"))
         if q.height:
             W = _issue_weights(q["issue"].to_numpy(), n_boot, seed)
             y = q[score].to_numpy()

@@ -100,7 +100,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
             d = d.group_by(["latent", "stmt"]).agg(pl.col("activation").max())
             best = d if best is None else pl.concat([best, d]).group_by(
                 ["latent", "stmt"]).agg(pl.col("activation").max())
-            best = best.sort("activation", descending=True).group_by(
+            # ties (equal activations) broken by statement, so two runs agree bit for bit
+            best = best.sort(["activation", "stmt"], descending=[True, False]).group_by(
                 "latent", maintain_order=True).head(m)
         n_tok += len(xb)
     ids = list(stmt_index)
@@ -177,7 +178,7 @@ def scaling_candidates(cc: BatchTopKCrossCoder, settings: DiffingSettings,
 
 def top_statements(ev: dict, texts: dict[str, str] | None = None) -> pl.DataFrame:
     """latent, rank (0 = strongest), prompt_id, text (if given), activation (max over tokens)."""
-    t = ev["top"].sort(["latent", "activation"], descending=[False, True])
+    t = ev["top"].sort(["latent", "activation", "stmt"], descending=[False, True, False])
     ids = np.asarray(ev["statements"], dtype=object)
     pid = ids[t["stmt"].to_numpy()] if t.height else np.array([], dtype=object)
     out = t.with_columns(pl.Series("prompt_id", pid.tolist(), dtype=pl.String),
