@@ -4,8 +4,8 @@ import polars as pl
 
 from rlhf_audit.cache import run_job_cached
 from rlhf_audit.calibration.templates import build_prompts, load_templates
-from rlhf_audit.lm.generation import generate
 from rlhf_audit.io import write_table
+from rlhf_audit.lm.generation import generate
 from rlhf_audit.lm.loader import load_causal_lm
 from rlhf_audit.runtime import provenance, setup
 

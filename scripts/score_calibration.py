@@ -7,9 +7,9 @@ from rlhf_audit.calibration.analysis import headline, headline_keys, level_summa
 from rlhf_audit.calibration.scoring import score_generations
 from rlhf_audit.calibration.settings import CalibrationSettings
 from rlhf_audit.calibration.templates import load_templates
-from rlhf_audit.lm.generation import Generation
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
+from rlhf_audit.lm.generation import Generation
 from rlhf_audit.lm.loader import ModelSpec, load_tokenizer
 from rlhf_audit.runtime import provenance, setup
 

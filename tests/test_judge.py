@@ -13,8 +13,6 @@ import pytest
 import torch
 from tiny import tiny_tokenizer
 
-from rlhf_audit.lm import generation
-from rlhf_audit.lm.generation import Generation
 from rlhf_audit.judge import (
     RESULT_SCHEMA,
     HFJudge,
@@ -26,6 +24,8 @@ from rlhf_audit.judge import (
     parse_rating,
     rating_to_score,
 )
+from rlhf_audit.lm import generation
+from rlhf_audit.lm.generation import Generation
 
 
 @pytest.mark.parametrize(
