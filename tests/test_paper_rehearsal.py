@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -225,8 +226,11 @@ class Stub:
                     content = json.dumps({f: (h if i >= n - 2 else kept)[i] % 2
                                           for i, f in enumerate(stub.features)})
                 else:
-                    text = prompt.rsplit("Reply to reword:", 1)[-1].strip()
-                    content = REWORDED + text
+                    # The rewriter gets the whole transcript and must keep its turns
+                    # and their labels: reword each turn.
+                    text = prompt.split("Conversation:\n", 1)[-1]
+                    text = text.rsplit("\n\nRewritten conversation:", 1)[0].strip()
+                    content = re.sub(r"(Human|Assistant): ", rf"\1: {REWORDED}", text)
                 out = json.dumps({"choices": [{"message": {"role": "assistant",
                                                            "content": content}}]}).encode()
                 self.send_response(200)

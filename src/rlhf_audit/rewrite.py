@@ -274,6 +274,11 @@ def rewrite_similarity(model, tokenizer, original: pl.DataFrame, rewritten: pl.D
     missing = joined.filter(pl.col("chosen_orig").is_null())["pair_id"].to_list()
     if missing:
         raise ValueError(f"rewritten pairs {missing[:5]} are not in the original pairs")
+    if joined.height == 0:  # every rewrite failed: nothing to compare (counted upstream)
+        log.warning("similarity: no rewritten pairs to compare")
+        return pl.DataFrame(schema={"pair_id": pl.String, "sim_chosen": pl.Float64,
+                                    "sim_rejected": pl.Float64, "cut_chosen": pl.Boolean,
+                                    "cut_rejected": pl.Boolean})
     limit = max_length or _model_limit(model, tokenizer)
     cols = {}
     for side in ("chosen", "rejected"):
