@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from sae_planted import hand_sae
 
 from rlhf_audit import sae as S
 
@@ -25,26 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
-
-
-def hand_sae(W_enc: np.ndarray, threshold: float = 0.5, hook: str = "blocks.2.hook_resid_post"):
-    """JumpReLU SAE with encoder W_enc [d_in, d_sae], decoder W_enc.T, no biases."""
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    d_in, d_sae = W_enc.shape
-    sae = JumpReLUSAE(
-        JumpReLUSAEConfig(
-            d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False, metadata=SAEMetadata(hook_name=hook)
-        )
-    )
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.as_tensor(W_enc, dtype=torch.float32))
-        sae.W_dec.copy_(torch.as_tensor(W_enc.T, dtype=torch.float32))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-        sae.threshold.fill_(threshold)
-    return sae
 
 
 def random_topk_sae(d_in=16, d_sae=48, k=5, seed=0):
