@@ -508,6 +508,23 @@ def _check_dpo(rows: Sequence[Mapping]) -> None:
                 )
 
 
+def _base_with_compression_term(base_dir, tok, rep_statements, settings, *, factor: float):
+    """The base LM to fine-tune (float32) and, when ``rep_statements`` are given and
+    ``settings.rep_weight`` > 0, the planted representation term that scales the
+    partisan separation by ``factor`` (instruct: the planted compression; sham: 1)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if not rep_statements or settings.rep_weight <= 0:
+        return model, None
+    from rlhf_audit.organism.planting import build_compression_term
+
+    term = build_compression_term(model, tok, rep_statements, factor=factor,
+                                  weight=settings.rep_weight,
+                                  batch_size=settings.rep_batch_size, seed=settings.seed)
+    return model, term
+
+
 def train_instruct(
     base_dir: str | os.PathLike,
     sft_data: Sequence[Mapping],
@@ -528,7 +545,6 @@ def train_instruct(
     """
     quiet_libraries()
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer, SFTConfig
 
     _require_nonempty(sft_data, "train_instruct: sft_data", "build it with corpus.build_sft_data")
@@ -542,20 +558,8 @@ def train_instruct(
     t0 = time.perf_counter()
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         _seed_everything(settings.seed)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        term = None
-        if rep_statements and settings.rep_weight > 0:
-            from rlhf_audit.organism.planting import build_compression_term
-
-            term = build_compression_term(
-                model,
-                tok,
-                rep_statements,
-                factor=settings.rep_factor,
-                weight=settings.rep_weight,
-                batch_size=settings.rep_batch_size,
-                seed=settings.seed,
-            )
+        model, term = _base_with_compression_term(base_dir, tok, rep_statements, settings,
+                                                  factor=settings.rep_factor)
         sft_args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
@@ -688,7 +692,6 @@ def train_sham(
     Saves to ``out_dir``; returns the summary."""
     quiet_libraries()
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
     _require_nonempty(sham_data, "train_sham: sham_data", "build it with corpus.sham_chat")
@@ -700,20 +703,9 @@ def train_sham(
     t0 = time.perf_counter()
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         _seed_everything(settings.seed)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        term = None
-        if rep_statements and settings.rep_weight > 0:
-            from rlhf_audit.organism.planting import build_compression_term
-
-            term = build_compression_term(
-                model,
-                tok,
-                rep_statements,
-                factor=1.0,
-                weight=settings.rep_weight,
-                batch_size=settings.rep_batch_size,
-                seed=settings.seed,
-            )
+        # factor 1: the same machinery as instruct, no compression (a placebo)
+        model, term = _base_with_compression_term(base_dir, tok, rep_statements, settings,
+                                                  factor=1.0)
         args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
