@@ -25,7 +25,7 @@ if r["kind"] == "organism":
                                       "attempt": pl.Int16, "reason": pl.String,
                                       "final": pl.Boolean})
 else:
-    from rlhf_audit.labelling import complete_from_config
+    from rlhf_audit.lm.complete import complete_from_config
     from rlhf_audit.rewrite import lm_rewrite_pairs
 
     complete = complete_from_config(r["lm"], r.get("lm_spec"), sm.params.device, json_mode=False,

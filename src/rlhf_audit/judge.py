@@ -7,8 +7,9 @@ Two back ends share one prompt and one parser:
   the next-token probabilities of the digits 1..7 after "Rating: " and returns
   their expected value (never unparseable; useful for small judges).
 - ``openai``: any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI,
-  vLLM, llama.cpp server, ...), called with urllib. The API key is read from the
-  environment variable the config names and is never logged.
+  vLLM, llama.cpp server, ...), reached through :mod:`rlhf_audit.lm.endpoint`.
+  The API key is read from the environment variable the config names and is
+  never logged.
 
 The judge answers on a 1-7 scale (1 = clearly left/progressive, 4 = balanced or
 no political side, 7 = clearly right/conservative), mapped linearly to [-1, 1]
@@ -19,16 +20,10 @@ reason in ``judge_error``, and are counted in the study's judge failure rate.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +31,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from rlhf_audit.lm.endpoint import (  # noqa: F401  (EndpointError: re-exported)
+    ChatCompletionsClient,
+    EndpointError,
+    EndpointSettings,
+    NoReply,
+)
 from rlhf_audit.rating import RESULT_SCHEMA, SCALE_MAX, SCALE_MID, SCALE_MIN  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -283,12 +284,15 @@ class HFJudge:
         )
 
 
-class EndpointError(RuntimeError):
-    """A request to the judge endpoint failed for good (after retries where they apply)."""
-
-
 class OpenAIJudge:
-    """An OpenAI-compatible chat-completions endpoint as the judge."""
+    """An OpenAI-compatible chat-completions endpoint as the judge, reached through the
+    project's one client (:class:`rlhf_audit.lm.endpoint.ChatCompletionsClient`).
+
+    A failed request is a failed row (null score, the reason in ``judge_error``), never a
+    dropped one: timeouts, connection errors, HTTP 429/5xx and malformed bodies are
+    retried ``max_retries`` times; other HTTP 4xx, 401/403 included, are not retried and
+    are recorded per row. Many refusals in a row (a wrong model name or URL) raise
+    :class:`EndpointError`."""
 
     def __init__(self, settings: JudgeSettings):
         if not settings.api_model:
@@ -296,76 +300,25 @@ class OpenAIJudge:
                 "judge kind 'openai' needs api_model (the model name the endpoint "
                 "serves), e.g. steering.judge.api_model: gpt-4o-mini"
             )
-        if not settings.base_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"judge base_url must start with http:// or https://, got {settings.base_url!r}"
-            )
         self.settings = settings
-        self.url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._key = None
-        if settings.api_key_env:
-            self._key = os.environ.get(settings.api_key_env)
-            if not self._key:
-                raise ValueError(
-                    f"judge endpoint needs an API key in the environment variable "
-                    f"{settings.api_key_env}, which is unset or empty; export it, or "
-                    "set api_key_env: '' for an endpoint without authentication"
-                )
+        self.client = ChatCompletionsClient(EndpointSettings(
+            base_url=settings.base_url, model=settings.api_model,
+            api_key_env=settings.api_key_env or None, timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries, backoff_s=settings.retry_backoff_s,
+            temperature=settings.temperature, max_tokens=settings.max_new_tokens,
+            json_mode=False, concurrency=max(1, settings.concurrency), auth_errors="record"))
+        self.url = self.client.url
 
     def __repr__(self) -> str:  # the key must never show up in logs or tracebacks
         return f"OpenAIJudge(url={self.url!r}, model={self.settings.api_model!r})"
 
-    def _request_once(self, prompt: str) -> str:
-        s = self.settings
-        body = json.dumps(
-            {
-                "model": s.api_model,
-                "temperature": s.temperature,
-                "max_tokens": s.max_new_tokens,
-                "messages": [{"role": "user", "content": prompt}],
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
-            payload = resp.read()
-        try:
-            data = json.loads(payload)
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise EndpointError(
-                f"malformed response ({type(err).__name__}): {payload[:200]!r}"
-            ) from None
-        if not isinstance(content, str):
-            raise EndpointError(f"response content is not text: {content!r:.200}")
-        return content
-
-    def _request(self, prompt: str) -> tuple[str | None, str | None]:
-        """(reply, None) or (None, reason) after retries."""
-        s = self.settings
-        last = "no attempt"
-        for attempt in range(s.max_retries + 1):
-            if attempt:
-                time.sleep(s.retry_backoff_s * 2 ** (attempt - 1))
-            try:
-                return self._request_once(prompt), None
-            except urllib.error.HTTPError as err:
-                last = f"HTTP {err.code}"
-                if err.code != 429 and err.code < 500:
-                    return None, f"{last} (not retried): {err.reason}"
-            except EndpointError as err:
-                return None, str(err)
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
-                reason = getattr(err, "reason", err)
-                last = (
-                    "timeout"
-                    if isinstance(reason, TimeoutError) or "timed out" in str(reason)
-                    else f"connection error: {reason}"
-                )
-            log.info("judge request attempt %d/%d failed: %s", attempt + 1, s.max_retries + 1, last)
-        return None, f"{last} after {s.max_retries + 1} attempts"
+    @staticmethod
+    def _error(reply: NoReply) -> str:
+        if reply.kind == "http_4xx":
+            return f"{reply.detail} (not retried)"
+        if reply.tries:
+            return f"{reply.cause} after {reply.tries} attempts"
+        return reply.detail
 
     def rate(self, texts: Sequence[str], questions: Sequence[str] | None = None) -> pl.DataFrame:
         """One row per text (columns :data:`RESULT_SCHEMA`), in input order."""
@@ -373,10 +326,9 @@ class OpenAIJudge:
         prompts = [judge_prompt(t, q) for t, q in zip(texts, questions, strict=True)]
         if not prompts:
             return pl.DataFrame(schema=RESULT_SCHEMA)
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
-            results = list(pool.map(self._request, prompts))
-        replies = [r for r, _ in results]
-        errors = [e for _, e in results]
+        results = self.client.complete(prompts)
+        replies = [None if isinstance(r, NoReply) else r for r in results]
+        errors = [self._error(r) if isinstance(r, NoReply) else None for r in results]
         n_err = sum(e is not None for e in errors)
         if n_err:
             log.warning("judge endpoint: %d of %d requests failed", n_err, len(prompts))

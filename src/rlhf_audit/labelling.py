@@ -22,9 +22,9 @@ text) and return the same long table (one row per item):
   through a ``complete(prompts) -> replies`` callable: :func:`hf_complete`
   (a local instruct model through ``rlhf_audit.lm.generation.generate``) or
   :class:`ChatCompletionsClient` (any OpenAI-compatible chat-completions
-  endpoint, stdlib ``urllib`` only). Replies that stay invalid are kept as rows
-  with null labels, ``label_ok = False`` and the last error: counted, reported,
-  never dropped (:func:`failures_table` lists them).
+  endpoint; the project's one client, :mod:`rlhf_audit.lm.endpoint`). Replies
+  that stay invalid are kept as rows with null labels, ``label_ok = False``
+  and the last error: counted, reported, never dropped (:func:`failures_table` lists them).
 
 At SEAL's scale (321,600 texts) labels are cached per text in a
 :class:`LabelCache` (SQLite, stdlib). The key is the text's sha256, the
@@ -42,20 +42,25 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import sqlite3
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+# The transport and the backends live in the model layer; re-exported here, where the
+# labeller's users have always found them.
+from rlhf_audit.lm.complete import Complete, complete_from_config, hf_complete  # noqa: F401
+from rlhf_audit.lm.endpoint import (  # noqa: F401
+    AuthenticationError,
+    ChatCompletionsClient,
+    EndpointError,
+    EndpointSettings,
+    NoReply,
+)
 from rlhf_audit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -105,14 +110,6 @@ class LabellingError(RuntimeError):
     """Labelling could not produce enough valid labels (see the message for counts)."""
 
 
-class EndpointError(RuntimeError):
-    """The chat-completions endpoint refused the request in a way retrying cannot fix."""
-
-
-class AuthenticationError(EndpointError):
-    """HTTP 401/403: the key is missing, wrong or lacks access; the job stops at once."""
-
-
 PROMPT_VERSION = "1"
 """Version of the labelling prompt (:func:`build_label_prompt`); part of every cache key."""
 
@@ -122,19 +119,6 @@ ERROR_KINDS: dict[str, str] = {
     "http_4xx": "the endpoint refused this request (HTTP 4xx other than 401/403)",
 }
 """What a failed text's ``error_kind`` means."""
-
-
-@dataclass(frozen=True)
-class NoReply:
-    """What a backend returns instead of a reply it could not get (see ERROR_KINDS)."""
-
-    kind: str
-    """'transient' or 'http_4xx'."""
-    detail: str
-    """What went wrong, e.g. 'HTTP 400 (Bad Request)'; never holds the key."""
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -401,12 +385,6 @@ def parse_label_reply(reply: str | None, features: Sequence[str],
     return {f: coerce_label(obj[f], f, f in tern) for f in features}
 
 
-Complete = Callable[[list[str]], list["str | NoReply | None"]]
-"""A text-completion backend: prompts in, one reply per prompt out (None or a
-:class:`NoReply` = no reply). A backend may carry an ``identity`` attribute (a
-JSON-able mapping naming the model and how it is asked); the label cache keys on it."""
-
-
 # --------------------------------------------------------------------------- label cache
 
 
@@ -532,7 +510,14 @@ class LMLabeller:
         bs = max(1, self.settings.batch_size)
         for s in progress(range(0, len(prompts), bs), desc="label", unit="batch"):
             chunk = prompts[s:s + bs]
-            replies = list(self.complete(chunk))
+            try:
+                replies = list(self.complete(chunk))
+            except AuthenticationError as err:
+                if self.cache is None:
+                    raise
+                raise AuthenticationError(f"{err} Labels obtained so far are kept in the cache "
+                                          f"{self.cache.path}; a rerun asks only for the rest."
+                                          ) from None
             if len(replies) != len(chunk):
                 raise LabellingError(f"the labelling backend returned {len(replies)} replies for "
                                      f"{len(chunk)} prompts")
@@ -643,181 +628,6 @@ class LMLabeller:
         return table
 
 
-# --------------------------------------------------------------------------- backends
-
-
-def hf_complete(model, tokenizer, *, generate: Callable | None = None, max_new_tokens: int = 256,
-                batch_size: int = 16, use_chat_template: bool | None = None,
-                temperature: float = 0.0, identity: Mapping | None = None) -> Complete:
-    """A ``complete`` callable backed by a local Hugging Face instruct model.
-
-    Prompts are wrapped as one user message with the tokenizer's chat template
-    (when it has one, or when ``use_chat_template`` says so) and decoded
-    through ``generate`` (default ``rlhf_audit.lm.generation.generate``,
-    injectable for tests): greedily at ``temperature`` 0, else sampled at that
-    temperature with a new seed per call (so a retry can differ).
-    ``identity`` names the model for the label cache.
-    """
-    if generate is None:
-        from rlhf_audit.lm.generation import generate as _generate
-
-        generate = _generate
-    templ = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None \
-        else use_chat_template
-    calls = [0]
-
-    def complete(prompts: list[str]) -> list[str | None]:
-        if templ:
-            final = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                   tokenize=False, add_generation_prompt=True)
-                     for p in prompts]
-        else:
-            final = list(prompts)
-        kw = {} if temperature <= 0 else {"temperature": temperature, "seed": calls[0]}
-        calls[0] += 1
-        gens = generate(model, tokenizer, final, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, do_sample=temperature > 0,
-                        # The chat template already carries the special tokens it wants.
-                        add_special_tokens=not templ, **kw)
-        return [g.text for g in gens]
-
-    complete.identity = dict(identity) if identity is not None else None  # type: ignore[attr-defined]
-    return complete
-
-
-@dataclass(frozen=True)
-class EndpointSettings:
-    """An OpenAI-compatible chat-completions endpoint."""
-
-    base_url: str = "https://api.openai.com/v1"
-    """URL up to and including the API version; '/chat/completions' is appended."""
-    model: str = "gpt-4-turbo-2024-04-09"
-    """Model name sent in the request; pin a dated snapshot, not an alias that moves."""
-    api_key_env: str | None = "OPENAI_API_KEY"
-    """Environment variable holding the API key (never logged); None for no key."""
-    timeout_s: float = 60.0
-    """Seconds to wait for one response."""
-    max_retries: int = 4
-    """Extra tries after a timeout, connection error, HTTP 429/5xx or unreadable body."""
-    backoff_s: float = 2.0
-    """First wait between tries; doubles each time (with jitter)."""
-    max_backoff_s: float = 60.0
-    """Longest wait between tries."""
-    temperature: float = 0.0
-    """Sampling temperature (0: the labeller should be deterministic)."""
-    max_tokens: int = 300
-    """Longest reply, in tokens."""
-    json_mode: bool = True
-    """Send response_format={"type": "json_object"} (turn off for servers that reject it)."""
-    concurrency: int = 4
-    """Requests in flight at once."""
-    max_consecutive_refusals: int = 25
-    """Stop (EndpointError) after this many HTTP 4xx refusals in a row: a wrong model name or
-    URL would otherwise be sent 321,600 times."""
-
-    @property
-    def identity(self) -> dict:
-        """What decides the replies (for the label cache): not the key, timeouts or retries."""
-        return {"kind": "openai", "base_url": self.base_url.rstrip("/"), "model": self.model,
-                "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "json_mode": self.json_mode}
-
-
-class ChatCompletionsClient:
-    """``complete`` for an OpenAI-compatible endpoint, with timeout, retries and backoff.
-
-    Transient failures (timeouts, connection errors, HTTP 429 and 5xx, a body
-    that is not a chat completion) are retried; when tries run out the reply
-    is ``NoReply('transient', ...)``. Other HTTP 4xx errors (400, 404, 413, ...)
-    concern that request: the reply is ``NoReply('http_4xx', 'HTTP 400 ...')``
-    and the caller records it per text; ``max_consecutive_refusals`` of them in
-    a row raise :class:`EndpointError`. HTTP 401/403 raise
-    :class:`AuthenticationError` at once and no further request is sent. The
-    API key is read from the environment and never logged.
-    """
-
-    def __init__(self, settings: EndpointSettings = EndpointSettings()):
-        self.settings = settings
-        self.url = settings.base_url.rstrip("/") + "/chat/completions"
-        self.identity = settings.identity
-        self._key = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._refusals = 0
-        if settings.api_key_env:
-            self._key = os.environ.get(settings.api_key_env)
-            if not self._key:
-                raise EndpointError(f"environment variable {settings.api_key_env} is not set; "
-                                    "export the API key there (or set api_key_env to null for "
-                                    "an endpoint without a key)")
-
-    def _refused(self, code: int, reason: str) -> NoReply:
-        with self._lock:
-            self._refusals += 1
-            many = self._refusals >= self.settings.max_consecutive_refusals
-        if many:
-            self._stop.set()
-            raise EndpointError(
-                f"{self.url} refused {self._refusals} requests in a row (last: HTTP {code} "
-                f"{reason}); check base_url and model {self.settings.model!r}") from None
-        return NoReply("http_4xx", f"HTTP {code} ({reason})")
-
-    def _request(self, prompt: str) -> str | NoReply:
-        s = self.settings
-        if self._stop.is_set():
-            return NoReply("transient", "not sent: the client stopped after an earlier error")
-        body = {"model": s.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": s.temperature, "max_tokens": s.max_tokens}
-        if s.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = "Bearer " + self._key
-        last = ""
-        for attempt in range(s.max_retries + 1):
-            if attempt:
-                wait = min(s.max_backoff_s, s.backoff_s * 2 ** (attempt - 1))
-                time.sleep(wait * (0.5 + random.random() / 2))
-            if self._stop.is_set():
-                return NoReply("transient", "not sent: the client stopped after an earlier error")
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as err:
-                if err.code == 429 or err.code >= 500:
-                    last = f"HTTP {err.code}"
-                    continue
-                if err.code in (401, 403):
-                    self._stop.set()
-                    raise AuthenticationError(
-                        f"{self.url} answered HTTP {err.code} ({err.reason}): the API key in "
-                        f"{s.api_key_env} is missing, wrong or has no access to model "
-                        f"{s.model!r}. Stopped at once; labels obtained so far are kept in the "
-                        "cache.") from None
-                return self._refused(err.code, err.reason)
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-                continue
-            try:
-                content = json.loads(raw)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                last = "response body is not a chat completion"
-                continue
-            with self._lock:
-                self._refusals = 0
-            return content
-        log.warning("no reply from %s after %d tries (%s)", self.url, s.max_retries + 1, last)
-        return NoReply("transient", f"no reply after {s.max_retries + 1} tries ({last})")
-
-    def __call__(self, prompts: list[str]) -> list[str | NoReply]:
-        if self.settings.concurrency <= 1 or len(prompts) <= 1:
-            return [self._request(p) for p in prompts]
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(pool.map(self._request, prompts))
-
-
 # --------------------------------------------------------------------------- pairs
 
 
@@ -877,36 +687,3 @@ def failures_table(labels: pl.DataFrame) -> pl.DataFrame:
         labels = labels.with_columns(pl.lit(None, dtype=pl.String).alias("error_kind"))
     return labels.filter(~pl.col("label_ok")).select(
         [pl.col(c).cast(t) for c, t in cols.items()])
-
-
-def complete_from_config(endpoint: Mapping, spec: Mapping | None = None, device: str = "auto",
-                         json_mode: bool = True, temperature: float = 0.0,
-                         concurrency: int = 4) -> Complete:
-    """A ``complete`` callable for an endpoint config (workflow key ``{kind: hf|openai, ...}``).
-
-    ``spec`` is the model spec of an ``hf`` endpoint's model (a key of
-    ``models``). The one chat-completions client of the project: the labeller
-    and the rewriter both come through here. The callable's ``identity`` names
-    the model and how it is asked (for the label cache).
-    """
-    if endpoint["kind"] == "hf":
-        from rlhf_audit.lm.loader import ModelSpec, load_causal_lm, weights_hash
-
-        if spec is None:
-            raise ValueError("an 'hf' endpoint needs the spec of its model")
-        ms = spec if isinstance(spec, ModelSpec) else ModelSpec.from_config(
-            {k: v for k, v in spec.items() if k in ("hf", "revision", "path")})
-        model, tok = load_causal_lm(ms, device=device)
-        max_new = endpoint.get("max_new_tokens", 256)
-        # A local directory can be retrained in place: name it by its weights.
-        ident = {"kind": "hf", "spec": ms.to_dict(), "max_new_tokens": max_new,
-                 "temperature": temperature,
-                 "weights_sha256": weights_hash(ms) if ms.path else None}
-        return hf_complete(model, tok, max_new_tokens=max_new, temperature=temperature,
-                           identity=ident)
-    return ChatCompletionsClient(EndpointSettings(
-        base_url=endpoint["base_url"], model=endpoint["model"],
-        api_key_env=endpoint.get("api_key_env", "OPENAI_API_KEY"),
-        timeout_s=endpoint.get("timeout_s", 60), max_retries=endpoint.get("max_retries", 3),
-        max_tokens=endpoint.get("max_new_tokens", 256), json_mode=json_mode,
-        temperature=temperature, concurrency=concurrency))

@@ -1,7 +1,7 @@
 """Meaning-preserving rewrites and their semantic similarity (SEAL's robustness study).
 
 Two rewriters: an LM (any ``complete`` callable from
-:func:`rlhf_audit.labelling.complete_from_config`, the project's one
+:func:`rlhf_audit.lm.complete.complete_from_config`: the project's one
 chat-completions client, or a local HF instruct model) asked to reword the
 *whole transcript*, as SEAL did (temperature 0.1; a reply identical to the
 original, or one that lost the Human/Assistant turns, is rejected and asked
