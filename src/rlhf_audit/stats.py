@@ -9,10 +9,12 @@ correlated rows are resampled together.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats as sps
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,32 @@ def cohens_d(x: np.ndarray, y: np.ndarray) -> float:
         return float("nan")
     pooled = ((nx - 1) * x.var(ddof=1) + (ny - 1) * y.var(ddof=1)) / (nx + ny - 2)
     return float((x.mean() - y.mean()) / math.sqrt(pooled)) if pooled > 0 else float("nan")
+
+
+def correlation_undefined(x, y, names: tuple[str, str] = ("the first variable",
+                                                         "the second variable"),
+                          unit: str = "values") -> str:
+    """Why a correlation of ``x`` and ``y`` is undefined ('' when it is defined): fewer
+    than 3 ``unit`` (rows), or a constant side.
+
+    The constancy check is exact (``ptp == 0``), not ``std == 0``: a mean's rounding turns
+    a constant such as 0.1 + 0.2 into noise of 1e-17, which would give a spurious r."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return f"only {len(x)} {unit}, fewer than the 3 a correlation needs"
+    for arr, name in ((x, names[0]), (y, names[1])):
+        if np.ptp(arr) == 0:
+            return f"{name} is constant ({float(arr[0]):.6g} in all {len(arr)} {unit})"
+    return ""
+
+
+def pearson(x, y) -> float:
+    """scipy.stats.pearsonr's r, NaN where :func:`correlation_undefined` says it is undefined
+    (never 0); :func:`bootstrap` drops such replicates."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if correlation_undefined(x, y):
+        return float("nan")
+    with warnings.catch_warnings():
+        # A near-constant side is still defined; the warning is about precision only.
+        warnings.simplefilter("ignore", sps.NearConstantInputWarning)
+        return float(sps.pearsonr(x, y).statistic)

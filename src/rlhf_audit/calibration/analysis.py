@@ -15,20 +15,13 @@ from scipy import stats as sps
 from rlhf_audit.calibration.confidence import PARSE_KINDS
 from rlhf_audit.calibration.settings import DEFAULT_SETTINGS, CalibrationSettings
 from rlhf_audit.calibration.templates import _NAME
-from rlhf_audit.stats import Estimate, bootstrap
+from rlhf_audit.stats import Estimate, bootstrap, correlation_undefined, pearson
 
 
 def _undefined(x: np.ndarray, y: np.ndarray, names: tuple[str, str]) -> str:
-    """Why a correlation of ``x`` and ``y`` is undefined ('' when it is defined).
-
-    The constancy check is exact: rounding in a mean would turn a constant into noise with
-    a spurious r."""
-    if len(x) < 3:
-        return f"fewer than 3 replies ({len(x)})"
-    for arr, name in ((x, names[0]), (y, names[1])):
-        if np.ptp(arr) == 0:
-            return f"{name} is constant ({float(arr[0]):.4g} in all {len(arr)} replies)"
-    return ""
+    """Why a correlation of ``x`` and ``y`` is undefined ('' when it is defined); see
+    :func:`rlhf_audit.stats.correlation_undefined` (exact constancy check)."""
+    return correlation_undefined(x, y, names, unit="replies")
 
 
 def _constant_within(v: np.ndarray, groups: np.ndarray, name: str) -> str:
@@ -62,14 +55,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(sps.spearmanr(x, y).statistic)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """scipy.stats.pearsonr, NaN when undefined (a constant input or fewer than 3 rows)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if _undefined(x, y, ("x", "y")):
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sps.NearConstantInputWarning)
-        return float(sps.pearsonr(x, y).statistic)
+_pearson = pearson
+"""scipy.stats.pearsonr, NaN when undefined (a constant input or fewer than 3 rows)."""
 
 
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ from scipy import stats as sps
 from scipy.linalg import cho_factor, cho_solve
 
 from rlhf_audit.labelling import DEFAULT_FEATURES, SIDES
-from rlhf_audit.stats import Estimate, bootstrap
+from rlhf_audit.stats import Estimate, bootstrap, correlation_undefined, pearson
 
 log = logging.getLogger(__name__)
 
@@ -762,23 +762,13 @@ def _matched(original: pl.DataFrame, rewritten: pl.DataFrame) -> tuple[pl.DataFr
     return orig, rewritten.with_columns(pl.col("pair_id").cast(pl.String))
 
 
-def _pearson(a, b) -> float:
-    """scipy.stats.pearsonr's r, NaN where it is undefined (fewer than 3 values or a
-    constant side); the bootstrap drops such replicates."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if _pearson_undefined(a, b):
-        return float("nan")
-    return float(sps.pearsonr(a, b).statistic)
+_pearson = pearson
+"""scipy.stats.pearsonr's r, NaN where it is undefined (:func:`rlhf_audit.stats.pearson`)."""
 
 
 def _pearson_undefined(a: np.ndarray, b: np.ndarray) -> str | None:
     """Why Pearson r of ``a`` and ``b`` is undefined, or None when it is defined."""
-    if len(a) < 3:
-        return f"only {len(a)} values"
-    for x, name in ((a, "first"), (b, "second")):
-        if np.ptp(x) == 0:
-            return f"the {name} variable is constant ({x[0]:.6g} everywhere)"
-    return None
+    return correlation_undefined(a, b) or None
 
 
 def correlation_estimate(x, y, groups=None, *, n_boot: int = 2000, seed: int = 0,
