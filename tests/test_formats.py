@@ -111,3 +111,56 @@ def test_partisan_rows_roundtrip(tmp_path_factory, texts):
     rows = [{"id": str(i), "text": t, "label": "left"} for i, t in enumerate(texts)]
     write_jsonl(p, rows)
     assert load_dataset_as_table("partisan", {"path": str(p)})["text"].to_list() == texts
+
+
+# --------------------------------------------------------------------------- the hh splitter
+
+
+def test_split_last_turn_multi_turn_and_an_inline_assistant_label():
+    from rlhf_audit.formats import split_last_turn
+
+    t = ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: say 'Assistant: ok'\n\n"
+         "Assistant: As the Assistant: ok")
+    prefix, label, reply = split_last_turn(t)
+    # the final turn is the last one opened by a blank line, not the last label in the text
+    assert (label, reply) == ("Assistant:", " As the Assistant: ok")
+    assert prefix == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: say 'Assistant: ok'\n\n"
+    assert prefix + label + reply == t
+    assert split_last_turn("\n\nHuman: q\n\nAssistant:") == ("\n\nHuman: q\n\n", "Assistant:", "")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("\n\nHuman: only a question", r"row 7: no 'Assistant:' turn"),
+    ("\n\nHuman: a\nAssistant: b", r"row 7: no 'Assistant:' turn \(a turn starts with"),
+    ("\n\nHuman: a\n\nAssistant: b\n\nHuman: and then?", r"row 7: the transcript ends with a "
+                                                         r"Human turn after its last"),
+    (None, r"row 7: transcript is NoneType"),
+])
+def test_split_last_turn_without_a_final_assistant_turn_names_the_row(text, match):
+    from rlhf_audit.formats import TranscriptError, split_last_turn
+
+    with pytest.raises(TranscriptError, match=match):
+        split_last_turn(text, where="row 7")
+
+
+def test_the_one_splitter_serves_loading_scoring_and_rewrites(tmp_path):
+    from rlhf_audit import formats
+    from rlhf_audit.reward import score
+    from rlhf_audit.rewrite import check_rewrite
+
+    assert score.TranscriptError is formats.TranscriptError
+    t = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: more\n\nAssistant: fine, thanks"
+    p = write_jsonl(tmp_path / "h.jsonl", [{"chosen": t, "rejected": t}])
+    row = load_dataset_as_table("hh_rlhf", {"path": str(p)}).row(0, named=True)
+    prefix, last = score.split_transcript(t)
+    assert (prefix, last) == ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: more\n\n",
+                              "Assistant: fine, thanks")
+    assert row["prefix_chosen"] + "\n\n" == prefix and row["chosen_last"] == "fine, thanks"
+    assert score.split_transcript(t, keep_marker=False)[1] == "fine, thanks"
+    # a rewrite the scorer could not split is rejected, not stored
+    orig = "\n\nHuman: a ?\n\nAssistant: b ."
+    assert check_rewrite(orig, "Human: x ?\nAssistant: y .") == "roles_changed"
+    assert check_rewrite(orig, "Human: x ?\n\nAssistant: y .") is None
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"chosen": t + "\n\nHuman: ?", "rejected": t}])
+    with pytest.raises(InputFormatError, match=r"b.jsonl:1: 'chosen' ends with a Human turn"):
+        load_dataset_as_table("hh_rlhf", {"path": str(bad)})

@@ -2,7 +2,8 @@
 
 - partisan prompts: JSONL ``{id, text, label, issue?}`` with label in left/right/neutral;
 - GSM8K: JSONL ``{question, answer}`` whose answer ends in ``#### N``;
-- hh-rlhf: JSONL ``{chosen, rejected}`` transcripts of ``\\n\\nHuman: ...\\n\\nAssistant: ...`` turns.
+- hh-rlhf: JSONL ``{chosen, rejected}`` transcripts of ``\\n\\nHuman: ...\\n\\nAssistant: ...``
+  turns, split at their final Assistant turn by :func:`split_last_turn`.
 
 A source is a local file (``.jsonl``/``.json`` or ``.parquet``) or a Hugging Face
 dataset id read through ``datasets.load_dataset``. A bad row fails with the file,
@@ -127,11 +128,44 @@ def parse_gsm8k_final(answer: str) -> str:
     return m.group(1).replace(",", "")
 
 
-def _split_last_assistant(text: str) -> tuple[str, str] | None:
-    idx = text.rfind("\n\nAssistant:")
+HH_HUMAN_TURN = "\n\nHuman:"
+"""Where a Human turn of an hh-rlhf transcript starts."""
+HH_ASSISTANT_TURN = "\n\nAssistant:"
+"""Where an Assistant turn of an hh-rlhf transcript starts: the label after the blank line
+that separates turns (an 'Assistant:' inside a reply is not a turn)."""
+
+
+class TranscriptError(ValueError):
+    """A transcript that does not end with an Assistant turn; the message names the row."""
+
+
+def split_last_turn(text: str, *, where: str = "transcript",
+                    marker: str = HH_ASSISTANT_TURN) -> tuple[str, str, str]:
+    """(prefix, label, reply) of a transcript at its final Assistant turn; the project's one
+    hh-rlhf splitter (dataset loading, reward scoring, reward-model training, rewrites).
+
+    The final turn starts at the last ``marker``; its leading whitespace (the blank line
+    between turns) stays with the prefix, so ``prefix + label + reply == text``, e.g.
+    ``("\\n\\nHuman: hi\\n\\n", "Assistant:", " hello")``. A transcript without that
+    turn, or whose final Assistant turn is followed by a Human turn, raises
+    :class:`TranscriptError` naming ``where`` (the row).
+    """
+    label = marker.lstrip()
+    fix = ("Each transcript must end with an Assistant turn: "
+           "'\\n\\nHuman: ...\\n\\nAssistant: ...'.")
+    if not isinstance(text, str):
+        raise TranscriptError(f"{where}: transcript is {type(text).__name__}, not text")
+    idx = text.rfind(marker)
     if idx < 0:
-        return None
-    return text[:idx], text[idx + len("\n\nAssistant:"):]
+        raise TranscriptError(f"{where}: no '{label}' turn (a turn starts with {marker!r}) in "
+                              f"the transcript (starts {text[:60]!r}). {fix}")
+    start = idx + len(marker) - len(label)
+    reply = text[start + len(label):]
+    if HH_HUMAN_TURN in reply:
+        raise TranscriptError(f"{where}: the transcript ends with a Human turn after its last "
+                              f"'{label}' turn (ends {text[-60:]!r}); the reply to score or "
+                              f"label is missing. {fix}")
+    return text[:start], label, reply
 
 
 def load_partisan(source: DataSource, limit: int | None = None) -> pl.DataFrame:
@@ -193,18 +227,24 @@ def load_hh_rlhf(source: DataSource, limit: int | None = None) -> pl.DataFrame:
         parts = {}
         for side in ("chosen", "rejected"):
             t = _need_str(source, line, rec, side, fix)
-            if "\n\nHuman:" not in t:
+            if HH_HUMAN_TURN not in t:
                 raise _err(source, line, f"'{side}' has no '\\n\\nHuman:' turn", fix)
-            split = _split_last_assistant(t)
-            if split is None:
+            if HH_ASSISTANT_TURN not in t:
                 raise _err(source, line, f"'{side}' has no '\\n\\nAssistant:' turn", fix)
-            parts[side] = split
+            try:
+                prefix, _, reply = split_last_turn(t, where=side)
+            except TranscriptError:  # the only case left: a Human turn after the last reply
+                raise _err(source, line, f"'{side}' ends with a Human turn after its last "
+                           "Assistant turn (the reply is missing)", fix) from None
+            # The table's prefix stops before the blank line that opens the last turn.
+            parts[side] = (prefix.removesuffix("\n\n"), reply)
         rid = rec.get("pair_id", rec.get("id"))
         rows.append({
             "pair_id": str(rid) if rid is not None else f"pair-{line:06d}",
             "chosen": rec["chosen"], "rejected": rec["rejected"],
             "prefix_chosen": parts["chosen"][0], "prefix_rejected": parts["rejected"][0],
-            "chosen_last": parts["chosen"][1].strip(), "rejected_last": parts["rejected"][1].strip(),
+            "chosen_last": parts["chosen"][1].strip(),
+            "rejected_last": parts["rejected"][1].strip(),
         })
         if limit and len(rows) >= limit:
             break

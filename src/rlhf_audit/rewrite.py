@@ -27,6 +27,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from rlhf_audit.formats import TranscriptError, split_last_turn
+
 log = logging.getLogger(__name__)
 
 REWRITE_PROMPT = (
@@ -46,7 +48,8 @@ REWRITE_TEMPERATURE = 0.1
 REJECTION_REASONS: dict[str, str] = {
     "no_reply": "the backend returned no text",
     "unchanged": "the rewrite is identical to the original (whitespace aside)",
-    "roles_changed": "the rewrite does not start with 'Human:' or lost an 'Assistant:' turn",
+    "roles_changed": ("the rewrite does not start with 'Human:', lost an 'Assistant:' turn, or "
+                      "does not end with one opened by a blank line ('\\n\\nAssistant:')"),
     "turns_changed": "the rewrite has a different number of Human/Assistant turns",
 }
 """Why a rewrite was rejected (the failures table's ``reason``)."""
@@ -82,6 +85,13 @@ def check_rewrite(original: str, reply) -> str | None:
         return "roles_changed"
     if _turns(reply) != _turns(original):
         return "turns_changed"
+    # The rewrite is stored with the original's leading whitespace and must split where
+    # the reward scorer splits (formats.split_last_turn): at a final '\n\nAssistant:' turn.
+    lead = original[:len(original) - len(original.lstrip())]
+    try:
+        split_last_turn(lead + reply.strip())
+    except TranscriptError:
+        return "roles_changed"
     return None
 
 

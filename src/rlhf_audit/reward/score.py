@@ -1,6 +1,6 @@
 """SEAL's reward scoring (Revel et al., 2024; PAPERS.md C): the code of rule score_rewards.
 
-Each transcript is split at its last "Assistant:" and fed to a sequence-
+Each transcript is split at its final Assistant turn and fed to a sequence-
 classification reward model as the text pair (prefix, last turn); the reward
 is its single logit, computed in float32 (SEAL's precision, whatever the
 workflow-wide dtype says for LMs) and, by default, on untruncated inputs. The
@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from rlhf_audit.formats import HH_ASSISTANT_TURN, TranscriptError, split_last_turn  # noqa: F401
 from rlhf_audit.progress import progress
 
 log = logging.getLogger(__name__)
 
 
-class TranscriptError(ValueError):
-    """A transcript without an Assistant turn; the message names the row."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,10 @@ class ScoringSettings:
     max_length: int | None = None
     """Longest input in tokens, special tokens included; None truncates nothing (as SEAL
     scored: DeBERTa-v3's relative positions take any length)."""
-    marker: str = "Assistant:"
-    """Transcripts are split at the last occurrence of this string."""
+    marker: str = HH_ASSISTANT_TURN
+    """The final turn starts at the last occurrence of this string (its leading whitespace,
+    hh-rlhf's blank line between turns, stays with the prefix); see
+    :func:`rlhf_audit.formats.split_last_turn`."""
     keep_marker: bool = True
     """Keep the marker at the start of the last turn, as SEAL's scoring code did."""
     dtype: str = "float32"
@@ -50,23 +51,18 @@ class ScoringSettings:
 # =========================================================================== scoring
 
 
-def split_transcript(text: str, *, row: object = None, marker: str = "Assistant:",
+def split_transcript(text: str, *, row: object = None, marker: str = HH_ASSISTANT_TURN,
                      keep_marker: bool = True) -> tuple[str, str]:
-    """(prefix, last_turn) of a transcript, split at the last ``marker``.
+    """(prefix, last_turn) of a transcript, split at its final Assistant turn by the
+    project's one splitter (:func:`rlhf_audit.formats.split_last_turn`).
 
-    With ``keep_marker`` (SEAL's choice) the last turn starts with the marker,
-    e.g. ``("\\n\\nHuman: hi\\n\\n", "Assistant: hello")``. ``row`` names the
-    transcript in the error raised when the marker is absent.
+    With ``keep_marker`` (SEAL's choice) the last turn starts with the ``Assistant:``
+    label, e.g. ``("\\n\\nHuman: hi\\n\\n", "Assistant: hello")``; without it the
+    bare reply. ``row`` names the transcript in the :class:`TranscriptError` raised when
+    it does not end with an Assistant turn.
     """
-    if not isinstance(text, str):
-        raise TranscriptError(f"{_row_name(row)}: transcript is {type(text).__name__}, not text")
-    idx = text.rfind(marker)
-    if idx < 0:
-        raise TranscriptError(f"{_row_name(row)}: no '{marker}' turn in the transcript "
-                              f"(starts {text[:60]!r}). Each transcript must end with an "
-                              "Assistant turn: '\\n\\nHuman: ...\\n\\nAssistant: ...'.")
-    last = text[idx:] if keep_marker else text[idx + len(marker):].lstrip()
-    return text[:idx], last
+    prefix, label, reply = split_last_turn(text, where=_row_name(row), marker=marker)
+    return prefix, (label + reply if keep_marker else reply.lstrip())
 
 
 def _row_name(row) -> str:
