@@ -96,3 +96,48 @@ def test_dtype_auto_is_fp32_on_cpu_and_cuda_without_gpu_fails():
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="no CUDA GPU"):
             load_causal_lm({"path": "/nonexistent"}, device="cuda")
+
+
+# --------------------------------------------------------------------------- provenance hashes
+
+
+def test_hash_files_follows_names_sizes_and_content_not_location(tmp_path):
+    from rlhf_audit.lm.loader import hash_files, weight_files
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "sub").mkdir(parents=True)
+        (d / "x.bin").write_bytes(b"abc")
+        (d / "sub" / "y.bin").write_bytes(b"def")
+    assert hash_files(a) == hash_files([b]) == hash_files(str(a))  # a folder, anywhere
+    assert hash_files([a / "x.bin"]) == hash_files(b / "x.bin")
+    (b / "sub" / "y.bin").write_bytes(b"deg")
+    assert hash_files(a) != hash_files(b)
+    # name and content are delimited: ("x", "ab") and ("xa", "b") differ
+    (tmp_path / "p").mkdir()
+    (tmp_path / "q").mkdir()
+    (tmp_path / "p" / "x").write_bytes(b"ab")
+    (tmp_path / "q" / "xa").write_bytes(b"b")
+    assert hash_files(tmp_path / "p") != hash_files(tmp_path / "q")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hash_files([tmp_path / "absent"])
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        weight_files(a)
+
+
+def test_weights_hash_is_the_extraction_manifests_weight_hash(tmp_path):
+    from rlhf_audit import extract
+    from rlhf_audit.lm.loader import hash_files, weight_files
+
+    d = save_tiny_llama(tmp_path / "m", seed=0)
+    assert weight_files(d) == extract.weight_files(d)
+    assert weights_hash({"path": str(d)}) == extract.hash_files(extract.weight_files(d))
+    assert hash_files(d) == extract.hash_files(d)  # folders: the same walk and order
+
+
+def test_library_versions_name_what_is_absent_and_cuda():
+    from rlhf_audit.runtime import LIBRARIES, library_versions
+
+    v = library_versions()
+    assert set(LIBRARIES) | {"python", "cuda"} == set(v)
+    assert v["torch"] == torch.__version__ and v["cuda"] == (torch.version.cuda or "none")

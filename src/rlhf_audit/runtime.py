@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -61,12 +62,20 @@ def setup(log_path: str | None = None, threads: int = 1) -> logging.Logger:
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
+    """Versions of Python, of the packages in LIBRARIES ("not installed" when absent, so
+    a record says it was looked for) and of the CUDA torch was built with ("none")."""
+    out = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            continue
+            out[name] = "not installed"
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda or "none"
+    except ImportError:  # pragma: no cover
+        out["cuda"] = "torch not installed"
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,8 @@ class ModelSpec:
                              "use hf (+ revision) or path")
         hf, path = spec.get("hf"), spec.get("path")
         if bool(hf) == bool(path):
-            raise ValueError(f"{key}: give exactly one of 'hf' (hub id) or 'path' (local directory)")
+            raise ValueError(f"{key}: give exactly one of 'hf' (hub id) or 'path' "
+                             "(local directory)")
         if path and spec.get("revision"):
             raise ValueError(f"{key}: 'revision' only applies to 'hf' specs")
         return cls(hf=hf, revision=spec.get("revision"), path=str(path) if path else None)
@@ -204,8 +205,19 @@ def load_reward_model(spec: ModelSpec | Mapping, device: str = "auto", dtype: st
     return model, tok
 
 
+def weight_files(model_dir: str | os.PathLike) -> list[Path]:
+    """The safetensors weight files and config.json of a local model folder: what decides
+    the model's outputs (the tokenizer is hashed apart)."""
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {d}")
+    cfg = d / "config.json"
+    return files + ([cfg] if cfg.exists() else [])
+
+
 def weights_hash(spec: ModelSpec | Mapping) -> str:
-    """sha256 over a local model's safetensors files (name + content), streamed.
+    """sha256 over a model's :func:`weight_files` (names, sizes and contents), streamed.
 
     For hub specs the resolved snapshot in the local cache is hashed the same way,
     so the manifest pins the exact bytes that were used.
@@ -219,16 +231,35 @@ def weights_hash(spec: ModelSpec | Mapping) -> str:
         folder = Path(snapshot_download(spec.hf, revision=spec.revision,
                                         allow_patterns=["*.safetensors", "*.json"],
                                         local_files_only=True))
-    return hash_files(sorted(folder.glob("*.safetensors")), root=folder)
+    return hash_files(weight_files(folder), root=folder)
 
 
-def hash_files(paths, root: Path | None = None, chunk: int = 1 << 22) -> str:
-    """sha256 over files' relative names and contents (streamed, 4 MiB chunks)."""
+def _named_files(paths, root: Path | None) -> list[tuple[str, Path]]:
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    out: list[tuple[str, Path]] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            out.extend((f.relative_to(p).as_posix(), f) for f in sorted(p.rglob("*"))
+                       if f.is_file())
+        elif p.is_file():
+            out.append((p.relative_to(root).as_posix() if root else p.name, p))
+        else:
+            raise FileNotFoundError(f"hash_files: {p} does not exist")
+    return sorted(out, key=lambda x: x[0])
+
+
+def hash_files(paths: str | os.PathLike | Sequence[str | os.PathLike],
+               root: Path | None = None, chunk: int = 1 << 22) -> str:
+    """sha256 over files (folders expand recursively), streamed in 4 MiB chunks.
+
+    Files are taken in order of their name (relative to a given folder, to ``root``, or
+    the bare file name), and each name and size is hashed, delimited, with the content,
+    so the hash follows content and layout but not where the files live.
+    """
     h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        h.update(str(p.relative_to(root) if root else p.name).encode())
-        with open(p, "rb") as f:
+    for name, path in _named_files(paths, root):
+        h.update(f"{name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as f:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
