@@ -108,15 +108,11 @@ def planted_embeddings(d: int = 64, n_issues: int = 24, seed: int = 0):
 
 
 def planted_model(E: np.ndarray, n_layers: int = 3):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny import tiny_llama
 
     vocab, d = E.shape
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d,
-                      num_hidden_layers=n_layers, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(seed=0, n_layers=n_layers, hidden=d, vocab_size=vocab, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=0)
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(torch.from_numpy(E))
         for block in model.model.layers:

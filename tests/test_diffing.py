@@ -193,7 +193,7 @@ def test_iter_paired_streams_every_row_once(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from tests.tiny import save_tiny_llama
+    from tiny import save_tiny_llama
 
     root = tmp_path_factory.mktemp("diff_models")
     return save_tiny_llama(root / "m", seed=0, n_layers=2, hidden=32)

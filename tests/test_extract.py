@@ -14,8 +14,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny import tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf_audit import extract as ex
 from rlhf_audit.extract import (
@@ -68,20 +69,8 @@ def _tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=len(WORDS) + 8,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    m = LlamaForCausalLM(cfg).eval()
+    m = tiny_llama(seed=0, n_layers=N_LAYERS, vocab_size=len(WORDS) + 8, bos_token_id=1,
+                   eos_token_id=2, pad_token_id=0)
     # Random init gives tiny residual updates; larger weights make every layer distinct,
     # so a wrong layer or position cannot pass for the right one.
     with torch.no_grad():
@@ -400,15 +389,7 @@ def test_bad_prompts_are_named(model, prompts, tmp_path):
 
 
 def test_float16_overflow_is_an_error(prompts, tmp_path):
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=len(WORDS) + 8,
-    )
-    m = LlamaForCausalLM(cfg)
+    m = tiny_llama(n_layers=1, max_positions=2048, vocab_size=len(WORDS) + 8)
     with torch.no_grad():
         m.model.embed_tokens.weight.mul_(1e8)  # residual stream far beyond float16 range
     with pytest.raises(ValueError, match="overflow float16.*float32"):

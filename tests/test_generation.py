@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
-from tiny import tiny_tokenizer
+from tiny import tiny_llama, tiny_tokenizer
 
 from rlhf_audit.lm.generation import Generation, generate, perplexity, sequence_logprob
 
@@ -20,25 +20,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.set_num_threads(1)
     tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    return model, tok
+    return tiny_llama(tok, seed=0, n_layers=3), tok
 
 
 def _full_logprobs(model, ids):

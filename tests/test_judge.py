@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from tiny import tiny_tokenizer
+from tiny import tiny_llama, tiny_tokenizer
 
 from rlhf_audit.judge import (
     RESULT_SCHEMA,
@@ -209,24 +209,9 @@ def test_endpoint_configuration_errors(server, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.set_num_threads(1)
     tok = tiny_tokenizer()
-    torch.manual_seed(2)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(cfg).eval(), tok
+    return tiny_llama(tok, seed=2, n_layers=2, max_positions=512), tok
 
 
 def test_hf_judge_generate_parses_replies(tiny_lm, monkeypatch):

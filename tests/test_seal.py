@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from tiny import tiny_llama
 
 from rlhf_audit import seal
 from rlhf_audit.seal import SealSettings
@@ -99,8 +100,6 @@ def _tiny_rm(kind, tmp_path):
         AutoTokenizer,
         DebertaV2Config,
         DebertaV2ForSequenceClassification,
-        LlamaConfig,
-        LlamaForSequenceClassification,
     )
 
     torch.manual_seed(0)
@@ -114,11 +113,9 @@ def _tiny_rm(kind, tmp_path):
                               pooler_hidden_size=32, initializer_range=0.5)
         model = DebertaV2ForSequenceClassification(cfg)
     else:
-        cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, vocab_size=v,
-                          num_labels=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                          initializer_range=0.5)
-        model = LlamaForSequenceClassification(cfg)
+        model = tiny_llama(seed=0, n_layers=2, max_positions=2048, head="reward", vocab_size=v,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           initializer_range=0.5)
     d = tmp_path / kind
     model.save_pretrained(d)
     tok.save_pretrained(d)

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from tiny import tiny_tokenizer
+from tiny import tiny_llama, tiny_tokenizer
 
 from rlhf_audit.lm.generation import generate
 from rlhf_audit.steering import (
@@ -50,24 +50,9 @@ PROMPTS = ["the tax", "we must cut the border wall policy now", "guns are a righ
 
 @pytest.fixture(scope="module")
 def lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.set_num_threads(1)
     tok = tiny_tokenizer()
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=D,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(cfg).eval(), tok
+    return tiny_llama(tok, seed=1, n_layers=3, hidden=D), tok
 
 
 def _hidden(model, tok, prompts):

@@ -37,31 +37,48 @@ def tiny_tokenizer():
     return tok
 
 
-def save_tiny_llama(out: Path, seed: int = 0, n_layers: int = 3, hidden: int = 32) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama(tok=None, *, seed: int = 0, n_layers: int = 3, hidden: int = 32,
+               max_positions: int = 128, head: str = "causal", **config):
+    """The tests' one tiny Llama, in eval mode: ``head`` "causal" (LlamaForCausalLM) or
+    "reward" (LlamaForSequenceClassification with one logit), 4 heads, an MLP twice as
+    wide as the residual stream, weights drawn after ``torch.manual_seed(seed)``.
 
-    tok = tiny_tokenizer()
+    Vocabulary size and bos/eos/pad ids come from ``tok`` (default :func:`tiny_tokenizer`)
+    unless ``config`` names them; any other ``config`` key goes to LlamaConfig as is
+    (e.g. ``initializer_range``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    if head not in ("causal", "reward"):
+        raise ValueError(f"head must be 'causal' or 'reward', got {head!r}")
+    if tok is None and "vocab_size" not in config:
+        tok = tiny_tokenizer()
+    if tok is not None:
+        config = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+                  "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **config}
+    if head == "reward":
+        config.setdefault("num_labels", 1)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg)
+                      max_position_embeddings=max_positions, **config)
+    cls = LlamaForCausalLM if head == "causal" else LlamaForSequenceClassification
+    return cls(cfg).eval()
+
+
+def _save(model, tok, out: Path) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def save_tiny_llama(out: Path, seed: int = 0, n_layers: int = 3, hidden: int = 32) -> Path:
+    """:func:`tiny_llama` saved as an ordinary HF directory (weights and tokenizer)."""
+    tok = tiny_tokenizer()
+    return _save(tiny_llama(tok, seed=seed, n_layers=n_layers, hidden=hidden), tok, out)
 
 
 def save_tiny_reward_model(out: Path, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
+    """A 2-layer one-logit :func:`tiny_llama` reward model saved as an HF directory."""
     tok = tiny_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                      num_labels=1, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
-    model = LlamaForSequenceClassification(cfg)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return _save(tiny_llama(tok, seed=seed, n_layers=2, max_positions=2048, head="reward"),
+                 tok, out)
