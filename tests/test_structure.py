@@ -51,7 +51,7 @@ def gpu_rules() -> list[tuple[str, str, Path]]:
 
 def _modules(path: Path) -> set[str]:
     """First path component of every rlhf_audit module in ``path``'s closure
-    (``steering.py`` -> steering, ``sae/scan.py`` -> sae)."""
+    (``stats.py`` -> stats, ``sae/scan.py`` -> sae)."""
     mods = set()
     for f in codehash.local_closure(path):
         f = Path(f)
@@ -158,3 +158,37 @@ def test_the_study_registry_names_real_code():
     snakefile = (ROOT / "Snakefile").read_text()
     for s in studies.REGISTRY:
         assert f"workflow/rules/{s.rule_file}" in snakefile, s.rule_file
+
+
+def _files(script: Path) -> set[str]:
+    return {Path(f).relative_to(SRC).as_posix() for f in codehash.local_closure(script)
+            if Path(f).is_relative_to(SRC)}
+
+
+# Within a study, each stage's closure holds only the stages it runs: an edit of a scorer,
+# an analysis or a figure reruns no generation, and an edit of the generation reruns no
+# vector build.
+STAGE_CLOSURES = {
+    "generate_steering.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                           "steering/generate.py"}),
+    "build_steering_vectors.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                                "steering/activations.py",
+                                                "steering/vectors.py"}),
+    "score_steering.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                        "steering/activations.py", "steering/score.py",
+                                        "steering/judging.py"}),
+}
+
+
+@pytest.mark.parametrize("script", sorted(STAGE_CLOSURES))
+def test_each_stage_closure_holds_only_its_own_modules(script):
+    prefix, allowed = STAGE_CLOSURES[script]
+    files = {f for f in _files(ROOT / "scripts" / script) if f.startswith(prefix)}
+    assert files == allowed, f"{script}: {sorted(files - allowed)} in, {sorted(allowed - files)} out"
+
+
+def test_generate_steering_holds_no_scorer_analysis_or_figure():
+    files = _files(ROOT / "scripts" / "generate_steering.py")
+    bad = {"steering/score.py", "steering/judging.py", "steering/analysis.py",
+           "steering/figures.py", "judge.py", "stance.py", "plotting.py"} & files
+    assert not bad, bad

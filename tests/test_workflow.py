@@ -216,7 +216,7 @@ def test_editing_a_library_module_reruns_the_rules_that_import_it(tiny_run):
 
 @pytest.mark.parametrize("module,expected", [
     # a steering figure: the figure only
-    ("src/rlhf_audit/steering_figures.py", {"plot_steering"}),
+    ("src/rlhf_audit/steering/figures.py", {"plot_steering"}),
     # the confidence parser: rescoring, never regeneration
     ("src/rlhf_audit/calibration/confidence.py",
      {"score_calibration", "plot_calibration", "collect_headline"}),

@@ -444,10 +444,11 @@ def key_docs() -> dict[str, dict[str, str]]:
     """Study -> {key (or template with {feature}) -> description}, from the study modules
     the registry names (imported by name here too, so that the code hash of the rules
     that document keys sees them)."""
-    from rlhf_audit import calibration, partisan, sae, seal, steering
+    from rlhf_audit import calibration, partisan, sae, seal
     from rlhf_audit.diffing import summary as diffing_summary
     from rlhf_audit.organism import train
     from rlhf_audit.sae import select as _sae_keys  # noqa: F401  (the hash sees the SAE keys)
+    from rlhf_audit.steering import analysis as steering
 
     return {"organism": dict(train.HEADLINE_KEYS), "partisan": dict(partisan.HEADLINE_KEYS),
             "sae": dict(sae.HEADLINE_KEYS), "steering": dict(steering.HEADLINE_KEYS),
