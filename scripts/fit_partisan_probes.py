@@ -4,7 +4,7 @@ import json
 
 import polars as pl
 
-from rlhf_audit.extract import read_vectors
+from rlhf_audit.extract.read import read_vectors
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.partisan import (

@@ -29,7 +29,7 @@ log.info("masked before scoring: %s", terms)
 settings = SteeringSettings.from_params(p)
 
 if sc["scorer"] == "projection":
-    from rlhf_audit.extract import read_vectors
+    from rlhf_audit.extract.read import read_vectors
     from rlhf_audit.lm.loader import load_causal_lm
 
     base = sc["base"]

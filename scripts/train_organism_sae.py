@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rlhf_audit.extract import iter_token_batches
+from rlhf_audit.extract.read import iter_token_batches
 from rlhf_audit.runtime import setup
 from rlhf_audit.sae.train import SAESettings, train_sae
 

@@ -33,7 +33,8 @@ ALLOWED = {
 }
 
 
-READ_SIDE = {"sae/__init__.py", "sae/load.py"}
+READ_SIDE = {"sae/__init__.py", "sae/load.py", "extract/__init__.py", "extract/settings.py",
+             "extract/read.py"}
 
 
 def gpu_rules() -> list[tuple[str, str, Path]]:
@@ -76,13 +77,12 @@ def test_gpu_closures_hold_no_figures_and_no_other_study(stem, rule, script):
     foreign = sorted(m for m in mods if m in STUDIES and m not in own)
     # Reading another stage's outputs is allowed through its read side only: the SAE
     # loader (steering builds a feature vector from decoder rows) and the activation
-    # shards' reader, which still lives with the writer in extract.py.
+    # shards' reader (extract/read.py, never the GPU writer).
     files = {Path(f).relative_to(SRC).as_posix() for f in codehash.local_closure(script)
              if Path(f).is_relative_to(SRC)}
-    if "sae" in foreign and {f for f in files if f.startswith("sae/")} <= READ_SIDE:
-        foreign.remove("sae")
-    if "extract" in foreign and stem in ("steering", "diffing"):
-        foreign.remove("extract")
+    for study in ("sae", "extract"):
+        if study in foreign and {f for f in files if f.startswith(f"{study}/")} <= READ_SIDE:
+            foreign.remove(study)
     assert not foreign, f"{rule} ({script.name}) imports other studies: {foreign}"
 
 
@@ -192,3 +192,13 @@ def test_generate_steering_holds_no_scorer_analysis_or_figure():
     bad = {"steering/score.py", "steering/judging.py", "steering/analysis.py",
            "steering/figures.py", "judge.py", "stance.py", "plotting.py"} & files
     assert not bad, bad
+
+
+def test_readers_of_the_shards_do_not_hold_the_writer():
+    """A reader of the activation shards (probes, the projection scorer, SAE training)
+    must not rerun when the GPU extraction code changes."""
+    for script in ("fit_partisan_probes.py", "score_steering.py", "train_organism_sae.py",
+                   "write_activation_manifest.py"):
+        files = _files(ROOT / "scripts" / script)
+        assert "extract/write.py" not in files, script
+        assert "extract/read.py" in files or script == "write_activation_manifest.py", script
