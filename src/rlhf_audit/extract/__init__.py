@@ -74,6 +74,7 @@ _EXPORTS = {
     "POSITIONS": "settings",
     "read_spans": "read",
     "read_vectors": "read",
+    "read_vectors_in_order": "read",
     "resolve_layers": "settings",
     "resolved_revision": "manifest",
     "run_with_backoff": "write",

@@ -97,6 +97,26 @@ def read_vectors(
     return meta, X
 
 
+def read_vectors_in_order(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    layer: int,
+    position: str,
+    prompt_ids: Sequence[str],
+    what: str = "activations",
+) -> np.ndarray:
+    """:func:`read_vectors`' matrix [len(prompt_ids), d_model] with row i the vector of
+    ``prompt_ids[i]`` (shards store rows in length-sorted batch order). Every prompt must
+    have exactly one row at (``layer``, ``position``); otherwise a ValueError names how many
+    are covered (``what`` names the set in the message)."""
+    meta, X = read_vectors(paths, layer, position)
+    order = pl.DataFrame({"prompt_id": list(map(str, prompt_ids))})
+    pos = meta.with_row_index("row").join(order.with_row_index("want"), on="prompt_id")
+    if pos.height != order.height:
+        raise ValueError(f"{what} cover {pos.height} of {order.height} prompts at layer "
+                         f"{layer}; rerun extraction")
+    return X[pos.sort("want")["row"].to_numpy()]
+
+
 def read_spans(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> pl.DataFrame:
     """The pooled token span of every prompt in activation shards: columns prompt_id,
     span_start, span_stop (half-open token indices of the unpadded sequence)."""

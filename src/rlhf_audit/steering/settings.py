@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from rlhf_audit.params import settings_from_params
 
 DIRECTION_VECTORS = ("direction", "direction_instruct")
 FEATURE_VECTORS = ("feature",)
@@ -90,9 +92,12 @@ class SteeringSettings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SteeringSettings:
         """Settings from a steering rule's ``params.settings`` (workflow/rules/common.smk
-        builds one per rule from the fields that rule reads): keys that are fields are taken
-        (lists become tuples); the others (``n_questions``, ``method``, ``sae_spec``,
-        ``n_sae_features``: read by the scripts themselves) are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()
-                      if k in names})
+        builds one per rule from the fields that rule reads; lists become tuples). The keys
+        of :data:`SCRIPT_KEYS` are read by the scripts themselves; any other non-field key
+        is an error."""
+        return settings_from_params(cls, params, ignore=SCRIPT_KEYS)
+
+
+SCRIPT_KEYS = ("n_questions", "n_sae_features", "method", "sae_spec")
+"""Steering params keys that are not :class:`SteeringSettings` fields: the questions used,
+the feature vector's size, the partisan direction's method and the SAE (scripts read them)."""
