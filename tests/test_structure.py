@@ -202,3 +202,64 @@ def test_readers_of_the_shards_do_not_hold_the_writer():
         files = _files(ROOT / "scripts" / script)
         assert "extract/write.py" not in files, script
         assert "extract/read.py" in files or script == "write_activation_manifest.py", script
+
+
+def _rule_outputs() -> set[str]:
+    """Every path template a rule file lists under ``output:`` (report(...) wrappers too)."""
+    out = set()
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for m in re.finditer(r"\n    output:\n((?:        .*\n|\s*\n)+)", smk.read_text()):
+            out.update(re.findall(r'(?:report\(|=|^\s+)"(results/[^"]+)"', m.group(1), re.M))
+    return out
+
+
+def test_every_registered_figure_and_fragment_is_a_rule_output():
+    from rlhf_audit import studies
+
+    outputs = _rule_outputs()
+    assert "results/figures/steering/{pair}/degeneration.png" in outputs  # the parser works
+    for s in studies.REGISTRY:
+        for path in (*s.figures, *([s.fragment] if s.fragment else [])):
+            assert path in outputs, f"{s.name}: {path} is no rule's output"
+        if s.fragment:
+            assert all(set(studies.wildcards(f)) == set(studies.wildcards(s.fragment))
+                       for f in s.figures), s.name
+        else:
+            assert not s.figures, s.name
+
+
+def _registered(key: str, keys: dict) -> bool:
+    """``key`` is a headline key, or fills one of its ``{feature}`` templates."""
+    return key in keys or any(
+        "{feature}" in k and re.fullmatch(re.escape(k).replace(r"\{feature\}", r"\w+"), key)
+        for k in keys)
+
+
+def test_every_claim_names_a_registered_headline_key_of_its_study():
+    import importlib
+
+    from rlhf_audit import report, studies
+
+    assert report.CLAIMS == studies.CLAIMS and len(report.CLAIMS) > 0
+    for s in studies.REGISTRY:
+        module, attr = s.keys.split(":")
+        keys = getattr(importlib.import_module(module), attr)
+        for c in s.claims:
+            assert c.study == s.name, c
+            assert _registered(c.key, keys), f"{s.name}: claim key {c.key!r} not in {s.keys}"
+            if "@" in c.expectation:
+                other = c.expectation.split("@", 1)[1]
+                assert _registered(other, keys), f"{s.name}: bound {other!r} not in {s.keys}"
+
+
+def test_registry_targets_label_fragments_by_their_wildcards():
+    from rlhf_audit import studies
+
+    t = studies.targets(studies.BY_NAME["sae"], [{"pair": "p", "sae": "s1"},
+                                                 {"pair": "p", "sae": "s2"}])
+    assert t == {"fragments": {"p.s1": "results/sae/p/s1/headline.json",
+                               "p.s2": "results/sae/p/s2/headline.json"},
+                 "figures": ["results/figures/sae/p/s1/policy_firing.png",
+                             "results/figures/sae/p/s2/policy_firing.png"]}
+    r = studies.targets(studies.BY_NAME["reward"], [{"rpair": "r"}])
+    assert list(r["fragments"]) == ["r"] and len(r["figures"]) == 3
