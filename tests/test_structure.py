@@ -276,3 +276,16 @@ def test_registry_targets_label_fragments_by_their_wildcards():
                              "results/figures/sae/p/s2/policy_firing.png"]}
     r = studies.targets(studies.BY_NAME["reward"], [{"rpair": "r"}])
     assert list(r["fragments"]) == ["r"] and len(r["figures"]) == 3
+
+
+@pytest.mark.parametrize("package", ["steering", "extract", "sae", "calibration"])
+def test_package_init_is_light_and_its_lazy_exports_resolve(package):
+    """The package __init__ is in the closure of every submodule's user: it must import
+    none of its submodules (a re-export would drag them all into every rule's hash)."""
+    import importlib
+
+    init = SRC / package / "__init__.py"
+    assert [Path(f) for f in codehash.local_closure(init)] == [init.resolve()]
+    mod = importlib.import_module(f"rlhf_audit.{package}")
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, name

@@ -37,7 +37,8 @@ prime effect. The analysis lives in :mod:`rlhf_audit.steering.analysis`.
 
 Modules, along the rules: ``vectors`` (build_steering_vectors: the vector table),
 ``generate`` (generate_steering: sweep and identity-prime generations), ``score``
-(score_steering: identity masking, judge and projection scores), ``analysis``
+(score_steering: identity masking, judge and projection scores; ``judging`` builds the
+judge's settings), ``analysis``
 (analyse_steering: slopes, nulls, prime effects, headline keys) and ``figures``
 (plot_steering); ``settings`` (names, :class:`SteeringSettings`) and ``activations``
 (block outputs with the forward stopped) are shared. Every public name is re-exported
@@ -55,6 +56,7 @@ _EXPORTS = {
     "add_text_measures": "analysis",
     "alpha_window": "analysis",
     "analyse": "analysis",
+    "build_steering_vectors": "vectors",
     "crossfit_directions": "score",
     "cut_at": "generate",
     "decoder_layers": "rlhf_audit.lm.hooks",
@@ -72,6 +74,7 @@ _EXPORTS = {
     "is_degenerate": "analysis",
     "JUDGE_COLUMNS": "score",
     "judge_failures": "analysis",
+    "judge_settings": "judging",
     "layer_activations": "activations",
     "mask_identity_terms": "score",
     "MODEL_ROLES": "settings",
@@ -79,6 +82,7 @@ _EXPORTS = {
     "non_text_share": "analysis",
     "NULL_FAMILIES": "settings",
     "null_family_of": "settings",
+    "partisan_direction": "vectors",
     "plot_degeneration": "figures",
     "plot_steering": "figures",
     "POLICY_FEATURE_COLUMNS": "vectors",
@@ -99,6 +103,7 @@ _EXPORTS = {
     "score_judge": "score",
     "score_projection": "score",
     "SCORES": "settings",
+    "SCRIPT_KEYS": "settings",
     "signed_alphas": "generate",
     "steer": "rlhf_audit.lm.hooks",
     "steering_contrast": "analysis",
@@ -114,7 +119,8 @@ _EXPORTS = {
 }
 """Public name -> the module that defines it (a submodule, or rlhf_audit.lm.hooks)."""
 
-_SUBMODULES = ("activations", "analysis", "figures", "generate", "score", "settings", "vectors")
+_SUBMODULES = ("activations", "analysis", "figures", "generate", "judging", "score", "settings",
+               "vectors")
 
 __all__ = sorted(_EXPORTS)
 
