@@ -3,10 +3,10 @@
 import polars as pl
 
 from rlhf_audit.cache import run_job_cached
+from rlhf_audit.extract.disk import check_extraction_disk
 from rlhf_audit.extract.settings import ExtractSettings
 from rlhf_audit.extract.write import extract_shard
 from rlhf_audit.lm.loader import load_causal_lm
-from rlhf_audit.plan import check_extraction_disk
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

@@ -40,7 +40,8 @@ Modules, along the rules: ``write`` (extract_activations: tokenisation with stat
 spans, the stopped forward pass, shard writing), ``read`` (every reader of the shards:
 probes, SAE scans and training, diffing, the projection scorer) and ``manifest``
 (write_activation_manifest); ``settings`` (ExtractSettings, positions, columns, layer and
-shard planning) is shared. Every public name is re-exported here lazily (PEP 562): a
+shard planning) and ``disk`` (the job's early disk check, shared with the planner) are
+shared. Every public name is re-exported here lazily (PEP 562): a
 rule's code hash holds the package ``__init__`` of every module it imports, so eager
 re-exports would put the GPU writer into every reader's hash. Scripts and library code
 import from the submodules.
@@ -53,12 +54,17 @@ import importlib
 _EXPORTS = {
     "_model_device": "write",
     "build_manifest": "manifest",
+    "CHARS_PER_TOKEN": "disk",
+    "CHAT_OVERHEAD_TOKENS": "disk",
+    "check_extraction_disk": "disk",
     "code_hash": "manifest",
     "COMPUTE_DTYPES": "settings",
     "decoder_layers": "rlhf_audit.lm.hooks",
+    "DiskSpaceError": "disk",
     "estimate_batch_size": "write",
     "EXTRACT_META_KEY": "settings",
     "extract_shard": "write",
+    "extraction_bytes": "disk",
     "ExtractSettings": "settings",
     "hash_files": "manifest",
     "is_oom": "write",
@@ -91,7 +97,7 @@ _EXPORTS = {
 }
 """Public name -> the module that defines it (a submodule, or rlhf_audit.lm.hooks)."""
 
-_SUBMODULES = ("manifest", "read", "settings", "write")
+_SUBMODULES = ("disk", "manifest", "read", "settings", "write")
 
 __all__ = sorted(n for n in _EXPORTS if not n.startswith("_"))
 
