@@ -44,6 +44,11 @@ def hash_files(
     Files are taken in order of their name (relative to a given folder), and each
     name and size is hashed with the content, so the hash follows content and
     layout but not where the files live.
+
+    Not :func:`rlhf_audit.lm.loader.hash_files` (name and content, no size or separator,
+    no folder expansion; behind the manifest's ``weight_hash``): this one gives the
+    manifest's per-shard ``sha256``, and the two digests differ for the same file, so
+    neither replaces the other without changing what existing manifests record.
     """
     h = hashlib.sha256()
     for name, path in _iter_files(paths):
