@@ -6,8 +6,8 @@ import polars as pl
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.steering import HEADLINE_KEYS, SCORES, SteeringSettings
-from rlhf_audit.steering_analysis import analyse
+from rlhf_audit.steering.analysis import HEADLINE_KEYS, analyse
+from rlhf_audit.steering.settings import SCORES, SteeringSettings
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
@@ -34,9 +34,7 @@ if "classifier" in inp.keys():
     from rlhf_audit.stance import StanceClassifier
 
     stance_auc = StanceClassifier.load(inp.classifier).heldout_auc
-settings = SteeringSettings(n_boot=p["n_boot"], seed=p["seed"],
-                            degenerate_text_share=p["degenerate_text_share"],
-                            max_degenerate_rate=p["max_degenerate_rate"])
+settings = SteeringSettings.from_params(p)
 steer, primes = scored("sweep"), scored("primes")
 out = analyse(steer, primes, pl.read_parquet(inp.vectors), stance_auc=stance_auc,
               settings=settings)

@@ -3,9 +3,10 @@
 import polars as pl
 
 from rlhf_audit.cache import run_job_cached
-from rlhf_audit.extract import ExtractSettings, extract_shard
+from rlhf_audit.extract.disk import check_extraction_disk
+from rlhf_audit.extract.settings import ExtractSettings
+from rlhf_audit.extract.write import extract_shard
 from rlhf_audit.lm.loader import load_causal_lm
-from rlhf_audit.plan import check_extraction_disk
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -14,9 +15,7 @@ log = setup(sm.log[0], sm.threads)
 
 def compute():
     m, s, sh = sm.params.model, dict(sm.params.settings), sm.params.shard
-    if s["token_layers"]:
-        s["positions"] = [*s["positions"], "token"]
-    settings = ExtractSettings(**s)
+    settings = ExtractSettings.from_params(s)
 
     prompts = pl.read_parquet(sm.input.prompts)
     lo = sh["index"] * prompts.height // sh["n_shards"]

@@ -4,7 +4,7 @@ import json
 
 import polars as pl
 
-from rlhf_audit.extract import read_vectors
+from rlhf_audit.extract.read import read_vectors_in_order
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.partisan import (
@@ -25,24 +25,19 @@ from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
-s = {k: tuple(v) if isinstance(v, list) else v for k, v in sm.params.settings.items()}
-settings = PartisanSettings(**s)
+settings = PartisanSettings.from_params(sm.params.settings)
 position = sm.params.position
 prompts = pl.read_parquet(sm.input.prompts)
 manifests = {r: json.load(open(sm.input[f"{r}_manifest"])) for r in ("base", "instruct")}
 check_same_pooling(manifests)
 layers = sorted(set(manifests["base"]["layers"]) & set(manifests["instruct"]["layers"]))
-order = prompts.select(pl.col("id").alias("prompt_id"))
+ids = prompts["id"].to_list()
 
 
 def aligned(role, layer):
-    """Vectors of one layer in the order of the prompts table (shards store length order)."""
-    meta, X = read_vectors(list(sm.input[f"{role}_shards"]), layer, position)
-    pos = meta.with_row_index("row").join(order.with_row_index("want"), on="prompt_id")
-    if pos.height != order.height:
-        raise ValueError(f"{role} activations cover {pos.height} of {order.height} prompts at "
-                         f"layer {layer}; rerun extraction")
-    return X[pos.sort("want")["row"].to_numpy()]
+    """Vectors of one layer in the order of the prompts table."""
+    return read_vectors_in_order(list(sm.input[f"{role}_shards"]), layer, position, ids,
+                                 f"{role} activations")
 
 
 def per_layer():

@@ -8,7 +8,8 @@ from rlhf_audit.cache import run_job_cached
 from rlhf_audit.io import write_table
 from rlhf_audit.lm.loader import load_causal_lm
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.steering import SteeringSettings, prime_design, run_steering, vectors_from_table
+from rlhf_audit.steering.generate import prime_design, run_steering, vectors_from_table
+from rlhf_audit.steering.settings import SteeringSettings
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
@@ -16,10 +17,7 @@ log = setup(sm.log[0], sm.threads)
 
 def compute():
     m, p = sm.params.model, sm.params.settings
-    settings = SteeringSettings(
-        layer=p["layer"], alphas=tuple(p["alphas"]), positions=p["positions"],
-        max_new_tokens=p["max_new_tokens"], samples=p["samples"], do_sample=p["do_sample"],
-        temperature=p["temperature"], seed=p["seed"])
+    settings = SteeringSettings.from_params(p)
     questions = pl.read_ndjson(sm.input.questions)
     if p["n_questions"]:
         questions = questions.head(p["n_questions"])

@@ -3,7 +3,7 @@
 import polars as pl
 
 from rlhf_audit.runtime import setup
-from rlhf_audit.steering_figures import plot_degeneration, plot_steering
+from rlhf_audit.steering.figures import plot_degeneration, plot_steering
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup(sm.log[0])

@@ -1,7 +1,7 @@
 """Score steered and primed generations with one scorer (rule score_steering).
 
 Before either scorer reads a reply, the words that tell the identity primes apart are
-masked in every reply (steering.mask_identity_terms). projection: the base model's
+masked in every reply (steering.score.mask_identity_terms). projection: the base model's
 activations on the reply, projected on a partisan direction fitted on statements of
 issues disjoint from the question's (cross-fitted), plus perplexity under the base.
 judge: the configured judge's rating in [-1, 1] (LM or stance classifier); failures stay
@@ -12,13 +12,13 @@ import polars as pl
 
 from rlhf_audit.io import write_table
 from rlhf_audit.runtime import provenance, setup
-from rlhf_audit.steering import (
-    SteeringSettings,
+from rlhf_audit.steering.score import (
     crossfit_directions,
     identity_terms,
     score_judge,
     score_projection,
 )
+from rlhf_audit.steering.settings import SteeringSettings
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
@@ -26,11 +26,10 @@ sc, p = sm.params.scorer, sm.params.settings
 tables = {k: pl.read_parquet(sm.input[k]) for k in ("sweep", "primes")}
 terms = identity_terms(tables["primes"])
 log.info("masked before scoring: %s", terms)
-settings = SteeringSettings(layer=p["layer"], projection_folds=p["projection_folds"],
-                            seed=p["seed"])
+settings = SteeringSettings.from_params(p)
 
 if sc["scorer"] == "projection":
-    from rlhf_audit.extract import read_vectors
+    from rlhf_audit.extract.read import read_vectors
     from rlhf_audit.lm.loader import load_causal_lm
 
     base = sc["base"]
@@ -42,15 +41,11 @@ if sc["scorer"] == "projection":
     scored = {k: score_projection(df, model, tok, directions, p["layer"], terms=terms,
                                   settings=settings) for k, df in tables.items()}
 else:
-    from rlhf_audit.judge import JudgeSettings, make_judge
+    from rlhf_audit.judge import make_judge
+    from rlhf_audit.steering.judging import judge_settings
 
     j = sc["judge"]
-    js = JudgeSettings(kind=j["kind"], model=j.get("model", ""), method=j["method"],
-                       max_new_tokens=j["max_new_tokens"], timeout_s=j["timeout_s"],
-                       max_retries=j["max_retries"], api_key_env=j["api_key_env"],
-                       base_url=j.get("base_url", JudgeSettings.base_url),
-                       api_model=j.get("model", "") if j["kind"] == "openai" else "",
-                       classifier_path=sm.input.get("classifier", ""))
+    js = judge_settings(j, sm.input.get("classifier", ""))
     model = tok = None
     if j["kind"] == "hf":
         from rlhf_audit.lm.loader import load_causal_lm

@@ -8,7 +8,6 @@ from rlhf_audit.stance import StanceSettings, train_stance_classifier
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup(sm.log[0])
 p = sm.params.settings
-settings = StanceSettings(ngram_max=p["ngram_max"], min_df=p["min_df"], C=p["C"],
-                          n_boot=p["n_boot"], seed=p["seed"])
+settings = StanceSettings.from_params(p)
 train_stance_classifier(pl.read_parquet(sm.input.statements), settings,
                         source=sm.input.statements).save(sm.output.classifier)

@@ -13,7 +13,7 @@ import yaml
 
 from rlhf_audit import plan
 from rlhf_audit.config import load_schema, validate_config
-from rlhf_audit.extract import ExtractSettings
+from rlhf_audit.extract import ExtractSettings, disk
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
@@ -88,7 +88,7 @@ def test_extraction_fails_early_with_the_numbers_when_the_disk_is_short(tmp_path
                                       Config(32, 4096), reserve_bytes=0)
     assert need == int(100 * 32 * 2 * 4096 * 2 * 1.05)
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(plan.shutil, "disk_usage", lambda p: Usage(10**9, 0, need - 1))
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: Usage(10**9, 0, need - 1))
     with pytest.raises(plan.DiskSpaceError, match=r"s.parquet: this shard needs about 0.06 GB "
                                                   r"\(100 prompts x 32 layers.*GB free"):
         plan.check_extraction_disk(tmp_path / "s.parquet", prompts, settings, Config(32, 4096),

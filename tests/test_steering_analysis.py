@@ -15,7 +15,7 @@ from rlhf_audit.steering import (
     prime_design,
     score_judge,
 )
-from rlhf_audit.steering_analysis import (
+from rlhf_audit.steering.analysis import (
     add_text_measures,
     alpha_window,
     analyse,
@@ -24,7 +24,7 @@ from rlhf_audit.steering_analysis import (
     prime_contrasts,
     steering_contrast,
 )
-from rlhf_audit.steering_figures import plot_degeneration, plot_steering
+from rlhf_audit.steering.figures import plot_degeneration, plot_steering
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "resources" / "prompts"
 ALPHAS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)

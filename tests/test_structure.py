@@ -33,7 +33,8 @@ ALLOWED = {
 }
 
 
-READ_SIDE = {"sae/__init__.py", "sae/load.py"}
+READ_SIDE = {"sae/__init__.py", "sae/load.py", "extract/__init__.py", "extract/settings.py",
+             "extract/read.py"}
 
 
 def gpu_rules() -> list[tuple[str, str, Path]]:
@@ -51,7 +52,7 @@ def gpu_rules() -> list[tuple[str, str, Path]]:
 
 def _modules(path: Path) -> set[str]:
     """First path component of every rlhf_audit module in ``path``'s closure
-    (``steering.py`` -> steering, ``sae/scan.py`` -> sae)."""
+    (``stats.py`` -> stats, ``sae/scan.py`` -> sae)."""
     mods = set()
     for f in codehash.local_closure(path):
         f = Path(f)
@@ -76,13 +77,12 @@ def test_gpu_closures_hold_no_figures_and_no_other_study(stem, rule, script):
     foreign = sorted(m for m in mods if m in STUDIES and m not in own)
     # Reading another stage's outputs is allowed through its read side only: the SAE
     # loader (steering builds a feature vector from decoder rows) and the activation
-    # shards' reader, which still lives with the writer in extract.py.
+    # shards' reader (extract/read.py, never the GPU writer).
     files = {Path(f).relative_to(SRC).as_posix() for f in codehash.local_closure(script)
              if Path(f).is_relative_to(SRC)}
-    if "sae" in foreign and {f for f in files if f.startswith("sae/")} <= READ_SIDE:
-        foreign.remove("sae")
-    if "extract" in foreign and stem in ("steering", "diffing"):
-        foreign.remove("extract")
+    for study in ("sae", "extract"):
+        if study in foreign and {f for f in files if f.startswith(f"{study}/")} <= READ_SIDE:
+            foreign.remove(study)
     assert not foreign, f"{rule} ({script.name}) imports other studies: {foreign}"
 
 
@@ -158,3 +158,137 @@ def test_the_study_registry_names_real_code():
     snakefile = (ROOT / "Snakefile").read_text()
     for s in studies.REGISTRY:
         assert f"workflow/rules/{s.rule_file}" in snakefile, s.rule_file
+
+
+def _files(script: Path) -> set[str]:
+    return {Path(f).relative_to(SRC).as_posix() for f in codehash.local_closure(script)
+            if Path(f).is_relative_to(SRC)}
+
+
+# Within a study, each stage's closure holds only the stages it runs: an edit of a scorer,
+# an analysis or a figure reruns no generation, and an edit of the generation reruns no
+# vector build.
+STAGE_CLOSURES = {
+    "generate_steering.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                           "steering/generate.py"}),
+    "build_steering_vectors.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                                "steering/activations.py",
+                                                "steering/vectors.py"}),
+    "score_steering.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                        "steering/activations.py", "steering/score.py",
+                                        "steering/judging.py"}),
+}
+
+
+@pytest.mark.parametrize("script", sorted(STAGE_CLOSURES))
+def test_each_stage_closure_holds_only_its_own_modules(script):
+    prefix, allowed = STAGE_CLOSURES[script]
+    files = {f for f in _files(ROOT / "scripts" / script) if f.startswith(prefix)}
+    assert files == allowed, f"{script}: {sorted(files - allowed)} in, {sorted(allowed - files)} out"
+
+
+def test_generate_steering_holds_no_scorer_analysis_or_figure():
+    files = _files(ROOT / "scripts" / "generate_steering.py")
+    bad = {"steering/score.py", "steering/judging.py", "steering/analysis.py",
+           "steering/figures.py", "judge.py", "stance.py", "plotting.py"} & files
+    assert not bad, bad
+
+
+def test_readers_of_the_shards_do_not_hold_the_writer():
+    """A reader of the activation shards (probes, the projection scorer, SAE training)
+    must not rerun when the GPU extraction code changes."""
+    for script in ("fit_partisan_probes.py", "score_steering.py", "train_organism_sae.py",
+                   "write_activation_manifest.py"):
+        files = _files(ROOT / "scripts" / script)
+        assert "extract/write.py" not in files, script
+        assert "extract/read.py" in files or script == "write_activation_manifest.py", script
+
+
+def _rule_outputs() -> set[str]:
+    """Every path template a rule file lists under ``output:`` (report(...) wrappers too)."""
+    out = set()
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for m in re.finditer(r"\n    output:\n((?:        .*\n|\s*\n)+)", smk.read_text()):
+            out.update(re.findall(r'(?:report\(|=|^\s+)"(results/[^"]+)"', m.group(1), re.M))
+    return out
+
+
+def test_every_registered_figure_and_fragment_is_a_rule_output():
+    from rlhf_audit import studies
+
+    outputs = _rule_outputs()
+    assert "results/figures/steering/{pair}/degeneration.png" in outputs  # the parser works
+    for s in studies.REGISTRY:
+        for path in (*s.figures, *([s.fragment] if s.fragment else [])):
+            assert path in outputs, f"{s.name}: {path} is no rule's output"
+        if s.fragment:
+            assert all(set(studies.wildcards(f)) == set(studies.wildcards(s.fragment))
+                       for f in s.figures), s.name
+        else:
+            assert not s.figures, s.name
+
+
+def _registered(key: str, keys: dict) -> bool:
+    """``key`` is a headline key, or fills one of its ``{feature}`` templates."""
+    return key in keys or any(
+        "{feature}" in k and re.fullmatch(re.escape(k).replace(r"\{feature\}", r"\w+"), key)
+        for k in keys)
+
+
+def test_every_claim_names_a_registered_headline_key_of_its_study():
+    import importlib
+
+    from rlhf_audit import report, studies
+
+    seen = []
+    for s in studies.REGISTRY:
+        module, attr = s.keys.split(":")
+        keys = getattr(importlib.import_module(module), attr)
+        claims = ()
+        if s.claims:
+            module, attr = s.claims.split(":")
+            claims = getattr(importlib.import_module(module), attr)
+            assert claims, f"{s.name}: {s.claims} is empty"
+        seen += claims
+        for c in claims:
+            assert c.study == s.name, c
+            assert _registered(c.key, keys), f"{s.name}: claim key {c.key!r} not in {s.keys}"
+            if "@" in c.expectation:
+                other = c.expectation.split("@", 1)[1]
+                assert _registered(other, keys), f"{s.name}: bound {other!r} not in {s.keys}"
+    assert tuple(seen) == report.CLAIMS
+
+
+def test_no_gpu_closure_holds_the_registry_the_planner_or_the_report():
+    """The registry (titles, figure paths), the planner (throughput tables), the config
+    checks, the claims and the report change for reasons no GPU job depends on."""
+    for _, rule, script in gpu_rules():
+        files = _files(script)
+        held = {"studies.py", "config.py", "plan.py", "claims.py", "report.py"} & files
+        assert not held, f"{rule}: {sorted(held)}"
+
+
+def test_registry_targets_label_fragments_by_their_wildcards():
+    from rlhf_audit import studies
+
+    t = studies.targets(studies.BY_NAME["sae"], [{"pair": "p", "sae": "s1"},
+                                                 {"pair": "p", "sae": "s2"}])
+    assert t == {"fragments": {"p.s1": "results/sae/p/s1/headline.json",
+                               "p.s2": "results/sae/p/s2/headline.json"},
+                 "figures": ["results/figures/sae/p/s1/policy_firing.png",
+                             "results/figures/sae/p/s2/policy_firing.png"]}
+    r = studies.targets(studies.BY_NAME["reward"], [{"rpair": "r"}])
+    assert list(r["fragments"]) == ["r"] and len(r["figures"]) == 3
+
+
+@pytest.mark.parametrize("package", ["steering", "extract", "sae", "calibration"])
+def test_package_init_is_light_and_its_lazy_exports_resolve(package):
+    """The package __init__ is in the closure of every submodule's user: it must import
+    none of its submodules (a re-export would drag them all into every rule's hash)."""
+    import importlib
+
+    init = SRC / package / "__init__.py"
+    assert [Path(f) for f in codehash.local_closure(init)] == [init.resolve()]
+    mod = importlib.import_module(f"rlhf_audit.{package}")
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, name

@@ -216,7 +216,15 @@ def test_editing_a_library_module_reruns_the_rules_that_import_it(tiny_run):
 
 @pytest.mark.parametrize("module,expected", [
     # a steering figure: the figure only
-    ("src/rlhf_audit/steering_figures.py", {"plot_steering"}),
+    ("src/rlhf_audit/steering/figures.py", {"plot_steering"}),
+    # the steering analysis: reanalysis, never regeneration or rescoring
+    ("src/rlhf_audit/steering/analysis.py",
+     {"analyse_steering", "plot_steering", "collect_headline"}),
+    # the judge's settings: rescoring by the judge, never regeneration
+    ("src/rlhf_audit/steering/judging.py",
+     {"score_steering", "analyse_steering", "plot_steering", "collect_headline"}),
+    # a claim's wording: the claims table only
+    ("src/rlhf_audit/claims.py", {"collect_headline"}),
     # the confidence parser: rescoring, never regeneration
     ("src/rlhf_audit/calibration/confidence.py",
      {"score_calibration", "plot_calibration", "collect_headline"}),

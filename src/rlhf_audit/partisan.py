@@ -74,8 +74,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -83,6 +84,7 @@ from scipy import stats as sps
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
+from rlhf_audit.params import settings_from_params
 from rlhf_audit.stats import Estimate, bootstrap, cohens_d
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,11 @@ class PartisanSettings:
     (more splits: less split-to-split noise, same expectation)."""
     n_perm: int = 200
     """Within-issue label permutations behind the variance-ratio noise floor."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PartisanSettings:
+        """From rule fit_partisan_probes' ``params.settings`` (lists become tuples)."""
+        return settings_from_params(cls, params)
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]

@@ -13,8 +13,10 @@ them with what benchmarks/bench_paper.py prints on your GPU.
 ``python -m rlhf_audit.plan --configfile configs/paper.yaml`` (``make plan``)
 prints the table; jobs per stage come from Snakemake's own dry run.
 
-:func:`check_extraction_disk` is the extraction job's early check that the disk
-holds the shard it is about to write.
+:func:`check_extraction_disk` (in :mod:`rlhf_audit.extract.disk`, re-exported here) is the
+extraction job's early check that the disk holds the shard it is about to write; it lives
+with the extraction so that the job's code hash holds neither this planner nor the config
+and study registry it reads.
 """
 
 from __future__ import annotations
@@ -24,20 +26,21 @@ import json
 import logging
 import math
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rlhf_audit.extract.disk import (  # noqa: F401  (re-exported: the planner's API)
+    CHARS_PER_TOKEN,
+    CHAT_OVERHEAD_TOKENS,
+    DiskSpaceError,
+    check_extraction_disk,
+    extraction_bytes,
+)
+
 log = logging.getLogger(__name__)
-
-CHARS_PER_TOKEN = 4.0
-"""Characters per token for English text with a Llama-class tokenizer (a planning figure)."""
-
-CHAT_OVERHEAD_TOKENS = 12
-"""Tokens a chat template adds around a user turn."""
 
 HUB_DATASETS = {
     "openai/gsm8k": {"rows": {"train": 7473, "test": 1319}, "tokens": 70},
@@ -65,10 +68,6 @@ IDENTITY_PRIMES = 176
 
 STAGES = ("data", "extract", "partisan", "sae", "steering", "calibration", "reward",
           "diffing", "report")
-
-
-class DiskSpaceError(RuntimeError):
-    """Too little free disk for what a job is about to write; the message has the numbers."""
 
 
 @dataclass
@@ -169,10 +168,6 @@ def _pairs(config: Mapping, study: str) -> list[str]:
     return study_pairs(config, study)
 
 
-def _bytes(dtype: str) -> int:
-    return 2 if dtype in ("float16", "bfloat16") else 4
-
-
 def estimate(config: Mapping) -> dict[str, StageCost]:
     """Tokens, bytes, calls and GPU hours per stage for a validated (defaulted) config."""
     from rlhf_audit.config import EXTRACT_STUDIES
@@ -267,14 +262,6 @@ def estimate(config: Mapping) -> dict[str, StageCost]:
     return out
 
 
-def extraction_bytes(n_prompts: int, n_tokens: float, n_layers: int, n_positions: int,
-                     n_token_layers: int, d_model: int, dtype: str) -> int:
-    """Bytes of one extraction: pooled vectors per (prompt, layer, position) plus
-    token-level vectors per (token, SAE layer), with ~5% for ids and Parquet framing."""
-    vectors = n_prompts * n_layers * n_positions + n_tokens * n_token_layers
-    return int(vectors * d_model * _bytes(dtype) * 1.05)
-
-
 def _add_jobs_estimate(config: Mapping, out: dict[str, StageCost]) -> None:
     """Job counts from the config alone (the CLI replaces them by Snakemake's dry run)."""
     from rlhf_audit.config import EXTRACT_STUDIES
@@ -367,39 +354,6 @@ def format_plan(costs: Mapping[str, StageCost]) -> str:
     lines.append("GPU hours: planning throughputs of rlhf_audit.plan.THROUGHPUT (one "
                  "A100/H100-class GPU, bf16), not measurements; see benchmarks/bench_paper.py.")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the extraction job's check
-
-
-def check_extraction_disk(out_path, prompts, settings, model_config,
-                          reserve_bytes: int = 1 << 30) -> int:
-    """Fail before writing a shard that the disk cannot hold; returns the estimate.
-
-    ``prompts``: the shard's prompt table (column text); ``settings``: the
-    ExtractSettings; ``model_config``: the loaded model's HF config."""
-    n = prompts.height
-    n_tokens = min(float(prompts["text"].str.len_chars().sum()) / CHARS_PER_TOKEN
-                   + CHAT_OVERHEAD_TOKENS * n, float(settings.max_length) * n)
-    n_layers = int(model_config.num_hidden_layers)
-    layers = n_layers if settings.layers == "all" else len(list(settings.layers))
-    positions = [p for p in settings.positions if p != "token"]
-    tl = settings.token_layers
-    n_token_layers = 0 if not tl else (n_layers if tl == "all" else len(list(tl)))
-    need = extraction_bytes(n, n_tokens, layers, len(positions), n_token_layers,
-                            int(model_config.hidden_size), settings.dtype)
-    where = Path(out_path).parent
-    where.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(where).free
-    if free < need + reserve_bytes:
-        raise DiskSpaceError(
-            f"{out_path}: this shard needs about {need / 1e9:.2f} GB ({n} prompts x {layers} "
-            f"layers x {len(positions)} positions + {n_tokens:.0f} tokens x {n_token_layers} SAE "
-            f"layers, d_model {model_config.hidden_size}, {settings.dtype}) plus "
-            f"{reserve_bytes / 1e9:.1f} GB reserve, but {where} has {free / 1e9:.2f} GB free. "
-            "Free space, point results/ at a larger disk, or store fewer layers "
-            "(extract.layers) or float16 (extract.dtype).")
-    return need
 
 
 # ---------------------------------------------------------------- CLI

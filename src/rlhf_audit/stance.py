@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from rlhf_audit.params import settings_from_params
 from rlhf_audit.rating import RESULT_SCHEMA, SCALE_MAX, SCALE_MID
 from rlhf_audit.stats import Estimate, bootstrap
 
@@ -50,6 +52,12 @@ class StanceSettings:
     """Bootstrap replicates of the AUC interval (issues resampled)."""
     seed: int = 0
     """Seed of the fold assignment and the bootstrap."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> StanceSettings:
+        """From rule train_stance_classifier's ``params.settings`` (``dataset``, the
+        statements' config key, is the rule's input, not a setting)."""
+        return settings_from_params(cls, params, ignore=("dataset",))
 
 
 def _check_statements(df: pl.DataFrame, source: str) -> pl.DataFrame:

@@ -17,6 +17,8 @@ from rlhf_audit.codehash import code_hash
 from rlhf_audit.config import (STUDIES, ConfigError, chosen_studies, load_schema,
                                study_pairs, validate_config)
 from rlhf_audit.joberrors import user_errors
+from rlhf_audit.studies import BY_NAME
+from rlhf_audit.studies import targets as registry_targets
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 ORGANISM_DIR = "results/organism"
@@ -643,59 +645,26 @@ def calibration_score_inputs(wildcards):
 # ---- report
 
 
-def partisan_targets():
-    return {"fragments": {pair: f"results/partisan/{pair}/headline.json"
-                          for pair in pairs_for("partisan")},
-            "figures": [f"results/figures/partisan/{pair}/auc_by_layer.png"
-                        for pair in pairs_for("partisan")]}
-
-
-def sae_targets():
-    runs = [(pair, sae) for pair in pairs_for("sae") for sae in config["sae"]["saes"]]
-    return {"fragments": {f"{pair}.{sae}": f"results/sae/{pair}/{sae}/headline.json"
-                          for pair, sae in runs},
-            "figures": [f"results/figures/sae/{pair}/{sae}/policy_firing.png"
-                        for pair, sae in runs]}
-
-
-def steering_targets():
-    return {"fragments": {pair: f"results/steering/{pair}/headline.json"
-                          for pair in pairs_for("steering")},
-            "figures": [f"results/figures/steering/{pair}/dose_response_projection.png"
-                        for pair in pairs_for("steering")]}
-
-
-def calibration_targets():
-    return {"fragments": {pair: f"results/calibration/{pair}/headline.json"
-                          for pair in pairs_for("calibration")},
-            "figures": [f"results/figures/calibration/{pair}/verbalized_vs_injected.png"
-                        for pair in pairs_for("calibration")]}
-
-
-def reward_targets():
-    return {"fragments": {rpair: f"results/reward/{rpair}/headline.json"
-                          for rpair in reward_pairs()},
-            "figures": [f"results/figures/reward/{rpair}/imprint.png"
-                        for rpair in reward_pairs()]}
-
-
-# A study's targets: {"fragments": {pair label: headline fragment}, "figures": [...]}.
-# Adding a study is one function and one line here; a chosen study with no entry
-# yet (its rule file not merged) plans nothing.
-STUDY_TARGETS = {
-    "partisan": partisan_targets,
-    "sae": sae_targets,
-    "steering": steering_targets,
-    "calibration": calibration_targets,
-    "reward": reward_targets,
+# A study's units: the wildcard values of its headline fragment and figures, whose path
+# templates are in the study registry (rlhf_audit.studies). Adding a study is one entry
+# there and one line here; a chosen study with no entry yet (its rule file not merged)
+# plans nothing.
+STUDY_UNITS = {
+    "partisan": lambda: [{"pair": pair} for pair in pairs_for("partisan")],
+    "sae": lambda: [{"pair": pair, "sae": sae} for pair in pairs_for("sae")
+                    for sae in config["sae"]["saes"]],
+    "steering": lambda: [{"pair": pair} for pair in pairs_for("steering")],
+    "calibration": lambda: [{"pair": pair} for pair in pairs_for("calibration")],
+    "reward": lambda: [{"rpair": rpair} for rpair in reward_pairs()],
 }
 
 
 def study_targets(study):
-    """The targets STUDY adds to a full run (nothing when it is left out)."""
-    if not study_chosen(study) or study not in STUDY_TARGETS:
+    """The targets STUDY adds to a full run, {"fragments": {pair label: headline
+    fragment}, "figures": [...]} (nothing when it is left out)."""
+    if not study_chosen(study) or study not in STUDY_UNITS:
         return {"fragments": {}, "figures": []}
-    return STUDY_TARGETS[study]()
+    return registry_targets(BY_NAME[study], STUDY_UNITS[study]())
 
 
 def _fragments():
@@ -808,17 +777,9 @@ def diffing_summary_settings(wildcards):
     return {"n_boot": config["diffing"]["n_boot"], "seed": config["diffing"]["seed"]}
 
 
-def diffing_targets():
-    """The diffing study's headline fragments and figures, per pair."""
-    return {"fragments": {pair: f"results/diffing/{pair}/headline.json"
-                          for pair in diffing_pairs()},
-            "figures": [f"results/figures/diffing/{pair}/relative_norm.png"
-                        for pair in diffing_pairs()]}
+STUDY_UNITS["diffing"] = lambda: [{"pair": pair} for pair in diffing_pairs()]
 
-
-STUDY_TARGETS["diffing"] = diffing_targets
-
-# Every study of the registry (rlhf_audit.studies) must say what it adds to a full run.
-_unregistered = [s for s in STUDIES if s not in STUDY_TARGETS]
+# Every study of the registry (rlhf_audit.studies) must say what it runs over.
+_unregistered = [s for s in STUDIES if s not in STUDY_UNITS]
 if _unregistered:
-    raise WorkflowError(f"studies {_unregistered} have no entry in STUDY_TARGETS (common.smk)")
+    raise WorkflowError(f"studies {_unregistered} have no entry in STUDY_UNITS (common.smk)")

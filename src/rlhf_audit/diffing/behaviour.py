@@ -6,7 +6,7 @@ instruct decoder of the first, the base decoder of the second, plus a seeded ran
 direction as the control, each scaled to the model's mean residual norm at the layer
 (so alpha is in units of one typical activation, as in the steering study) and, when
 a partisan direction exists, oriented toward it (+ = right). Both models are
-steered with the same vectors through :func:`rlhf_audit.steering.sweep` and every
+steered with the same vectors through :func:`rlhf_audit.steering.generate.sweep` and every
 generation is scored with the steering study's projection scorer (the base model
 reads the text; its pooled activation is projected on the partisan direction).
 """
@@ -18,13 +18,10 @@ import logging
 import numpy as np
 import polars as pl
 
-from rlhf_audit.steering import (
-    SteeringSettings,
-    projection_score,
-    random_vector,
-    scaled,
-    sweep,
-)
+from rlhf_audit.steering.generate import sweep
+from rlhf_audit.steering.score import projection_score
+from rlhf_audit.steering.settings import SteeringSettings
+from rlhf_audit.steering.vectors import random_vector, scaled
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,8 @@ def pick_latents(latents: pl.DataFrame) -> dict[str, tuple[int, np.ndarray]]:
 
 def steering_vectors(latents: pl.DataFrame, layer: int, norm: float,
                      direction: np.ndarray | None, seed: int = 0) -> dict:
-    """name -> (layer, vector) for :func:`rlhf_audit.steering.sweep`, and name -> latent."""
+    """name -> (layer, vector) for :func:`rlhf_audit.steering.generate.sweep`, and
+    name -> latent."""
     picked = pick_latents(latents)
     vecs, ids = {}, {}
     for name, (j, v) in picked.items():

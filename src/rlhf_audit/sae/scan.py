@@ -542,7 +542,9 @@ def spliced_loss(
     import torch
     import torch.nn.functional as F
 
-    from rlhf_audit.extract import ExtractSettings, decoder_layers, tokenize_prompts
+    from rlhf_audit.extract.settings import ExtractSettings
+    from rlhf_audit.extract.write import tokenize_prompts
+    from rlhf_audit.lm.hooks import decoder_layers
 
     for col in ("id", "text"):
         if col not in prompts.columns:
@@ -674,7 +676,7 @@ def run_scan(
     check it fits the shards, stream the token rows of ``layer`` through it, and, when
     ``model_spec`` is given, load that model and add its spliced-in loss on the prompts
     of ``prompts_path`` (the normalised dataset the shards were extracted from)."""
-    from rlhf_audit.extract import iter_token_batches, shard_info
+    from rlhf_audit.extract.read import iter_token_batches, shard_info
     from rlhf_audit.lm.loader import resolve_device
     from rlhf_audit.sae.load import check_sae_fits, load_sae
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from rlhf_audit.params import settings_from_params
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,12 @@ class SAESettings:
     """torch device for training."""
     model_name: str = ""
     """Model the activations came from, recorded in the SAE's metadata."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **extra: Any) -> SAESettings:
+        """From rule train_organism_sae's ``params.settings``; ``extra`` sets what the job
+        decides (``n_threads``, ``model_name``)."""
+        return settings_from_params(cls, params, **extra)
 
 
 

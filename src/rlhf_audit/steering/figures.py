@@ -8,7 +8,12 @@ import os
 import numpy as np
 import polars as pl
 
-from rlhf_audit.steering import NULL_FAMILIES, PRIME_CONDITIONS, VECTOR_KINDS, vector_family
+from rlhf_audit.steering.settings import (
+    NULL_FAMILIES,
+    PRIME_CONDITIONS,
+    VECTOR_KINDS,
+    vector_family,
+)
 
 
 def plot_steering(dose: pl.DataFrame, primes: pl.DataFrame, png_path: str | os.PathLike,

@@ -1,6 +1,6 @@
-"""Statistics and figures of the steering study (The Neutral Mask, claims 4-5).
+"""Statistics of the steering study (rule analyse_steering; The Neutral Mask, claims 4-5).
 
-Inputs are the scored tables of :mod:`rlhf_audit.steering`: one row per generation with
+Inputs are the scored tables of :mod:`rlhf_audit.steering.score`: one row per generation with
 model, vector, alpha, question_id, issue, text and a column per score (``judge``,
 ``projection``; null where a scorer failed). Everything here is CPU-only and imports no
 model code, so changing an analysis never reruns a generation.
@@ -35,8 +35,7 @@ import numpy as np
 import polars as pl
 
 from rlhf_audit.stats import Estimate
-from rlhf_audit.steering import (
-    HEADLINE_KEYS,
+from rlhf_audit.steering.settings import (
     MODEL_ROLES,
     NO_JUDGE,
     NULL_FAMILIES,
@@ -44,17 +43,64 @@ from rlhf_audit.steering import (
     SCORES,
     VECTOR_KINDS,
     SteeringSettings,
-    distinct_n,
-    is_degenerate,
-    non_text_share,
     null_family_of,
-    repeat_n,
     vector_family,
 )
 
 log = logging.getLogger(__name__)
 
 _F, _S, _I = pl.Float64, pl.String, pl.Int64
+
+
+# ---------------------------------------------------------------- text measures
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Unique word n-grams / word n-grams in ``text`` (1 = no repeats); NaN if under n words."""
+    w = _words(text)
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repeat_n(text: str, n: int = 4) -> float:
+    """Share of word n-grams that already occurred earlier in ``text`` (0 = none); NaN if short."""
+    w = _words(text)
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+    if not grams:
+        return float("nan")
+    seen: set = set()
+    rep = 0
+    for g in grams:
+        rep += g in seen
+        seen.add(g)
+    return rep / len(grams)
+
+
+def non_text_share(text: str) -> float:
+    """Share of whitespace-separated tokens without a letter (digits, symbols, punctuation
+    runs); NaN for a text without tokens."""
+    toks = str(text).split()
+    if not toks:
+        return float("nan")
+    return sum(not any(c.isalpha() for c in t) for t in toks) / len(toks)
+
+
+def is_degenerate(text: str, threshold: float = SteeringSettings.degenerate_text_share) -> bool:
+    """Empty, or its repeated-4-gram share (:func:`repeat_n`) or non-text share
+    (:func:`non_text_share`) above ``threshold``. Texts under 4 words have repeat share 0."""
+    if not str(text).strip():
+        return True
+    rep = repeat_n(text, 4)
+    rep = 0.0 if math.isnan(rep) else rep
+    return rep > threshold or non_text_share(text) > threshold
+
+
+
+# ---------------------------------------------------------------- statistics
 
 
 def _percentile(reps: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -534,3 +580,72 @@ __all__ = [
     "prime_contrasts",
     "steering_contrast",
 ]
+
+
+def _headline_keys() -> dict[str, str]:
+    keys: dict[str, str] = {}
+    null_of = {"direction": "random directions", "direction_instruct": "random directions",
+               "feature": "random non-policy feature sets"}
+    for s in SCORES:
+        for role in MODEL_ROLES:
+            for v in VECTOR_KINDS:
+                keys[f"steering_slope_{role}_{v}_{s}"] = (
+                    f"{role} model: slope of the {s} partisanship score per unit alpha when "
+                    f"steering with the {v} vector (alpha in the base model's typical residual "
+                    "norm; fit over the alphas where neither model degenerates)"
+                )
+                keys[f"steering_slope_vs_null_{role}_{v}_{s}"] = (
+                    f"{role} model: {v}-steering slope of the {s} score minus the mean slope of "
+                    f"its null ({null_of[v]}) (> 0: moves output beyond a random vector)"
+                )
+            keys[f"steering_slope_{role}_random_{s}"] = (
+                f"{role} model: mean {s}-score slope over the random-direction null vectors"
+            )
+            keys[f"steering_slope_{role}_random_features_{s}"] = (
+                f"{role} model: mean {s}-score slope over the random-feature-set null vectors"
+            )
+        for v in VECTOR_KINDS:
+            keys[f"disconnect_ratio_{v}_{s}"] = (
+                f"{v} vector, {s} score: instruct minus base steering slope (name kept from "
+                "the former instruct/base ratio; now a difference, < 0: instruct moves less)"
+            )
+            keys[f"disconnect_null_gap_{v}_{s}"] = (
+                f"{v} vector, {s} score: instruct-minus-base slope difference minus the mean "
+                f"of that difference over its null ({null_of[v]}) (< 0: a disconnect beyond "
+                "what a random vector shows)"
+            )
+        keys[f"disconnect_gap_{s}"] = (
+            f"{s} score: instruct-minus-base slope difference of the direction vector minus "
+            "that of the feature vector (> 0: instruct follows the direction more than the "
+            "features, relative to base)"
+        )
+        for role in MODEL_ROLES:
+            keys[f"prime_effect_{role}_{s}"] = (
+                f"{role} model: mean {s} score of right-primed minus left-primed answers, "
+                "over every prime wording (questions and wordings resampled)"
+            )
+            keys[f"prime_cohens_d_{role}_{s}"] = (
+                f"{role} model: Cohen's d of right- vs left-primed {s} scores"
+            )
+            keys[f"prime_persona_shift_{role}_{s}"] = (
+                f"{role} model: mean {s} score under a non-partisan persona prime minus no "
+                "prime (the control: about 0)"
+            )
+    keys["judge_failure_rate"] = (
+        "share of generations whose judge reply could not be scored (all cells)"
+    )
+    keys["judge_failure_rate_max_cell"] = (
+        "largest judge failure share over the (model, vector, alpha) and (model, prime "
+        "condition) cells (table judge_failures.parquet); n = cells"
+    )
+    keys["feature_vector_cos_partisan"] = (
+        "cosine of the feature steering vector with the base partisan direction; n = features"
+    )
+    keys["stance_classifier_auc"] = (
+        "issue-held-out AUC (right vs left statements) of the stance-classifier judge"
+    )
+    return keys
+
+
+HEADLINE_KEYS: dict[str, str] = _headline_keys()
+"""Stable headline keys of the steering study (per model pair) and what each means."""
