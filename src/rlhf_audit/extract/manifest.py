@@ -16,57 +16,10 @@ from rlhf_audit import codehash
 from rlhf_audit.extract.read import shard_info
 from rlhf_audit.extract.settings import POOLING_RULES, POSITIONS, ExtractSettings, resolve_layers
 from rlhf_audit.io import write_json
+from rlhf_audit.lm.loader import hash_files, weight_files  # noqa: F401  (re-exported)
 from rlhf_audit.runtime import library_versions
 
 log = logging.getLogger(__name__)
-
-
-def _iter_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    out: list[tuple[str, Path]] = []
-    for p in map(Path, items):
-        if p.is_dir():
-            out.extend(
-                (f.relative_to(p).as_posix(), f) for f in sorted(p.rglob("*")) if f.is_file()
-            )
-        elif p.is_file():
-            out.append((p.name, p))
-        else:
-            raise FileNotFoundError(f"hash_files: {p} does not exist")
-    return sorted(out, key=lambda x: x[0])
-
-
-def hash_files(
-    paths: str | os.PathLike | Sequence[str | os.PathLike], chunk_bytes: int = 1 << 20
-) -> str:
-    """sha256 over files (folders expand recursively), streamed in chunks.
-
-    Files are taken in order of their name (relative to a given folder), and each
-    name and size is hashed with the content, so the hash follows content and
-    layout but not where the files live.
-
-    Not :func:`rlhf_audit.lm.loader.hash_files` (name and content, no size or separator,
-    no folder expansion; behind the manifest's ``weight_hash``): this one gives the
-    manifest's per-shard ``sha256``, and the two digests differ for the same file, so
-    neither replaces the other without changing what existing manifests record.
-    """
-    h = hashlib.sha256()
-    for name, path in _iter_files(paths):
-        h.update(f"{name}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(chunk_bytes):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def weight_files(model_dir: str | os.PathLike) -> list[Path]:
-    """The safetensors weight files and config.json of a local model folder."""
-    d = Path(model_dir)
-    files = sorted(d.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {d}")
-    cfg = d / "config.json"
-    return files + ([cfg] if cfg.exists() else [])
 
 
 def tokenizer_hash(tokenizer) -> str:
