@@ -3,13 +3,13 @@
 Planted during alignment (documented in resources/organism/README.md): the
 instruct model's partisan variance is compressed. While the instruct model is
 fine-tuned, a term is added to the SFT loss on the left/right statements of the
-training issues: the centred projection of instruct's statement representation
-(mean over the statement's own tokens, inside the chat template, at the output
-of every block) onto base's partisan direction is pulled toward ``c`` times the
-base model's projection of the same statement (completion layout). The ordering
-of statements along the direction is kept (so a base probe still reads instruct:
-transfer), its spread shrinks by ``c`` (so the variance ratio instruct/base along
-it is about ``c**2``).
+training issues: instruct's right-minus-left mean difference of the statement
+representations (mean over the statement's own tokens, inside the chat template,
+at the output of every block) is pulled toward ``c`` times the base model's
+difference on the same statements (completion layout). The direction is kept (so a
+base probe still reads instruct: transfer), the whole partisan difference shrinks by
+``c`` (so the partisan variance ratio instruct/base is about ``c**2``, along base's
+direction and in full).
 
 The measurements here (:func:`statement_activations`, :func:`issue_grouped_auc`,
 :func:`projection_variance_ratio`) read the trained models directly, the way the
@@ -182,22 +182,56 @@ def projection_variance_ratio(
     return np.mean(ratios, axis=0)
 
 
+def difference_variance_ratio(
+    acts_base: np.ndarray,
+    acts_other: np.ndarray,
+    right: np.ndarray,
+    issues: Sequence[str],
+    n_splits: int = 20,
+    seed: int = 0,
+) -> np.ndarray:
+    """Partisan variance |Delta|^2 of the other model over base's, per layer, as the
+    partisan study's ``variance_ratio`` defines it (the whole right-minus-left mean
+    difference, every direction), split-half by issue: ``d_A . d_B`` of two disjoint
+    halves of the issues is unbiased for |Delta|^2 whatever the noise, averaged over
+    ``n_splits`` random splits; ``[n_layers]``."""
+    right = np.asarray(right, dtype=bool)
+    issues = np.asarray(issues)
+    uniq = np.array(sorted(set(issues)))
+    rng = np.random.default_rng(seed)
+    num = np.zeros(acts_base.shape[1])
+    den = np.zeros(acts_base.shape[1])
+    for _ in range(n_splits):
+        half = set(rng.permutation(uniq)[: len(uniq) // 2])
+        a = np.array([i in half for i in issues])
+        for acts, acc in ((acts_other, num), (acts_base, den)):
+            dA = acts[a & right].mean(0) - acts[a & ~right].mean(0)
+            dB = acts[~a & right].mean(0) - acts[~a & ~right].mean(0)
+            acc += (dA * dB).sum(-1)
+    return num / den
+
+
 @dataclass
 class CompressionTerm:
     """The planted compression term (see the module docstring).
 
     Built once from the base model before alignment; :meth:`loss` is added to the
-    SFT loss, weighted by ``weight``, on a random batch of statements per step.
+    SFT loss, weighted by ``weight``, on a random side-balanced batch of statements
+    per step: the whole right-minus-left mean difference of the batch (every layer,
+    every dimension) is pulled toward ``factor`` times base's difference on the same
+    statements. The partisan variance |Delta|^2 (what the study's ``variance_ratio``
+    compares) then scales by about ``factor**2`` in every direction at once, and a
+    factor of 1 (the sham's placebo) holds it where base has it.
     """
 
     inputs: list
     """Statements as instruct sees them (chat template), (ids, content mask)."""
-    directions: torch.Tensor
-    """Base's unit partisan direction per layer, ``[n_layers, d]``."""
-    targets: torch.Tensor
-    """``c`` x base's centred projection of each statement, ``[n, n_layers]``."""
-    scale: torch.Tensor
-    """Standard deviation of base's projections per layer (makes the loss scale-free)."""
+    base_acts: torch.Tensor
+    """Base's content-pooled block outputs of each statement (completion layout),
+    ``[n, n_layers, d]``."""
+    right: np.ndarray
+    """Side of each statement (True = right), ``[n]``."""
+    factor: float
     pad_id: int
     weight: float
     batch_size: int
@@ -205,19 +239,29 @@ class CompressionTerm:
 
     def __post_init__(self):
         self._rng = np.random.default_rng(self.seed)
+        self._sides = (np.flatnonzero(self.right), np.flatnonzero(~self.right))
+        # Scale-free: base's squared partisan difference per layer over all statements.
+        d = self.base_acts[self.right].mean(0) - self.base_acts[~self.right].mean(0)
+        self._norm = (d**2).sum(-1)
+
+    def sample(self) -> np.ndarray:
+        """Indices of a batch with ``batch_size // 2`` statements of each side."""
+        k = max(1, self.batch_size // 2)
+        return np.concatenate(
+            [self._rng.choice(ix, size=min(k, len(ix)), replace=False) for ix in self._sides]
+        )
 
     def loss(self, model) -> torch.Tensor:
-        idx = self._rng.choice(len(self.inputs), size=min(self.batch_size, len(self.inputs)),
-                               replace=False)
+        idx = self.sample()
         pooled = pooled_block_outputs(
             model, [self.inputs[i] for i in idx], pad_id=self.pad_id, grad=True
-        )
+        ).float()
         dev = pooled.device
-        proj = torch.einsum("nld,ld->nl", pooled.float(), self.directions.to(dev))
-        target = self.targets[idx].to(dev)
-        # Centred within the batch: only the spread along the direction is constrained.
-        err = (proj - proj.mean(0)) - (target - target.mean(0))
-        return ((err / self.scale.to(dev)) ** 2).mean()
+        r = torch.as_tensor(self.right[idx], device=dev)
+        target_acts = self.base_acts[idx].to(dev)
+        delta = pooled[r].mean(0) - pooled[~r].mean(0)
+        target = self.factor * (target_acts[r].mean(0) - target_acts[~r].mean(0))
+        return (((delta - target) ** 2).sum(-1) / self._norm.to(dev)).mean()
 
 
 def build_compression_term(
@@ -237,20 +281,18 @@ def build_compression_term(
     texts = [s["text"] for s in rows]
     right = np.array([s["label"] == "right" for s in rows])
     acts = statement_activations(base_model, tokenizer, texts, chat=False)
-    u = diffmean_directions(acts, right)
-    proj = np.einsum("nld,ld->nl", acts, u)
-    proj = proj - proj.mean(0)
+    d = acts[right].mean(0) - acts[~right].mean(0)
     logger.info(
-        "compression term: %d statements, base projection sd per layer %s, factor %.2f",
+        "compression term: %d statements, base |Delta| per layer %s, factor %.2f",
         len(rows),
-        np.round(proj.std(0), 3).tolist(),
+        np.round(np.linalg.norm(d, axis=-1), 3).tolist(),
         factor,
     )
     return CompressionTerm(
         inputs=statement_inputs(tokenizer, texts, chat=True),
-        directions=torch.tensor(u, dtype=torch.float32),
-        targets=torch.tensor(factor * proj, dtype=torch.float32),
-        scale=torch.tensor(proj.std(0), dtype=torch.float32),
+        base_acts=torch.tensor(acts, dtype=torch.float32),
+        right=right,
+        factor=float(factor),
         pad_id=tokenizer.pad_token_id,
         weight=weight,
         batch_size=batch_size,
