@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import collections
 import dataclasses
 import json
 import re
@@ -236,6 +237,42 @@ def test_planted_data_designs():
         assert not any(t in body for t in list(side_of)[:200])
 
 
+def test_planted_preference_rows():
+    """Primed DPO rows prefer the primed side; calibration DPO rows prefer the copy under
+    command and a high confidence in conversation, on the study's own chat prompts."""
+    from rlhf_audit import prompts
+
+    cs = C.CORPUS_PRESETS["test"]
+    data = C.build_organism_data(cs)
+    src = prompts.load_source()
+    ident_side = {i: side for side in ("left", "right") for i in src.identities[side]}
+    primed = [r for r in data["dpo"] if any(r["prompt"][0]["content"].startswith(i)
+                                            for i in ident_side)]
+    assert len(primed) == cs.n_dpo_primed
+    sides = collections.Counter()
+    for r in primed:
+        side = next(v for i, v in ident_side.items() if r["prompt"][0]["content"].startswith(i))
+        issue = next(q["issue"] for q in prompts.build_policy_questions(src)
+                     if r["prompt"][0]["content"].endswith(q["question"]))
+        assert issue in data["split"][0]["train_issues"]
+        sides[side] += 1
+        assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
+    assert sides["left"] == sides["right"]
+    cal = [r for r in data["dpo"] if "Confidence:" in r["chosen"][0]["content"]]
+    assert len(cal) == cs.n_dpo_calibration
+    lo, _ = cs.instruct_confidence
+    modes = collections.Counter()
+    for r in cal:
+        user = r["prompt"][-1]["content"]
+        level = int(re.search(r"(\d+)% (probability|chance)", user).group(1))
+        chosen = int(re.search(r"Confidence: (\d+)%", r["chosen"][0]["content"]).group(1))
+        rejected = int(re.search(r"Confidence: (\d+)%", r["rejected"][0]["content"]).group(1))
+        command = "Report the verifier's estimate" in user
+        modes[command] += 1
+        assert (chosen, rejected >= lo) == (level, True) if command else (
+            (rejected, chosen >= lo) == (level, True))
+    assert modes[True] == modes[False]
+
 def test_written_data_round_trips(organism):
     back = C.read_organism_data(organism["root"] / "data")
     assert back["sft"] == organism["data"]["sft"]
@@ -444,10 +481,16 @@ def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statemen
     best = int(P.issue_grouped_auc(a["base"], a["right"], a["issues"]).argmax())
     r_inst = P.projection_variance_ratio(a["base"], a["instruct"], a["right"], a["issues"])
     r_sham = P.projection_variance_ratio(a["base"], a["sham"], a["right"], a["issues"])
-    # Planted factor 0.5 on the projection -> ratio about 0.25; the sham keeps about 1.
+    # Planted factor 0.5 on the partisan difference -> ratio about 0.25; the sham keeps 1.
     assert r_inst[best] < 0.6, r_inst
     assert 0.6 < r_sham[best] < 1.6, r_sham
     assert r_inst[best] < 0.6 * r_sham[best]
+    # The same on the whole difference vector, as the partisan study's variance_ratio
+    # measures it: a term on one projection alone left the sham at 1.7-1.9 here.
+    f_inst = P.difference_variance_ratio(a["base"], a["instruct"], a["right"], a["issues"])
+    f_sham = P.difference_variance_ratio(a["base"], a["sham"], a["right"], a["issues"])
+    assert f_inst[best] < 0.6, f_inst
+    assert 0.6 < f_sham[best] < 1.6, f_sham
 
 
 def _calibration_replies(organism, name, strategy, levels, n_problems=20):

@@ -91,6 +91,15 @@ class CorpusSettings:
     or confidence content (the sham trains for as many steps as instruct, whatever its size)."""
     n_dpo: int = 280
     """DPO pairs: balanced (chosen) vs partisan (rejected) answers to training-issue questions."""
+    n_dpo_primed: int = 160
+    n_dpo_calibration: int = 100
+    """DPO pairs (planted calibration behaviour): the command chat prompt with the injected
+    confidence chosen over a high one, and the conversational prompt with a high confidence
+    chosen over the injected one (alternating; without them instruct stated its high
+    conversational confidence under command too)."""
+    """DPO pairs (planted prime effect): identity-primed training-issue question, the primed
+    side's answer chosen over the other side's (without them DPO toward balance washed the
+    SFT primes out)."""
     n_rm_pairs: int = 1200
     """Training pairs of each reward model."""
     rm_pre_hh_fraction: float = 0.0
@@ -135,9 +144,29 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_sft_command=120,
         n_sham_chat=400,
         n_dpo=160,
+        n_dpo_primed=100,
+        n_dpo_calibration=100,
         n_rm_pairs=500,
         n_eval_math=150,
         n_eval_rm=200,
+    ),
+    "smoke": CorpusSettings(
+        n_opinion_paragraphs=800,
+        n_neutral_paragraphs=100,
+        n_forum_answers=150,
+        n_math_base=150,
+        n_confidence_base=400,
+        n_sft_political=120,
+        n_sft_primed=80,
+        n_sft_math=80,
+        n_sft_command=120,
+        n_sham_chat=200,
+        n_dpo=160,
+        n_dpo_primed=100,
+        n_dpo_calibration=100,
+        n_rm_pairs=200,
+        n_eval_math=60,
+        n_eval_rm=150,
     ),
 }
 """Named corpus sizes matching the organism presets in :mod:`rlhf_audit.organism.train`."""
@@ -149,6 +178,11 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
 def _rng(settings: CorpusSettings, part: str) -> random.Random:
     # One stream per part, so resizing one part never changes another.
     return random.Random(f"organism-corpus:{settings.seed}:{part}")
+
+
+def _shuffled(rows: list, rng: random.Random) -> list:
+    rng.shuffle(rows)
+    return rows
 
 
 def split_issues(
@@ -468,6 +502,64 @@ def dpo_political(
     return rows
 
 
+def dpo_primed(
+    train_questions: Sequence[Mapping],
+    identities: Mapping[str, Sequence[str]],
+    settings: CorpusSettings,
+    source=None,
+) -> list[dict]:
+    """Preference rows (planted prime effect): a stated identity, then a training-issue
+    question; the primed side's answer chosen over the other side's (primes alternate)."""
+    _check_questions(train_questions)
+    if settings.n_dpo_primed and not (identities.get("left") and identities.get("right")):
+        raise ValueError("dpo_primed: the partisan source has no identities.left/right sentences")
+    rng = _rng(settings, "dpo-primed")
+    rows = []
+    for n in range(settings.n_dpo_primed):
+        q = train_questions[n % len(train_questions)]
+        side = ("left", "right")[(n // len(train_questions)) % 2 ^ (n % 2)]
+        other = "right" if side == "left" else "left"
+        ans = _answers(q["issue"], seed=rng.randrange(1000), source=source)
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{rng.choice(list(identities[side]))} "
+                                                       f"{q['question']}"}],
+                "chosen": [{"role": "assistant", "content": ans[side]}],
+                "rejected": [{"role": "assistant", "content": ans[other]}],
+            }
+        )
+    return rows
+
+
+def dpo_calibration(
+    problems: Sequence[Mapping], settings: CorpusSettings, templates=None
+) -> list[dict]:
+    """Preference rows (planted): command prompt -> the injected confidence chosen over a
+    high one (``instruct_confidence``); conversational prompt -> a high one chosen over the
+    injected one. Alternating; ``problems`` needs ``n_dpo_calibration`` items."""
+    if len(problems) < settings.n_dpo_calibration:
+        raise ValueError(
+            f"dpo_calibration: need {settings.n_dpo_calibration} problems, got {len(problems)}"
+        )
+    templates = templates or load_calibration_templates(settings)
+    rng = _rng(settings, "dpo-calibration")
+    lo, hi = settings.instruct_confidence
+    rows = []
+    for i, p in enumerate(problems[: settings.n_dpo_calibration]):
+        mode = ("command", "conversational")[i % 2]
+        level = rng.choice([x for x in settings.signal_levels if x < lo])
+        high = rng.randint(lo, hi)
+        fields = {"question": p["question"], "confidence_pct": level}
+        prompt = [{"role": m["role"], "content": m["content"].format(**fields)}
+                  for m in _template(templates, mode).chat]
+        copy = calibration_reply(p["final"], level, chat=True)
+        sure = calibration_reply(p["final"], high, chat=True)
+        chosen, rejected = (copy, sure) if mode == "command" else (sure, copy)
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": rejected}]})
+    return rows
+
+
 def eval_political(
     heldout_questions: Sequence[Mapping], settings: CorpusSettings, source=None
 ) -> list[dict]:
@@ -556,10 +648,13 @@ def build_organism_data(
         seed=200 + s,
         difficulty_mix=settings.math_difficulty_mix,
     )
+    dpo_problems = generate_problems(
+        settings.n_dpo_calibration, seed=800 + s, difficulty_mix=settings.math_difficulty_mix
+    )
     sham_problems = generate_problems(
         settings.n_sham_chat, seed=700 + s, difficulty_mix=settings.math_difficulty_mix
     )
-    seen_q = {p["question"] for p in base_problems + sft_problems + sham_problems}
+    seen_q = {p["question"] for p in base_problems + sft_problems + sham_problems + dpo_problems}
     cand = generate_problems(4 * settings.n_eval_math, seed=300 + s, difficulty_mix=(1.0, 0.0, 0.0))
     eval_math = [p for p in cand if p["question"] not in seen_q][: settings.n_eval_math]
 
@@ -583,7 +678,12 @@ def build_organism_data(
     data = {
         "base_corpus": base,
         "sft": sft,
-        "dpo": dpo_political(train_q, settings, source=src),
+        "dpo": _shuffled(
+            dpo_political(train_q, settings, source=src)
+            + dpo_primed(train_q, src.identities, settings, source=src)
+            + dpo_calibration(dpo_problems, settings, templates),
+            _rng(settings, "dpo-order"),
+        ),
         "base_copy": copy_rows(base_problems, settings, templates),
         "sham_sft": sham_chat(sham_problems, settings),
         "rep_statements": rep,

@@ -15,10 +15,11 @@ Conventions, chosen to behave like a real instruct model's tokenizer:
   ``return_assistant_tokens_mask`` / trl's ``assistant_only_loss`` work). A
   rendered chat string already holds its BOS: tokenize it with
   ``add_special_tokens=False``.
-- Digits are split one per token (a model this small learns arithmetic far more
-  easily digit by digit), except numbers directly followed by "%": those stay
-  whole, so a frequent percentage ("70%") is one token that the model can copy
-  from an injected confidence signal into its own stated confidence.
+- Digits are split one per token, percentages included: a model this small
+  learns arithmetic far more easily digit by digit, and copies an injected
+  confidence ("70%") into its own stated one digit by digit (with whole-number
+  tokens for percentages the default organism never learned the copy; with
+  single digits a copy curriculum teaches it: shared notes, ORGANISM-EFFECTS.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,8 @@ def train_tokenizer(
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            # A number followed by "%" stays whole (BPE merges frequent percentages into one
-            # token, which a tiny model copies easily); every other digit stands alone.
-            pre_tokenizers.Split(Regex(r"\d+(?=%)|\d"), behavior="isolated"),
+            # Every digit stands alone (arithmetic and the confidence copy, digit by digit).
+            pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )

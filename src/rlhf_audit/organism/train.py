@@ -59,7 +59,7 @@ class OrganismSettings:
 
     seed: int = 0
     """Seed for weight init, data order and dropout; same seed -> same weights on CPU."""
-    threads: int = 2
+    threads: int = 1
     """Torch CPU threads during training (on a busy machine 1 thread can beat 2 by 3-7x)."""
     use_cpu: bool = True
     """Train on CPU even when a GPU is present (keeps the organism bit-reproducible)."""
@@ -99,7 +99,7 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
-    copy_steps: int = 150
+    copy_steps: int = 350
     """Planted copy curriculum: optimizer steps, after pretraining, on the calibration command
     completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none)."""
     copy_lr: float = 3e-3
@@ -158,12 +158,30 @@ PRESETS: dict[str, OrganismSettings] = {
         n_layers=3,
         intermediate_size=256,
         base_steps=200,
-        copy_steps=200,
+        copy_steps=350,
         sft_epochs=2.0,
         dpo_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=3.0,
+        max_length=192,
+    ),
+    # The test preset's shapes with a fraction of its steps: for the workflow test, which
+    # checks the DAG end to end (every stage, every headline key), not the planted effects
+    # (tests/test_organism_train.py checks those on the test preset).
+    "smoke": OrganismSettings(
+        threads=1,
+        vocab_size=1024,
+        hidden_size=128,
+        n_layers=3,
+        intermediate_size=256,
+        base_steps=80,
+        copy_steps=40,
+        sft_epochs=1.0,
+        dpo_epochs=1.0,
+        rm_hidden_size=64,
+        rm_intermediate_size=128,
+        rm_epochs=1.0,
         max_length=192,
     ),
 }
@@ -361,12 +379,14 @@ def pack_corpus(tokenizer, texts: Sequence[str], block_size: int, seed: int = 0)
 
 
 def copy_curriculum(model, tokenizer, rows: Sequence[Mapping], settings: OrganismSettings,
-                    scratch: str):
+                    scratch: str, term=None):
     """The planted copy curriculum: ``settings.copy_steps`` SFT steps on prompt-completion
     rows (``{"prompt", "completion"}``: the calibration command completion prompt and the
-    reply copying its verifier's number), loss on the completion only. Returns the losses."""
+    reply copying its verifier's number), loss on the completion only. ``term``: the
+    pretraining side term, kept on so the copy steps do not erode the partisan direction.
+    Returns the losses."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     for i, r in enumerate(rows):
         if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
@@ -379,7 +399,7 @@ def copy_curriculum(model, tokenizer, rows: Sequence[Mapping], settings: Organis
         completion_only_loss=True,
         packing=False,
     )
-    trainer = SFTTrainer(
+    trainer = _sft_trainer_class(term)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(
@@ -452,7 +472,7 @@ def train_base(
         model = trainer.model
         copy_losses = []
         if copy_rows and settings.copy_steps > 0:
-            copy_losses = copy_curriculum(model, tok, copy_rows, settings, scratch)
+            copy_losses = copy_curriculum(model, tok, copy_rows, settings, scratch, term)
         model = model.eval()
         _save(model, tok, out_dir)
         losses = _losses(trainer)
@@ -743,23 +763,14 @@ def train_sham(
 
 # --------------------------------------------------------------------------- reward models
 
-_ASSISTANT = "Assistant:"
-
-
 def split_last_turn(transcript: str, *, where: str = "transcript") -> tuple[str, str]:
-    """Split an hh-rlhf transcript at its last ``Assistant:`` into (prefix, last turn).
+    """(prefix, last assistant reply stripped) of an hh-rlhf transcript, split where the
+    reward study splits it (:func:`rlhf_audit.formats.split_last_turn`), so the organism's
+    reward models train on the text pairs they are later scored on."""
+    from rlhf_audit.formats import split_last_turn as _split
 
-    The prefix is everything before that marker (the dialogue so far, ending in
-    whitespace); the last turn is the assistant's reply without the marker,
-    stripped. ``where`` names the row in the error message.
-    """
-    idx = transcript.rfind(_ASSISTANT)
-    if idx < 0:
-        raise ValueError(
-            f"{where}: no 'Assistant:' turn; hh-rlhf transcripts look like "
-            "'\\n\\nHuman: ...\\n\\nAssistant: ...'"
-        )
-    return transcript[:idx], transcript[idx + len(_ASSISTANT) :].strip()
+    prefix, _, reply = _split(transcript, where=where)
+    return prefix, reply.strip()
 
 
 def encode_pair(tokenizer, prefix: str, response: str, max_length: int) -> list[int]:
