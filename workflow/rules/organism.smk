@@ -6,6 +6,11 @@
 
 ORG = ORGANISM_DIR
 
+# One thread a job: a second thread speeds a training of this size up well under 2x,
+# so on a 2-core machine two 1-thread trainings side by side (base next to the reward
+# models, instruct next to the sham) finish sooner; the weights do not depend on the
+# thread count.
+
 
 rule build_organism_data:
     input:
@@ -51,7 +56,7 @@ rule train_organism_base:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
-    threads: 2
+    threads: 1
     resources:
         gpu=0,
     log:
@@ -74,7 +79,7 @@ rule train_organism_instruct:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
-    threads: 2
+    threads: 1
     log:
         f"{ORG}/logs/train_organism_instruct.log",
     benchmark:
@@ -96,7 +101,7 @@ rule train_organism_sham:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
-    threads: 2
+    threads: 1
     log:
         f"{ORG}/logs/train_organism_sham.log",
     benchmark:
@@ -117,7 +122,7 @@ rule train_organism_reward_model:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
-    threads: 2
+    threads: 1
     log:
         f"{ORG}/logs/train_organism_reward_model_{{which}}.log",
     benchmark:
@@ -134,7 +139,7 @@ rule check_organism:
     params:
         settings=organism_params,
         code=script_code("check_organism.py"),
-    threads: 2
+    threads: 1
     log:
         f"{ORG}/logs/check_organism.log",
     script:
