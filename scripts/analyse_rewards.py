@@ -5,6 +5,7 @@ import polars as pl
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
 from rlhf_audit.labelling import labels_wide
+from rlhf_audit.params import settings_from_params
 from rlhf_audit.reward.analysis import (
     SealSettings,
     alignment_regimes,
@@ -25,8 +26,7 @@ from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0])
-s = SealSettings(**{k: tuple(v) if isinstance(v, list) else v
-                    for k, v in sm.params.settings.items()})
+s = settings_from_params(SealSettings, sm.params.settings)
 inp = sm.input
 
 
