@@ -6,10 +6,10 @@
 
 ORG = ORGANISM_DIR
 
-# One thread a job: a second thread speeds a training of this size up well under 2x,
-# so on a 2-core machine two 1-thread trainings side by side (base next to the reward
-# models, instruct next to the sham) finish sooner; the weights do not depend on the
-# thread count.
+# Threads: a second thread speeds a training of this size up well under 2x, so the
+# trainings that can run side by side (instruct next to the sham, the two reward models)
+# take one each; the base LM, which everything downstream waits for and which runs alone,
+# takes two. The weights do not depend on the thread count.
 
 
 rule build_organism_data:
@@ -56,7 +56,8 @@ rule train_organism_base:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
-    threads: 1
+    priority: 10  # on the critical path: scheduled before the reward models
+    threads: 2
     resources:
         gpu=0,
     log:
@@ -79,6 +80,7 @@ rule train_organism_instruct:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
+    priority: 5  # on the critical path: scheduled before the reward models
     threads: 1
     log:
         f"{ORG}/logs/train_organism_instruct.log",
@@ -101,6 +103,7 @@ rule train_organism_sham:
     params:
         settings=organism_params,
         code=script_code("train_organism.py"),
+    priority: 5  # on the critical path: scheduled before the reward models
     threads: 1
     log:
         f"{ORG}/logs/train_organism_sham.log",
