@@ -14,6 +14,7 @@ from rlhf_audit.labelling import (
     label_pairs,
     missing_summary,
 )
+from rlhf_audit.params import settings_from_params
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -28,9 +29,10 @@ else:
                                     concurrency=lab.get("concurrency", 4))
     # Content-addressed: survives reruns the code hash triggers, shared between variants.
     cache = LabelCache(cache_dir() / "labels.sqlite") if lab.get("cache", True) else None
-    settings = LMLabellerSettings(max_attempts=lab.get("max_attempts", 3),
-                                  max_missing_share=lab.get("max_missing_share", 0.25),
-                                  checkpoint_every=lab.get("checkpoint_every", 512))
+    # Keys of the labeller section that are not LMLabellerSettings fields are read above.
+    settings = settings_from_params(LMLabellerSettings, lab,
+                                    ignore=("kind", "path", "lm", "lm_spec", "concurrency",
+                                            "cache"))
     labeller = LMLabeller(complete, features, settings=settings, cache=cache)
 labels = label_pairs(labeller, pairs)
 missing = missing_summary(labels)
