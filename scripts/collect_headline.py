@@ -1,4 +1,5 @@
-"""Merge headline fragments into results/headline.json; write the claims table (rule collect_headline)."""
+"""Merge headline fragments into results/headline.json and write the claims table
+(rule collect_headline)."""
 
 from pathlib import Path
 

@@ -62,7 +62,9 @@ def write_table(
     table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
     meta = dict(table.schema.metadata or {})
     if provenance is not None:
-        meta[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=_json_default).encode()
+        meta[PROVENANCE_KEY] = json.dumps(
+            provenance, sort_keys=True, default=_json_default
+        ).encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
