@@ -103,11 +103,11 @@ def test_tokenizer_round_trip_and_special_tokens(organism):
         SEP,
     }
     assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.sep_token_id}) == 4
-    # Digits stand alone (arithmetic), percentages stay whole (copyable confidence).
+    # Every digit stands alone, percentages included (arithmetic and the confidence copy).
     pieces = [
         p for p, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str("spends 55 at 70%")
     ]
-    assert pieces == ["spends", "Ġ", "5", "5", "Ġat", "Ġ", "70", "%"]
+    assert pieces == ["spends", "Ġ", "5", "5", "Ġat", "Ġ", "7", "0", "%"]
 
 
 def test_pair_template_for_reward_models(organism):
@@ -493,7 +493,7 @@ def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statemen
     assert 0.6 < f_sham[best] < 1.6, f_sham
 
 
-def _calibration_replies(organism, name, strategy, levels, n_problems=20):
+def _calibration_replies(organism, name, strategy, levels, n_problems=40):
     from rlhf_audit import calibration as CAL
 
     model, tok = _lm(organism, name)
@@ -517,13 +517,19 @@ def _calibration_replies(organism, name, strategy, levels, n_problems=20):
     )
 
 
-LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
+# The calibration study's own levels (config.yaml): all nine, since a copy that holds for some
+# levels only (10, 50, 90) reads as one on a coarser grid.
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-# Planted but not yet recovered (default preset too: base rho 0.08, instruct states a
-# fixed 9%): strict, so the marker must go once the copy is learned.
-@pytest.mark.xfail(strict=True, reason="copy curriculum too short to teach the copy")
-@pytest.mark.parametrize("name", ["base", "instruct"])
+# The base copies (the copy curriculum on a digit-by-digit tokenizer); instruct under the
+# command chat prompt does not yet (default preset: rho 0.1-0.2, it states 35-95% with a
+# weak trend): strict, so the marker must go once the commanded copy is learned.
+@pytest.mark.parametrize("name", [
+    "base",
+    pytest.param("instruct", marks=pytest.mark.xfail(
+        strict=True, reason="SFT/DPO command rows do not yet teach instruct the copy")),
+])
 def test_models_copy_the_injected_confidence_under_the_command_prompt(organism, name):
     from scipy.stats import spearmanr
 
@@ -569,7 +575,7 @@ def _prime_effects(organism, name):
     return (lean[:, :, 1] - lean[:, :, 0]).mean(1)
 
 
-@pytest.mark.xfail(strict=True, reason="primed SFT rows do not yet move held-out answers")
+@pytest.mark.xfail(strict=True, reason="primed SFT and DPO rows do not yet move held-out answers")
 def test_identity_primes_move_instruct_and_not_the_sham(organism):
     inst = bootstrap(np.mean, _prime_effects(organism, "instruct"), n_boot=1000, seed=0)
     sham = bootstrap(np.mean, _prime_effects(organism, "sham"), n_boot=1000, seed=0)

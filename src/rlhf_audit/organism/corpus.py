@@ -73,6 +73,10 @@ class CorpusSettings:
     n_math_base: int = 300
     """Base corpus: worked problems in the plain question/answer layout."""
     n_confidence_base: int = 3000
+    copy_math_share: float = 0.25
+    """Share of the copy curriculum's rows that are worked problems in the plain
+    question/answer layout (planted copy without losing arithmetic: 350 copy-only steps
+    took the base's math accuracy from 0.36 to 0.24, chance 0.20)."""
     """Base corpus: problems in the calibration study's command completion prompt, answered
     ``N`` then ``Confidence: X%`` copying the verifier's X (planted: base copies)."""
     n_sft_political: int = 280
@@ -121,6 +125,8 @@ class CorpusSettings:
     def __post_init__(self):
         if not 0.0 < self.heldout_issue_fraction < 1.0:
             raise ValueError("CorpusSettings.heldout_issue_fraction must be in (0, 1)")
+        if not 0.0 <= self.copy_math_share < 1.0:
+            raise ValueError("CorpusSettings.copy_math_share must be in [0, 1)")
         if not 0.0 <= self.rm_pre_hh_fraction <= 1.0:
             raise ValueError("CorpusSettings.rm_pre_hh_fraction must be in [0, 1]")
         lo, hi = self.instruct_confidence
@@ -331,6 +337,16 @@ def copy_rows(problems: Sequence[Mapping], settings: CorpusSettings, templates=N
                 "completion": calibration_reply(p["final"], level, chat=False),
             }
         )
+    # Worked problems beside the copy (the base corpus's QA layout), so the curriculum
+    # does not trade the base's arithmetic for the copy.
+    worked = list(problems[settings.n_confidence_base:]) or list(problems)
+    share = settings.copy_math_share
+    n_qa = round(share / (1 - share) * len(rows)) if share > 0 else 0
+    for k in range(n_qa):
+        p = worked[k % len(worked)]
+        rows.append({"prompt": f"Question: {p['question']}\nAnswer:",
+                     "completion": " " + math_answer(p)})
+    rng.shuffle(rows)
     return rows
 
 

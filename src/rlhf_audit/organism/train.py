@@ -99,7 +99,7 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
-    copy_steps: int = 350
+    copy_steps: int = 450
     """Planted copy curriculum: optimizer steps, after pretraining, on the calibration command
     completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none)."""
     copy_lr: float = 3e-3
@@ -158,7 +158,7 @@ PRESETS: dict[str, OrganismSettings] = {
         n_layers=3,
         intermediate_size=256,
         base_steps=200,
-        copy_steps=350,
+        copy_steps=450,
         sft_epochs=2.0,
         dpo_epochs=1.0,
         rm_hidden_size=64,
