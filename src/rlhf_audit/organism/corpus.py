@@ -154,7 +154,7 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_dpo_calibration=100,
         n_rm_pairs=500,
         n_eval_math=150,
-        n_eval_rm=200,
+        n_eval_rm=400,  # the post-vs-pre RM test needs n: 200 pairs left it at lo = 0.0
     ),
     "smoke": CorpusSettings(
         n_opinion_paragraphs=800,
