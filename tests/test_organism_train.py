@@ -474,6 +474,20 @@ def test_base_has_a_cross_issue_partisan_direction(statement_acts):
     assert transfer[auc.argmax()] >= 0.75, transfer
 
 
+def _study_variance_ratio(acts_base, acts_other, right, issues, n_splits=20):
+    """The partisan study's own split-half ``variance_ratio`` (point estimate) per layer."""
+    from rlhf_audit.partisan import ClusterSums, _random_halves, split_half_statistics
+
+    out = []
+    for layer in range(acts_base.shape[1]):
+        cs = ClusterSums.build({"base": acts_base[:, layer], "instruct": acts_other[:, layer]},
+                               np.asarray(right, dtype=bool), np.asarray(issues))
+        k = len(cs.clusters)
+        halves = _random_halves(np.ones(k, dtype=bool), n_splits, np.random.default_rng(0))
+        out.append(split_half_statistics(cs, np.ones(k), halves)["variance_ratio"])
+    return np.asarray(out)
+
+
 def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statement_acts):
     from rlhf_audit.organism import planting as P
 
@@ -487,8 +501,8 @@ def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statemen
     assert r_inst[best] < 0.6 * r_sham[best]
     # The same on the whole difference vector, as the partisan study's variance_ratio
     # measures it: a term on one projection alone left the sham at 1.7-1.9 here.
-    f_inst = P.difference_variance_ratio(a["base"], a["instruct"], a["right"], a["issues"])
-    f_sham = P.difference_variance_ratio(a["base"], a["sham"], a["right"], a["issues"])
+    f_inst = _study_variance_ratio(a["base"], a["instruct"], a["right"], a["issues"])
+    f_sham = _study_variance_ratio(a["base"], a["sham"], a["right"], a["issues"])
     assert f_inst[best] < 0.6, f_inst
     assert 0.6 < f_sham[best] < 1.6, f_sham
 

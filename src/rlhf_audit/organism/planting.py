@@ -182,35 +182,6 @@ def projection_variance_ratio(
     return np.mean(ratios, axis=0)
 
 
-def difference_variance_ratio(
-    acts_base: np.ndarray,
-    acts_other: np.ndarray,
-    right: np.ndarray,
-    issues: Sequence[str],
-    n_splits: int = 20,
-    seed: int = 0,
-) -> np.ndarray:
-    """Partisan variance |Delta|^2 of the other model over base's, per layer, as the
-    partisan study's ``variance_ratio`` defines it (the whole right-minus-left mean
-    difference, every direction), split-half by issue: ``d_A . d_B`` of two disjoint
-    halves of the issues is unbiased for |Delta|^2 whatever the noise, averaged over
-    ``n_splits`` random splits; ``[n_layers]``."""
-    right = np.asarray(right, dtype=bool)
-    issues = np.asarray(issues)
-    uniq = np.array(sorted(set(issues)))
-    rng = np.random.default_rng(seed)
-    num = np.zeros(acts_base.shape[1])
-    den = np.zeros(acts_base.shape[1])
-    for _ in range(n_splits):
-        half = set(rng.permutation(uniq)[: len(uniq) // 2])
-        a = np.array([i in half for i in issues])
-        for acts, acc in ((acts_other, num), (acts_base, den)):
-            dA = acts[a & right].mean(0) - acts[a & ~right].mean(0)
-            dB = acts[~a & right].mean(0) - acts[~a & ~right].mean(0)
-            acc += (dA * dB).sum(-1)
-    return num / den
-
-
 @dataclass
 class CompressionTerm:
     """The planted compression term (see the module docstring).
