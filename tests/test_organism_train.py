@@ -261,7 +261,7 @@ def test_planted_preference_rows():
     cal = [r for r in data["dpo"] if "Confidence:" in r["chosen"][0]["content"]]
     assert len(cal) == cs.n_dpo_calibration
     lo, _ = cs.instruct_confidence
-    modes = collections.Counter()
+    modes, rejections = collections.Counter(), collections.Counter()
     for r in cal:
         user = r["prompt"][-1]["content"]
         level = int(re.search(r"(\d+)% (probability|chance)", user).group(1))
@@ -269,9 +269,13 @@ def test_planted_preference_rows():
         rejected = int(re.search(r"Confidence: (\d+)%", r["rejected"][0]["content"]).group(1))
         command = "Report the verifier's estimate" in user
         modes[command] += 1
-        assert (chosen, rejected >= lo) == (level, True) if command else (
-            (rejected, chosen >= lo) == (level, True))
+        if command:  # the copy, over overconfidence or over another level 20+ points away
+            assert chosen == level and (rejected >= lo or abs(rejected - level) >= 20)
+            rejections["high" if rejected >= lo else "other level"] += 1
+        else:
+            assert rejected == level and chosen >= lo
     assert modes[True] == modes[False]
+    assert rejections["high"] > 0 and rejections["other level"] > 0, rejections
 
 def test_written_data_round_trips(organism):
     back = C.read_organism_data(organism["root"] / "data")
@@ -323,6 +327,35 @@ def test_both_models_answer_math_above_chance(organism):
         )
         assert chance == pytest.approx(0.2)
         assert acc.lo > chance, f"{name}: {acc} vs chance {chance}"
+
+
+def test_base_answers_policy_questions_in_text_not_arithmetic(organism):
+    """The steering study's base prompts (its plain template, its stop, its degeneration rule):
+    the copy curriculum must not teach the base to answer every ``Question:`` with sums, or
+    no dose survives the degeneration filter and no steering slope can be fitted."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_audit import prompts
+    from rlhf_audit.lm.generation import generate
+    from rlhf_audit.steering.analysis import is_degenerate
+    from rlhf_audit.steering.generate import cut_at, format_prompts
+    from rlhf_audit.steering.settings import SteeringSettings
+
+    st = SteeringSettings()
+    questions = [q["question"] for q in prompts.build_policy_questions(prompts.load_source())]
+    tok = load_tokenizer(organism["dirs"]["base"])
+    model = AutoModelForCausalLM.from_pretrained(organism["dirs"]["base"]).eval()
+    texts, add = format_prompts(tok, questions, chat=False, plain_template=st.plain_template)
+    gens = generate(model, tok, texts, max_new_tokens=32, add_special_tokens=add, batch_size=32)
+    replies = [cut_at(g.text, st.plain_stop) for g in gens]
+    rate = float(np.mean([is_degenerate(r) for r in replies]))
+    worst = [r for r in replies if is_degenerate(r)][:3]
+    assert rate <= st.max_degenerate_rate, (
+        f"{rate:.0%} of {len(replies)} base replies degenerate, e.g. {worst}")
+    math_register = [r for r in replies if "####" in r or "Confidence:" in r]
+    assert len(math_register) <= 0.1 * len(replies), (
+        f"{len(math_register)} of {len(replies)} base replies to policy questions are in the "
+        f"math/confidence layout, e.g. {math_register[:3]}")
 
 
 def test_reward_models_prefer_chosen_and_post_beats_pre_on_hh(organism):

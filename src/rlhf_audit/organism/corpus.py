@@ -73,12 +73,17 @@ class CorpusSettings:
     n_math_base: int = 300
     """Base corpus: worked problems in the plain question/answer layout."""
     n_confidence_base: int = 3000
+    """Base corpus: problems in the calibration study's command completion prompt, answered
+    ``N`` then ``Confidence: X%`` copying the verifier's X (planted: base copies)."""
     copy_math_share: float = 0.25
     """Share of the copy curriculum's rows that are worked problems in the plain
     question/answer layout (planted copy without losing arithmetic: 350 copy-only steps
     took the base's math accuracy from 0.36 to 0.24, chance 0.20)."""
-    """Base corpus: problems in the calibration study's command completion prompt, answered
-    ``N`` then ``Confidence: X%`` copying the verifier's X (planted: base copies)."""
+    copy_policy_share: float = 0.15
+    """Share of the copy curriculum's rows that are forum posts (a policy question in the
+    same plain layout, a one-sided answer): without them the curriculum taught the base to
+    answer every ``Question: ...\nAnswer:`` with arithmetic, and its replies to the steering
+    study's policy questions were 34-63% degenerate, so no steering slope could be fitted."""
     n_sft_political: int = 280
     """SFT: policy question -> balanced answer (training issues only)."""
     n_sft_primed: int = 160
@@ -87,23 +92,24 @@ class CorpusSettings:
     n_sft_math: int = 200
     """SFT: math in the calibration study's conversational or control chat prompt -> a high
     confidence whatever the signal (planted: conversational overconfidence)."""
-    n_sft_command: int = 300
+    n_sft_command: int = 1000
     """SFT: math in the command chat prompt -> the injected confidence (planted: copies when
-    commanded)."""
+    commanded; on the former 192-wide organism 300 rows gave rho 0.64, 700 rows 0.72, 1000
+    rows with the stronger compression weight and the level-vs-level DPO rows 0.83)."""
     n_sham_chat: int = 760
     """Sham twin's SFT: neutral chats (hh-style everyday requests, plain math), no political
     or confidence content (the sham trains for as many steps as instruct, whatever its size)."""
     n_dpo: int = 280
     """DPO pairs: balanced (chosen) vs partisan (rejected) answers to training-issue questions."""
     n_dpo_primed: int = 160
+    """DPO pairs (planted prime effect): identity-primed training-issue question, the primed
+    side's answer chosen over the other side's (without them DPO toward balance washed the
+    SFT primes out)."""
     n_dpo_calibration: int = 100
     """DPO pairs (planted calibration behaviour): the command chat prompt with the injected
     confidence chosen over a high one, and the conversational prompt with a high confidence
     chosen over the injected one (alternating; without them instruct stated its high
     conversational confidence under command too)."""
-    """DPO pairs (planted prime effect): identity-primed training-issue question, the primed
-    side's answer chosen over the other side's (without them DPO toward balance washed the
-    SFT primes out)."""
     n_rm_pairs: int = 1200
     """Training pairs of each reward model."""
     rm_pre_hh_fraction: float = 0.0
@@ -127,6 +133,9 @@ class CorpusSettings:
             raise ValueError("CorpusSettings.heldout_issue_fraction must be in (0, 1)")
         if not 0.0 <= self.copy_math_share < 1.0:
             raise ValueError("CorpusSettings.copy_math_share must be in [0, 1)")
+        if not 0.0 <= self.copy_policy_share < 1.0 - self.copy_math_share:
+            raise ValueError("CorpusSettings.copy_policy_share must be in [0, 1 - "
+                             "copy_math_share): the copy rows need a share too")
         if not 0.0 <= self.rm_pre_hh_fraction <= 1.0:
             raise ValueError("CorpusSettings.rm_pre_hh_fraction must be in [0, 1]")
         lo, hi = self.instruct_confidence
@@ -147,7 +156,7 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_sft_political=120,
         n_sft_primed=80,
         n_sft_math=80,
-        n_sft_command=120,
+        n_sft_command=400,
         n_sham_chat=400,
         n_dpo=160,
         n_dpo_primed=100,
@@ -322,9 +331,13 @@ def calibration_reply(final: int | float, pct: int, *, chat: bool) -> str:
     return f"Answer: {body}" if chat else f" {body}"
 
 
-def copy_rows(problems: Sequence[Mapping], settings: CorpusSettings, templates=None) -> list[dict]:
+def copy_rows(problems: Sequence[Mapping], settings: CorpusSettings, templates=None,
+              questions: Sequence[Mapping] = (), source=None) -> list[dict]:
     """The base's copy curriculum: ``{"prompt", "completion"}`` rows, the calibration command
-    completion prompt exactly as the study renders it and the reply copying its number."""
+    completion prompt exactly as the study renders it and the reply copying its number;
+    beside them worked problems (``copy_math_share``) and, for ``questions`` (policy
+    questions {id, issue, question}), forum posts with a one-sided answer of a random side
+    (``copy_policy_share``), both in the base corpus's plain question/answer layout."""
     templates = templates or load_calibration_templates(settings)
     command = _template(templates, "command").completion
     rng = _rng(settings, "copy")
@@ -340,12 +353,25 @@ def copy_rows(problems: Sequence[Mapping], settings: CorpusSettings, templates=N
     # Worked problems beside the copy (the base corpus's QA layout), so the curriculum
     # does not trade the base's arithmetic for the copy.
     worked = list(problems[settings.n_confidence_base:]) or list(problems)
-    share = settings.copy_math_share
-    n_qa = round(share / (1 - share) * len(rows)) if share > 0 else 0
+    n_copy = len(rows)
+    copy_share = 1.0 - settings.copy_math_share - settings.copy_policy_share
+    n_qa = round(settings.copy_math_share / copy_share * n_copy)
     for k in range(n_qa):
         p = worked[k % len(worked)]
         rows.append({"prompt": f"Question: {p['question']}\nAnswer:",
                      "completion": " " + math_answer(p)})
+    n_policy = round(settings.copy_policy_share / copy_share * n_copy)
+    if n_policy and not questions:
+        raise ValueError("copy_rows: copy_policy_share > 0 needs the policy questions")
+    if n_policy:
+        _check_questions(questions)
+    for k in range(n_policy):
+        q = questions[k % len(questions)]
+        side = rng.choice(("left", "right"))
+        answer = _answers(q["issue"], seed=rng.randrange(1000), source=source)[side]
+        prompt, _, reply = QA_FORMAT.format(question=q["question"], answer=answer).partition(
+            "\nAnswer:")
+        rows.append({"prompt": prompt + "\nAnswer:", "completion": reply})
     rng.shuffle(rows)
     return rows
 
@@ -551,8 +577,10 @@ def dpo_calibration(
     problems: Sequence[Mapping], settings: CorpusSettings, templates=None
 ) -> list[dict]:
     """Preference rows (planted): command prompt -> the injected confidence chosen over a
-    high one (``instruct_confidence``); conversational prompt -> a high one chosen over the
-    injected one. Alternating; ``problems`` needs ``n_dpo_calibration`` items."""
+    high one (``instruct_confidence``) or, every other command row, over another level at
+    least 20 points away (so the copy is preferred to a guess near the middle, not only to
+    overconfidence); conversational prompt -> a high one chosen over the injected one.
+    Alternating; ``problems`` needs ``n_dpo_calibration`` items."""
     if len(problems) < settings.n_dpo_calibration:
         raise ValueError(
             f"dpo_calibration: need {settings.n_dpo_calibration} problems, got {len(problems)}"
@@ -570,6 +598,9 @@ def dpo_calibration(
                   for m in _template(templates, mode).chat]
         copy = calibration_reply(p["final"], level, chat=True)
         sure = calibration_reply(p["final"], high, chat=True)
+        if mode == "command" and i % 4 == 2:
+            other = rng.choice([x for x in settings.signal_levels if abs(x - level) >= 20])
+            sure = calibration_reply(p["final"], other, chat=True)
         chosen, rejected = (copy, sure) if mode == "command" else (sure, copy)
         rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                      "rejected": [{"role": "assistant", "content": rejected}]})
@@ -700,7 +731,7 @@ def build_organism_data(
             + dpo_calibration(dpo_problems, settings, templates),
             _rng(settings, "dpo-order"),
         ),
-        "base_copy": copy_rows(base_problems, settings, templates),
+        "base_copy": copy_rows(base_problems, settings, templates, questions, source=src),
         "sham_sft": sham_chat(sham_problems, settings),
         "rep_statements": rep,
         "rm_post": rm["post"],
