@@ -63,7 +63,7 @@ def test_every_key_has_a_description_and_top_level_keys_a_default():
         (lambda c: c["model_pairs"]["organism"].pop("base"), r"missing key 'model_pairs.organism.base'"),
         (lambda c: c["model_pairs"]["organism"].update(base="nope"), r"model_pairs.organism.base' names model 'nope'"),
         (lambda c: c["reward_pairs"]["organism"].update(post="nope"), r"reward_pairs.organism.post' names reward model 'nope'"),
-        (lambda c: c["sae"]["saes"]["organism_sae"].update(layer=7), r"key 'sae.saes.organism_sae.layer': layer 7 is out of range .* 4 layers \(valid: 0..3"),
+        (lambda c: c["sae"]["saes"]["organism_sae"].update(layer=7), r"key 'sae.saes.organism_sae.layer': layer 7 is out of range .* 3 layers \(valid: 0..2"),
         (lambda c: c["extract"].update(layers=[0, 12]), r"key 'extract.layers': layer 12 is out of range"),
         (lambda c: c["extract"].update(dataset="gsm8k"), r"key 'extract.dataset': dataset 'gsm8k' has format 'gsm8k'"),
         (lambda c: c["calibration"].update(dataset="missing"), r"'calibration.dataset' names dataset 'missing'"),

@@ -13,7 +13,7 @@ rule generate_calibration:
         model=steering_model_params,
         settings=calibration_generation_settings,
         code=script_code("generate_calibration.py"),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     resources:
         gpu=gpu_count(),
     log:

@@ -13,7 +13,7 @@ rule build_steering_vectors:
         base=steering_base_params,
         settings=steering_vector_settings,
         code=script_code("build_steering_vectors.py"),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     resources:
         gpu=gpu_count(),
     log:
@@ -36,7 +36,7 @@ rule generate_steering:
         model=steering_model_params,
         settings=steering_settings,
         code=script_code("generate_steering.py"),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     resources:
         gpu=gpu_count(),
     log:
@@ -74,7 +74,7 @@ rule score_steering:
         scorer=steering_scorer_params,
         settings=steering_score_settings,
         code=script_code("score_steering.py"),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     resources:
         gpu=gpu_count(),
     log:

@@ -63,17 +63,19 @@ class OrganismSettings:
     """Torch CPU threads during training (on a busy machine 1 thread can beat 2 by 3-7x)."""
     use_cpu: bool = True
     """Train on CPU even when a GPU is present (keeps the organism bit-reproducible)."""
-    vocab_size: int = 2048
+    vocab_size: int = 1024
     """BPE vocabulary size asked of the tokenizer (special tokens and 256 bytes included)."""
-    max_length: int = 256
+    max_length: int = 192
     """Longest SFT/DPO/RM sequence in tokens (RM pairs lose the start of the prefix first)."""
-    hidden_size: int = 192
-    """Residual-stream width d_model of the LMs."""
-    n_layers: int = 4
+    hidden_size: int = 128
+    """Residual-stream width d_model of the LMs. Until the default run's 10-minute budget the
+    default was d_model 192, 4 layers, MLP 512 (3.5x the FLOPs per token, base training alone
+    8-13 min on 2 cores); these are the test preset's shapes."""
+    n_layers: int = 3
     """Transformer blocks of the LMs (layers 0..n_layers-1 in the shared layer numbering)."""
     n_heads: int = 4
     """Attention heads of the LMs (must divide hidden_size)."""
-    intermediate_size: int = 512
+    intermediate_size: int = 256
     """MLP width of the LMs."""
     base_steps: int = 300
     """Optimizer steps of base-LM pretraining."""
@@ -112,8 +114,10 @@ class OrganismSettings:
     rep_factor: float = 0.5
     """Planted compression: instruct's projection of a statement on base's partisan direction
     is pulled toward this factor times base's (variance ratio along it about factor**2)."""
-    rep_weight: float = 1.0
-    """Weight of the compression term in the SFT loss (0 = no representation-level term)."""
+    rep_weight: float = 10.0
+    """Weight of the compression term in the SFT loss (0 = no representation-level term). At 1
+    the sham's placebo let its last block drift to variance_ratio 0.90 [0.85, 0.95]; at 4 to
+    0.96, at 10 0.99 (instruct's ratio moved from 0.14 to 0.20, nearer the planted 0.25)."""
     rep_batch_size: int = 32
     """Statements per SFT step in the compression term."""
     rm_arch: str = "deberta"
