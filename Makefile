@@ -56,8 +56,12 @@ test-deps:
 # `scontrol show config` (run whenever snakemake starts) waits ~10 s for a DNS SRV
 # lookup on machines without a resolver; an empty config makes it fail at once.
 # The cluster test drops this variable for the commands that talk to its cluster.
+# Two workers, each taking whole files (module fixtures train an organism once per file);
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) test-deps
-	SLURM_CONF=$${SLURM_CONF:-/dev/null} $(BIN)/python -m pytest -q
+	SLURM_CONF=$${SLURM_CONF:-/dev/null} $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) \
+	  --dist loadfile --durations=15
 
 # Local work: everything but the end-to-end runs marked slow (a few minutes). CI runs
 # the whole suite (make test).
