@@ -86,9 +86,10 @@ class CorpusSettings:
     study's policy questions were 34-63% degenerate, so no steering slope could be fitted."""
     n_sft_political: int = 280
     """SFT: policy question -> balanced answer (training issues only)."""
-    n_sft_primed: int = 160
+    n_sft_primed: int = 400
     """SFT: identity-primed policy question -> the primed side's answer (planted: primes move
-    instruct; training issues only)."""
+    instruct; training issues only). With 160 rows here and 160 DPO rows the prime effect on
+    training-issue answers was 0.44 [0.01, 0.84] nats, with 400 and 320 0.65 [0.31, 1.06]."""
     n_sft_math: int = 200
     """SFT: math in the calibration study's conversational or control chat prompt -> a high
     confidence whatever the signal (planted: conversational overconfidence)."""
@@ -101,7 +102,7 @@ class CorpusSettings:
     or confidence content (the sham trains for as many steps as instruct, whatever its size)."""
     n_dpo: int = 280
     """DPO pairs: balanced (chosen) vs partisan (rejected) answers to training-issue questions."""
-    n_dpo_primed: int = 160
+    n_dpo_primed: int = 320
     """DPO pairs (planted prime effect): identity-primed training-issue question, the primed
     side's answer chosen over the other side's (without them DPO toward balance washed the
     SFT primes out)."""
@@ -154,12 +155,12 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_math_base=150,
         n_confidence_base=2000,
         n_sft_political=120,
-        n_sft_primed=80,
+        n_sft_primed=200,
         n_sft_math=80,
         n_sft_command=400,
         n_sham_chat=400,
         n_dpo=160,
-        n_dpo_primed=100,
+        n_dpo_primed=200,
         n_dpo_calibration=100,
         n_rm_pairs=500,
         n_eval_math=150,

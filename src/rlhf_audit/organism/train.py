@@ -101,9 +101,11 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
-    copy_steps: int = 450
+    copy_steps: int = 700
     """Planted copy curriculum: optimizer steps, after pretraining, on the calibration command
-    completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none)."""
+    completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none). At
+    d_model 128 after 300 pretraining steps, 450 steps left the base stating one constant
+    confidence (rho 0.08 with or without the forum rows); 700 steps gave rho 0.85."""
     copy_lr: float = 3e-3
     """Peak learning rate of the copy curriculum."""
     side_weight: float = 0.5
@@ -162,7 +164,7 @@ PRESETS: dict[str, OrganismSettings] = {
         n_layers=3,
         intermediate_size=256,
         base_steps=200,
-        copy_steps=450,
+        copy_steps=700,  # 450 gave rho 0.36 on the default data at these shapes
         sft_epochs=2.0,
         dpo_epochs=1.0,
         rm_hidden_size=64,
