@@ -333,6 +333,7 @@ def test_base_answers_policy_questions_in_text_not_arithmetic(organism):
     """The steering study's base prompts (its plain template, its stop, its degeneration rule):
     the copy curriculum must not teach the base to answer every ``Question:`` with sums, or
     no dose survives the degeneration filter and no steering slope can be fitted."""
+    import yaml
     from transformers import AutoModelForCausalLM
 
     from rlhf_audit import prompts
@@ -342,17 +343,25 @@ def test_base_answers_policy_questions_in_text_not_arithmetic(organism):
     from rlhf_audit.steering.settings import SteeringSettings
 
     st = SteeringSettings()
+    with open(os.path.join(os.path.dirname(__file__), "..", "config.yaml")) as f:
+        run = yaml.safe_load(f)
+    n_q, n_tok = run["steering"]["n_questions"], run["steering"]["max_new_tokens"]
+    # The questions the default run's steering study asks: the first n_questions of the file.
     questions = [q["question"] for q in prompts.build_policy_questions(prompts.load_source())]
+    questions = questions[:n_q]
     tok = load_tokenizer(organism["dirs"]["base"])
     model = AutoModelForCausalLM.from_pretrained(organism["dirs"]["base"]).eval()
     texts, add = format_prompts(tok, questions, chat=False, plain_template=st.plain_template)
-    gens = generate(model, tok, texts, max_new_tokens=32, add_special_tokens=add, batch_size=32)
+    gens = generate(model, tok, texts, max_new_tokens=n_tok, add_special_tokens=add,
+                    batch_size=32)
     replies = [cut_at(g.text, st.plain_stop) for g in gens]
     rate = float(np.mean([is_degenerate(r) for r in replies]))
     worst = [r for r in replies if is_degenerate(r)][:3]
     assert rate <= st.max_degenerate_rate, (
         f"{rate:.0%} of {len(replies)} base replies degenerate, e.g. {worst}")
-    math_register = [r for r in replies if "####" in r or "Confidence:" in r]
+    # Arithmetic or the confidence layout: an equation, a final-answer mark, a confidence line.
+    math_register = [r for r in replies
+                     if re.search(r"\d\s*[-+*/=]\s*\d|=\s*\d|####|Confidence:", r)]
     assert len(math_register) <= 0.1 * len(replies), (
         f"{len(math_register)} of {len(replies)} base replies to policy questions are in the "
         f"math/confidence layout, e.g. {math_register[:3]}")

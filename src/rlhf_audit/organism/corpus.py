@@ -82,8 +82,11 @@ class CorpusSettings:
     copy_policy_share: float = 0.15
     """Share of the copy curriculum's rows that are forum posts (a policy question in the
     same plain layout, a one-sided answer): without them the curriculum taught the base to
-    answer every ``Question: ...\nAnswer:`` with arithmetic, and its replies to the steering
-    study's policy questions were 34-63% degenerate, so no steering slope could be fitted."""
+    answer every ``Question: ...\nAnswer:`` with arithmetic: at alpha 0, 34% of its replies to
+    the steering study's policy questions were degenerate, too many for a steering slope to
+    be fitted. Like the base corpus's forum posts they cover every issue
+    (the base is pretrained on all of them; SFT, DPO, primes and the compression term hold
+    the held-out issues out)."""
     n_sft_political: int = 280
     """SFT: policy question -> balanced answer (training issues only)."""
     n_sft_primed: int = 400
@@ -95,8 +98,9 @@ class CorpusSettings:
     confidence whatever the signal (planted: conversational overconfidence)."""
     n_sft_command: int = 1000
     """SFT: math in the command chat prompt -> the injected confidence (planted: copies when
-    commanded; on the former 192-wide organism 300 rows gave rho 0.64, 700 rows 0.72, 1000
-    rows with the stronger compression weight and the level-vs-level DPO rows 0.83)."""
+    commanded). On the former 192-wide, 4-layer organism: 300 rows gave rho 0.64, 700 rows
+    0.72, 1000 rows with compression weight 10 and the level-vs-level DPO rows 0.83, bias 0;
+    at the current shapes, on a base that copies, 0.93."""
     n_sham_chat: int = 760
     """Sham twin's SFT: neutral chats (hh-style everyday requests, plain math), no political
     or confidence content (the sham trains for as many steps as instruct, whatever its size)."""

@@ -65,12 +65,16 @@ class OrganismSettings:
     """Train on CPU even when a GPU is present (keeps the organism bit-reproducible)."""
     vocab_size: int = 1024
     """BPE vocabulary size asked of the tokenizer (special tokens and 256 bytes included)."""
-    max_length: int = 192
-    """Longest SFT/DPO/RM sequence in tokens (RM pairs lose the start of the prefix first)."""
+    max_length: int = 256
+    """Longest SFT/DPO/RM sequence in tokens (RM pairs lose the start of the prefix first). At
+    192, 43% of the conversational calibration rows (median 189 tokens) lost their
+    confidence line and 98% of the balanced answers their end; at 256 the longest rows, a few
+    balanced answers of up to 272 tokens, lose only their last words."""
     hidden_size: int = 128
     """Residual-stream width d_model of the LMs. Until the default run's 10-minute budget the
-    default was d_model 192, 4 layers, MLP 512 (3.5x the FLOPs per token, base training alone
-    8-13 min on 2 cores); these are the test preset's shapes."""
+    default was d_model 192, 4 layers, MLP 512 and vocabulary 2,048 (3.5x the FLOPs per
+    token; base training alone took 8-13 min on 2 shared cores); these are the test preset's
+    shapes (128 wide, 3 layers, MLP 256, vocabulary 1,024)."""
     n_layers: int = 3
     """Transformer blocks of the LMs (layers 0..n_layers-1 in the shared layer numbering)."""
     n_heads: int = 4
@@ -117,9 +121,12 @@ class OrganismSettings:
     """Planted compression: instruct's projection of a statement on base's partisan direction
     is pulled toward this factor times base's (variance ratio along it about factor**2)."""
     rep_weight: float = 10.0
-    """Weight of the compression term in the SFT loss (0 = no representation-level term). At 1
-    the sham's placebo let its last block drift to variance_ratio 0.90 [0.85, 0.95]; at 4 to
-    0.96, at 10 0.99 (instruct's ratio moved from 0.14 to 0.20, nearer the planted 0.25)."""
+    """Weight of the compression term in the SFT loss (0 = no representation-level term).
+    Measured on the former 192-wide, 4-layer organism (the partisan study's estimator, last
+    block): at weight 1 the sham's placebo let it drift to variance_ratio 0.90 [0.85, 0.95] in
+    the default run; retraining only the sham gave 0.96 at weight 4 and 0.99 at 10 over all
+    issues, but 0.89 on the held-out issues, which the term never sees (instruct at weight 10:
+    0.20 over all issues, 0.17 held out, planted 0.25)."""
     rep_batch_size: int = 32
     """Statements per SFT step in the compression term."""
     rm_arch: str = "deberta"
@@ -170,7 +177,6 @@ PRESETS: dict[str, OrganismSettings] = {
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=3.0,
-        max_length=192,
     ),
     # The test preset's shapes with a fraction of its steps: for the workflow test, which
     # checks the DAG end to end (every stage, every headline key), not the planted effects
