@@ -89,8 +89,11 @@ class OrganismSettings:
     """Tokens per packed pretraining block."""
     base_lr: float = 3e-3
     """Peak learning rate of base-LM pretraining (cosine decay, 5% warmup)."""
-    sft_epochs: float = 2.0
-    """Passes over the SFT chat data."""
+    sft_epochs: float = 3.0
+    """Passes over the SFT chat data. At 2, instruct's copy of the injected confidence under
+    the command chat prompt came and went with the base (rho 0.93 on one base, -0.03 on the
+    default run's, where 300 calibration DPO rows or half the conversational SFT rows did not
+    bring it back); 3 epochs on that base gave rho 0.89, bias -4 pp."""
     sft_batch_size: int = 16
     """Conversations per SFT step."""
     sft_lr: float = 1e-3
