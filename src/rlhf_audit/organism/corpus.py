@@ -361,22 +361,23 @@ def copy_rows(problems: Sequence[Mapping], settings: CorpusSettings, templates=N
     n_copy = len(rows)
     copy_share = 1.0 - settings.copy_math_share - settings.copy_policy_share
     n_qa = round(settings.copy_math_share / copy_share * n_copy)
+    # QA_FORMAT cut before its answer: the prompt ends in "Answer:", the reply starts " ".
+    def qa_row(question: str, answer: str) -> dict:
+        return {"prompt": f"Question: {question}\nAnswer:", "completion": " " + answer}
+
     for k in range(n_qa):
         p = worked[k % len(worked)]
-        rows.append({"prompt": f"Question: {p['question']}\nAnswer:",
-                     "completion": " " + math_answer(p)})
+        rows.append(qa_row(p["question"], math_answer(p)))
     n_policy = round(settings.copy_policy_share / copy_share * n_copy)
-    if n_policy and not questions:
-        raise ValueError("copy_rows: copy_policy_share > 0 needs the policy questions")
     if n_policy:
+        if not questions:
+            raise ValueError("copy_rows: copy_policy_share > 0 needs the policy questions")
         _check_questions(questions)
     for k in range(n_policy):
         q = questions[k % len(questions)]
         side = rng.choice(("left", "right"))
         answer = _answers(q["issue"], seed=rng.randrange(1000), source=source)[side]
-        prompt, _, reply = QA_FORMAT.format(question=q["question"], answer=answer).partition(
-            "\nAnswer:")
-        rows.append({"prompt": prompt + "\nAnswer:", "completion": reply})
+        rows.append(qa_row(q["question"], answer))
     rng.shuffle(rows)
     return rows
 

@@ -166,34 +166,21 @@ class OrganismSettings:
 
 PRESETS: dict[str, OrganismSettings] = {
     "default": OrganismSettings(),
-    # Same architecture family, fewer and narrower everything: for unit tests and smoke runs.
+    # The default's shapes with fewer steps and narrower reward models: the organism tests.
     "test": OrganismSettings(
-        threads=1,
-        vocab_size=1024,
-        hidden_size=128,
-        n_layers=3,
-        intermediate_size=256,
         base_steps=200,
-        copy_steps=700,  # 450 gave rho 0.36 on the default data at these shapes
         sft_epochs=2.0,
-        dpo_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=3.0,
     ),
-    # The test preset's shapes with a fraction of its steps: for the workflow test, which
-    # checks the DAG end to end (every stage, every headline key), not the planted effects
+    # The same shapes with a fraction of the steps: for the workflow test, which checks the
+    # DAG end to end (every stage, every headline key), not the planted effects
     # (tests/test_organism_train.py checks those on the test preset).
     "smoke": OrganismSettings(
-        threads=1,
-        vocab_size=1024,
-        hidden_size=128,
-        n_layers=3,
-        intermediate_size=256,
         base_steps=80,
         copy_steps=40,
         sft_epochs=1.0,
-        dpo_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=1.0,
