@@ -36,3 +36,19 @@ def test_touch_does_not_change_the_hash(tmp_path):
     h = codehash.code_hash(s)
     s.touch()
     assert codehash.code_hash(s) == h
+
+
+def test_an_edited_import_is_followed_in_the_same_process(tmp_path, monkeypatch):
+    """Parsed imports are cached by file text, so an edit that adds an import is seen."""
+    pkg = tmp_path / "rlhf_audit"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("X = 1\n")
+    (pkg / "b.py").write_text("Y = 1\n")
+    script = tmp_path / "script.py"
+    script.write_text("from rlhf_audit import a\n")
+    monkeypatch.setattr(codehash, "_SRC", pkg)
+    names = lambda: {p.name for p in codehash.local_closure(script)}  # noqa: E731
+    assert names() == {"script.py", "__init__.py", "a.py"}
+    (pkg / "a.py").write_text("from rlhf_audit import b\n")
+    assert names() == {"script.py", "__init__.py", "a.py", "b.py"}

@@ -29,8 +29,22 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+_IMPORTS: dict[tuple[Path, str], tuple[str, ...]] = {}
+"""Parsed imports by (file, its text): the workflow hashes ~40 scripts whose closures
+share most modules; parsing each module once instead of once per script took a dry run
+of the default workflow from 3.3-3.7 s to 2.2-2.4 s."""
+
+
 def _imports(path: Path) -> tuple[str, ...]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    text = path.read_text(encoding="utf-8")
+    key = (path, text)
+    if key not in _IMPORTS:
+        _IMPORTS[key] = _parse_imports(path, text)
+    return _IMPORTS[key]
+
+
+def _parse_imports(path: Path, text: str) -> tuple[str, ...]:
+    tree = ast.parse(text, filename=str(path))
     found: list[str] = []
     pkg_parts = None
     if path.is_relative_to(_SRC):

@@ -1,0 +1,55 @@
+"""The job preamble (runtime.setup) configures torch, transformers and datasets without
+importing them: a plot or tally job must not pay their ~2.5 s start-up."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+HEAVY = ("torch", "transformers", "datasets")
+
+
+def _run(code: str, env_extra: dict | None = None) -> dict:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("MKL_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_setup_imports_no_heavy_library_and_they_start_configured(tmp_path):
+    log = tmp_path / "job.log"
+    got = _run(f"""
+import json, sys
+from rlhf_audit.runtime import library_versions, setup
+setup({str(log)!r}, threads=1)
+v = library_versions()
+before = [m for m in {HEAVY!r} if m in sys.modules]
+import torch, transformers, datasets
+from transformers.utils import logging as tl
+print(json.dumps({{"before": before, "threads": torch.get_num_threads(),
+                  "verbosity": tl.get_verbosity(), "tqdm": tl.is_progress_bar_enabled(),
+                  "ds_bars": datasets.utils.are_progress_bars_disabled(),
+                  "cuda": v["cuda"], "cuda_now": torch.version.cuda or "none"}}))
+""")
+    assert got["before"] == []
+    assert got["threads"] == 1  # a 2-core machine would give 2 by default
+    assert got["verbosity"] == 40  # logging.ERROR
+    assert got["tqdm"] is False and got["ds_bars"] is True
+    assert got["cuda"] == got["cuda_now"] == (torch.version.cuda or "none")
+
+
+def test_setup_configures_torch_already_imported():
+    got = _run("""
+import json, torch
+from rlhf_audit.runtime import setup
+torch.set_num_threads(2)
+setup(None, threads=1)
+print(json.dumps({"threads": torch.get_num_threads()}))
+""")
+    assert got["threads"] == 1
