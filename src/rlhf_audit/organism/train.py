@@ -132,10 +132,17 @@ class OrganismSettings:
     0.20 over all issues, 0.17 held out, planted 0.25)."""
     rep_batch_size: int = 32
     """Statements per SFT step in the compression term."""
-    bucket_batches: bool = True
-    """Draw the copy, SFT, DPO and reward-model batches from rows of similar length
-    (:class:`BucketedBatchSampler`) instead of uniformly at random: the collators pad to a
-    batch's longest row, and random batches of the SFT rows were 1.5x-1.8x padded."""
+    bucket_batches: bool = False
+    """Draw the copy-curriculum, SFT and DPO batches from rows of similar length
+    (:class:`BucketedBatchSampler`) instead of uniformly at random. Off: on the default
+    organism it cut instruct's training CPU by 15% and the sham's and base's not at all
+    (at d_model 128 a step's fixed costs outweigh its padding), and it changed what was
+    learnt: base's copy of the injected confidence fell from rho 1.00 to 0.42, instruct's
+    commanded copy from 0.87 to 0.64, and the prime effect lost its interval above 0
+    (default run at dbaf092, seed 0)."""
+    rm_bucket_batches: bool = True
+    """The same for the reward models' batches: 52-56 s of training instead of 76-77 s
+    (default run; side by side, 56 s vs 77 s) with hh agreement 0.675 instead of 0.65."""
     rm_arch: str = "deberta"
     """Reward-model architecture: "deberta" (DebertaV2, like SEAL's RMs) or "llama"."""
     rm_hidden_size: int = 128
@@ -341,9 +348,11 @@ def row_lengths(dataset) -> list[int]:
                      "or chosen_ids/rejected_ids (a trl trainer's processed dataset)")
 
 
-def _batches(trainer_class, settings: OrganismSettings):
-    """The trainer class drawing batches as ``settings.bucket_batches`` says."""
-    return _bucketed(trainer_class) if settings.bucket_batches else trainer_class
+def _batches(trainer_class, settings: OrganismSettings, *, reward_model: bool = False):
+    """The trainer class drawing batches as ``settings.bucket_batches`` (or, for a reward
+    model, ``settings.rm_bucket_batches``) says."""
+    on = settings.rm_bucket_batches if reward_model else settings.bucket_batches
+    return _bucketed(trainer_class) if on else trainer_class
 
 
 def _bucketed(trainer_class):
@@ -965,7 +974,7 @@ def train_reward_model(
             max_length=None,  # already cut to settings.max_length; never drop pairs silently
             center_rewards_coefficient=None,
         )
-        trainer = _batches(RewardTrainer, settings)(
+        trainer = _batches(RewardTrainer, settings, reward_model=True)(
             model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
         )
         _quiet_trainer(trainer).train()
