@@ -23,6 +23,9 @@ include: "workflow/rules/common.smk"
 # snakemake's own, which fills the schema's defaults the same way.
 check_config(config)
 validate(config, "workflow/schemas/config.schema.yaml")
+# No GPU on this host: the workstation profile's one-card limit would only run the
+# GPU-capable stages (on the CPU here) one at a time (rlhf_audit.gpu).
+lift_local_gpu_limit(workflow.global_resources, config["device"], cuda_visible())
 
 
 if config["organism"]["enabled"]:

@@ -129,11 +129,11 @@ def main(argv=None) -> dict:
         f"speed-up:      {res['speedup']:10.1f}x (target >= 5x); identical outputs "
         f"{res['identical_outputs']}"
     )
+    res["ok"] = same == n and (args.require_speedup is None
+                               or res["speedup"] >= args.require_speedup)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
-    res["ok"] = same == n and (args.require_speedup is None
-                               or res["speedup"] >= args.require_speedup)
     if same != n:
         print(f"FAIL: batched generation differs from one-at-a-time on {n - same}/{n} prompts")
     elif not res["ok"]:

@@ -25,20 +25,23 @@ def _run(code: str, env_extra: dict | None = None) -> dict:
 def test_setup_imports_no_heavy_library_and_they_start_configured(tmp_path):
     log = tmp_path / "job.log"
     got = _run(f"""
-import json, sys
+import json, os, sys
 from rlhf_audit.runtime import library_versions, setup
 setup({str(log)!r}, threads=1)
 v = library_versions()
+env_threads = os.environ.get("OMP_NUM_THREADS")
 before = [m for m in {HEAVY!r} if m in sys.modules]
 import torch, transformers, datasets
 from transformers.utils import logging as tl
-print(json.dumps({{"before": before, "threads": torch.get_num_threads(),
+print(json.dumps({{"before": before, "threads": torch.get_num_threads(), "env": env_threads,
                   "verbosity": tl.get_verbosity(), "tqdm": tl.is_progress_bar_enabled(),
                   "ds_bars": datasets.utils.are_progress_bars_disabled(),
                   "cuda": v["cuda"], "cuda_now": torch.version.cuda or "none"}}))
 """)
     assert got["before"] == []
-    assert got["threads"] == 1  # a 2-core machine would give 2 by default
+    # torch starts with the job's thread count (on one core the default would be 1 too,
+    # so the environment it read is checked as well)
+    assert got["threads"] == 1 and got["env"] == "1"
     assert got["verbosity"] == 40  # logging.ERROR
     assert got["tqdm"] is False and got["ds_bars"] is True
     assert got["cuda"] == got["cuda_now"] == (torch.version.cuda or "none")
@@ -48,8 +51,8 @@ def test_setup_configures_torch_already_imported():
     got = _run("""
 import json, torch
 from rlhf_audit.runtime import setup
-torch.set_num_threads(2)
-setup(None, threads=1)
+torch.set_num_threads(1)
+setup(None, threads=3)
 print(json.dumps({"threads": torch.get_num_threads()}))
 """)
-    assert got["threads"] == 1
+    assert got["threads"] == 3

@@ -29,7 +29,7 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-_IMPORTS: dict[tuple[Path, str], tuple[str, ...]] = {}
+_IMPORTS: dict[tuple[Path, Path, str], tuple[str, ...]] = {}
 """Parsed imports by (file, its text): the workflow hashes ~40 scripts whose closures
 share most modules; parsing each module once instead of once per script took a dry run
 of the default workflow from 3.3-3.7 s to 2.2-2.4 s."""
@@ -37,7 +37,7 @@ of the default workflow from 3.3-3.7 s to 2.2-2.4 s."""
 
 def _imports(path: Path) -> tuple[str, ...]:
     text = path.read_text(encoding="utf-8")
-    key = (path, text)
+    key = (_SRC, path, text)  # relative imports resolve against _SRC
     if key not in _IMPORTS:
         _IMPORTS[key] = _parse_imports(path, text)
     return _IMPORTS[key]

@@ -34,6 +34,8 @@ def configure_libraries(threads: int = 1) -> None:
     configured through the environment it reads when it is first imported. Importing
     torch, transformers and datasets just to configure them cost every job ~2.5 s of CPU,
     also the plots and tallies that never use them (most of the default run's ~70 jobs).
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` also cap the BLAS of numpy or scipy when they
+    are first imported after this call: the job's declared threads hold for them too.
     """
     n = str(max(1, int(threads)))
     torch = sys.modules.get("torch")
@@ -97,13 +99,19 @@ def torch_cuda_version() -> str:
     if spec is None or not spec.submodule_search_locations:
         return "torch not installed"
     path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
-    for node in ast.parse(path.read_text()).body:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return "unknown"
+    for node in tree.body:
         target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
                   else node.target if isinstance(node, ast.AnnAssign) else None)
         if isinstance(target, ast.Name) and target.id == "cuda" and node.value is not None:
-            value = ast.literal_eval(node.value)
-            return value or "none"
-    raise ValueError(f"{path}: no `cuda = ...` line; cannot tell the CUDA build of torch")
+            try:
+                return ast.literal_eval(node.value) or "none"
+            except ValueError:
+                return "unknown"
+    return "unknown"  # a provenance record should not fail a job
 
 
 def git_commit(cwd: str | Path = ".") -> str:

@@ -16,7 +16,7 @@ from snakemake.exceptions import WorkflowError
 from rlhf_audit.codehash import code_hash
 from rlhf_audit.config import (STUDIES, ConfigError, chosen_studies, load_schema,
                                study_pairs, validate_config)
-from rlhf_audit.gpu import cuda_visible, gpu_slots
+from rlhf_audit.gpu import cuda_visible, gpu_slots, lift_local_gpu_limit
 from rlhf_audit.joberrors import user_errors
 from rlhf_audit.studies import BY_NAME
 from rlhf_audit.studies import targets as registry_targets
@@ -112,10 +112,9 @@ def dataset_params(wildcards):
 
 
 def gpu_count():
-    """GPU slots of a GPU-capable stage (rlhf_audit.gpu.gpu_slots): 1 when it may use
-    CUDA, so the workstation profile never oversubscribes the card and SLURM asks for
-    one; 0 for device cpu, and for device auto on a local host without a GPU."""
-    return gpu_slots(config["device"], local_exec=workflow.local_exec, visible=cuda_visible())
+    """GPU stages declare gpu=1 when the config may use CUDA, so the workstation
+    profile never oversubscribes the card and SLURM asks for one (rlhf_audit.gpu)."""
+    return gpu_slots(config["device"])
 
 
 def n_shards():
