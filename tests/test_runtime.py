@@ -2,6 +2,7 @@
 importing them: a plot or tally job must not pay their ~2.5 s start-up."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,10 +11,8 @@ import torch
 HEAVY = ("torch", "transformers", "datasets")
 
 
-def _run(code: str, env_extra: dict | None = None) -> dict:
-    import os
-
-    env = {**os.environ, **(env_extra or {})}
+def _run(code: str) -> dict:
+    env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     env.pop("MKL_NUM_THREADS", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

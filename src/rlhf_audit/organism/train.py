@@ -142,8 +142,8 @@ class OrganismSettings:
     effect lost its interval above 0 (default run at dbaf092): the planted copy is that
     sensitive to the batches drawn (not checked on a second seed)."""
     rm_bucket_batches: bool = True
-    """The same for the reward models' batches: 52-56 s of training instead of 76-77 s
-    (default run; side by side, 56 s vs 77 s) with hh agreement 0.675 instead of 0.65."""
+    """The same for the reward models' batches: 50-56 s of training instead of 76-80 s in
+    the default runs (side by side, 56 s vs 77 s), hh agreement 0.675 instead of 0.65."""
     rm_arch: str = "deberta"
     """Reward-model architecture: "deberta" (DebertaV2, like SEAL's RMs) or "llama"."""
     rm_hidden_size: int = 128
