@@ -55,6 +55,7 @@ def planted_study(
     background_like_policy: bool = False,
     redraw_instruct: bool = False,
     instruct_rate_scale: float = 1.0,
+    bursty_background: float = 0.0,
 ):
     """(base (meta, X), instruct (meta, X), feature roles) for a planted study.
 
@@ -71,7 +72,9 @@ def planted_study(
     probability ``policy_rate / 2`` (the policy features' overall rate, no side).
     ``redraw_instruct``: instruct's features are carried by an independent redraw with the
     probabilities times ``instruct_rate_scale`` for every feature alike (no effect
-    specific to policy features).
+    specific to policy features). ``bursty_background``: this share of the background
+    features fires on every token of a carrying statement's framings (not only token 3):
+    four times the token rate at the same statement incidence.
     """
     rng = np.random.default_rng(seed)
     d = n_policy + 1 + n_background
@@ -79,6 +82,8 @@ def planted_study(
     bg = np.arange(n_policy + 1, d)
     bg_rate = np.exp(rng.uniform(np.log(0.02), np.log(0.8), n_background))
     silenced_bg = bg[rng.random(n_background) < silence_background]
+    # drawn only when asked for, so the other studies' random streams stay as they were
+    bursty = bg[rng.random(n_background) < bursty_background] if bursty_background else bg[:0]
     rows, Xb, Xi = [], [], []
 
     def draw(label, scale=1.0):
@@ -108,11 +113,13 @@ def planted_study(
                     x[rhet] = 1.0
                 if t == 3:
                     x[bg] = carried[bg]
+                x[bursty] = carried[bursty]
                 xi = x.copy()
                 if t == 1:
                     xi[:n_policy] = carried_i[:n_policy]
                 if t == 3:
                     xi[bg] = carried_i[bg]
+                xi[bursty] = carried_i[bursty]
                 if silence_policy:
                     xi[:n_policy] = 0
                 xi[silenced_bg] = 0
@@ -125,5 +132,5 @@ def planted_study(
     meta = pl.DataFrame(rows)
     roles = {"right": list(range(0, n_policy, 2)), "left": list(range(1, n_policy, 2)),
              "rhetoric": rhet, "background": bg.tolist(), "silenced_background":
-             silenced_bg.tolist(), "d": d}
+             silenced_bg.tolist(), "bursty_background": bursty.tolist(), "d": d}
     return (meta, np.stack(Xb)), (meta, np.stack(Xi)), roles

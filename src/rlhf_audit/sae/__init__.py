@@ -10,7 +10,7 @@ Split along the rules, so that a rule's code closure holds only what it runs:
   and ``spliced_loss`` (the model run with the SAE spliced in); the GPU job.
 - :mod:`~rlhf_audit.sae.select`: statement-level policy-feature selection on one half
   of the statements, the measurement of both models on the other half against a
-  rate-matched control, and the headline.
+  control matched on base statement incidence, and the headline.
 - :mod:`~rlhf_audit.sae.figures`: the figure.
 
 Every public name is re-exported here, lazily (PEP 562), so that importing one submodule

@@ -18,7 +18,8 @@ sporadically in base are completely inactive in instruct. The measurement:
    partisan-vs-neutral test is reported beside it on *plain* framings only (neutral
    statements carry other framings), never used to select.
 4. **Control.** Each policy feature is matched to ``controls_per_feature`` non-policy
-   features with the nearest base firing rate on the measurement half. The share
+   features firing on as many measurement-half statements in base (statement
+   incidence; ties broken by token firing rate; see :func:`match_controls`). The share
    silent in instruct is reported for both, with their paired difference; intervals
    resample measurement-half statements (within label) and, crossed with them, the
    policy features ("never fires" is an extreme statistic: resampling statements alone
@@ -72,16 +73,18 @@ HEADLINE_KEYS: dict[str, str] = {
     ),
     "share_inactive_in_instruct_control": (
         "The same share for the control features: per policy feature, the non-policy "
-        "features nearest in base token firing rate on the measurement half (averaged per "
-        "policy feature); interval: crossed bootstrap over measurement-half statements and "
-        "policy features."
+        "features nearest in base statement incidence (measurement-half statements on which "
+        "it fires; ties: nearest token firing rate), averaged per policy feature; interval: "
+        "crossed bootstrap over measurement-half statements and policy features. Was: "
+        "matched on token firing rate, which picked bursty controls that fall silent easily."
     ),
     "share_inactive_in_instruct_excess": (
         "Paired difference share_inactive_in_instruct - share_inactive_in_instruct_control "
-        "(per policy feature: silent minus the share of its rate-matched controls silent); "
+        "(per policy feature: silent minus the share of its incidence-matched controls "
+        "silent); "
         "interval: crossed bootstrap over measurement-half statements and policy features. "
-        "> 0: policy features fall silent in instruct more often than features that fire as "
-        "often in base."
+        "> 0: policy features fall silent in instruct more often than features that fire on "
+        "as many statements in base."
     ),
     "share_inactive_in_instruct_excess_p": (
         "Two-sided bootstrap p-value of share_inactive_in_instruct_excess = 0 (the value; no "
@@ -478,32 +481,48 @@ def select_policy_features(base: FeatureScan,
 # --------------------------------------------------------------------------- measurement
 
 
-def match_controls(rate: np.ndarray, policy: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """``k`` non-policy features nearest in log firing rate to each policy feature.
+def match_controls(incidence: np.ndarray, policy: np.ndarray, k: int, seed: int = 0,
+                   rate: np.ndarray | None = None) -> np.ndarray:
+    """``k`` non-policy features nearest in base *statement incidence* to each policy feature.
 
-    ``rate`` [d_sae] base token firing rates (measurement half); ``policy`` [n_pol] feature
-    indices. Returns [n_pol, k] control feature indices (with replacement across policy
-    features; ties broken at random). Zero rates match zero rates.
+    ``incidence`` [d_sae]: on how many measurement-half statements the feature fires in
+    base; ``rate`` [d_sae] (optional): its token firing rate, the tie-break among equal
+    incidences (distance ``|d log incidence| + 0.01 |d log rate|``). ``policy`` [n_pol]
+    feature indices. Returns [n_pol, k] control feature indices (with replacement across
+    policy features; remaining ties broken at random). Zero matches zero.
+
+    Why incidence and not token rate: "never fires in instruct" is decided statement by
+    statement (the unit the study resamples; a feature's firings within one statement
+    come and go together), so how easily a feature falls silent depends on how many
+    statements carry it. A feature firing on many tokens of a few statements has the
+    token rate of one firing once in many statements, yet falls silent far more easily:
+    matched on token rate, such bursty controls made the organism's sham twin (no
+    planted suppression) report policy features silenced *less* than their controls,
+    -0.009 [-0.018, -0.003]; tests/test_sae_statements.py plants the case.
     """
+    incidence = np.asarray(incidence, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    is_pol = np.zeros(len(rate), bool)
+    is_pol = np.zeros(len(incidence), bool)
     is_pol[policy] = True
     cand = np.flatnonzero(~is_pol)
     if len(cand) < k:
         raise ValueError(f"match_controls: only {len(cand)} non-policy features for k={k}")
-    pos = rate[rate > 0]
-    floor = pos.min() / 10 if len(pos) else 1e-12
-    lr = np.log(np.maximum(rate, floor))
-    jitter = rng.random(len(cand)) * 1e-9
-    order = np.argsort(lr[cand] + jitter)
-    c_sorted, v_sorted = cand[order], lr[cand][order] + jitter[order]
+
+    def log_floor(v):
+        pos = v[v > 0]
+        return np.log(np.maximum(v, pos.min() / 10 if len(pos) else 1e-12))
+
+    key = log_floor(incidence)
+    if rate is not None:
+        key_r = 0.01 * log_floor(np.asarray(rate, dtype=np.float64))
+    else:
+        key_r = np.zeros_like(key)
+    kc, kr = key[cand], key_r[cand]
     out = np.empty((len(policy), k), dtype=np.int64)
     for i, f in enumerate(policy):
-        j = np.searchsorted(v_sorted, lr[f])
-        lo, hi = max(0, j - k), min(len(cand), j + k)
-        window = np.arange(lo, hi)
-        dist = np.abs(v_sorted[window] - lr[f]) + rng.random(len(window)) * 1e-12
-        out[i] = c_sorted[window[np.argsort(dist)[:k]]]
+        dist = np.abs(kc - key[f]) + np.abs(kr - key_r[f]) + rng.random(len(cand)) * 1e-9
+        near = np.argpartition(dist, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
+        out[i] = cand[near[np.argsort(dist[near])]]
     return out
 
 
@@ -674,7 +693,8 @@ def analyse_policy_features(
     W = _boot_weights(lab, s.n_boot, s.seed)
 
     if len(policy):
-        ctrl = match_controls(rate_b, policy, s.controls_per_feature, s.seed)
+        inc_b = np.asarray((Cb > 0).sum(0)).ravel()
+        ctrl = match_controls(inc_b, policy, s.controls_per_feature, s.seed, rate=rate_b)
         uniq, inv = np.unique(np.concatenate([policy, ctrl.ravel()]), return_inverse=True)
         Ci_u = (Ci[:, uniq] > 0).astype(float)
         inactive = (np.asarray((Ci_u.T @ W.T).T) == 0).astype(float)  # [rep, n_uniq]
