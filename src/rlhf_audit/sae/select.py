@@ -690,10 +690,11 @@ def analyse_policy_features(
     Tb, Ti = agg["base"].n_tokens[meas], agg["instruct"].n_tokens[meas]
     rate_b = np.asarray(Cb.sum(0)).ravel() / Tb.sum()
     rate_i = np.asarray(Ci.sum(0)).ravel() / Ti.sum()
+    inc_b = np.asarray((Cb > 0).sum(0)).ravel()  # statements each feature fires on
+    inc_i = np.asarray((Ci > 0).sum(0)).ravel()
     W = _boot_weights(lab, s.n_boot, s.seed)
 
     if len(policy):
-        inc_b = np.asarray((Cb > 0).sum(0)).ravel()
         ctrl = match_controls(inc_b, policy, s.controls_per_feature, s.seed, rate=rate_b)
         uniq, inv = np.unique(np.concatenate([policy, ctrl.ravel()]), return_inverse=True)
         Ci_u = (Ci[:, uniq] > 0).astype(float)
@@ -797,8 +798,6 @@ def analyse_policy_features(
 
     # Tables: every feature firing on either model in the measurement half, plus policy
     # features and their controls.
-    fb_s = np.asarray((Cb > 0).sum(0)).ravel()
-    fi_s = np.asarray((Ci > 0).sum(0)).ravel()
     is_pol = np.zeros(d_sae, bool)
     is_pol[policy] = True
     is_ctl = np.zeros(d_sae, bool)
@@ -812,17 +811,17 @@ def analyse_policy_features(
         "n_firing_tokens_instruct": np.asarray(Ci.sum(0)).ravel()[keep].astype(np.int64),
         "firing_rate_base": rate_b[keep],
         "firing_rate_instruct": rate_i[keep],
-        "statement_firing_rate_base": fb_s[keep] / max(n_meas, 1),
-        "statement_firing_rate_instruct": fi_s[keep] / max(n_meas, 1),
-        "inactive_in_instruct": fi_s[keep] == 0,
+        "statement_firing_rate_base": inc_b[keep] / max(n_meas, 1),
+        "statement_firing_rate_instruct": inc_i[keep] / max(n_meas, 1),
+        "inactive_in_instruct": inc_i[keep] == 0,
     })
     controls = pl.DataFrame({
         "feature": np.repeat(policy, ctrl.shape[1]).astype(np.int32),
         "control_feature": ctrl.ravel().astype(np.int32),
         "firing_rate_base": np.repeat(rate_b[policy], ctrl.shape[1]),
         "control_firing_rate_base": rate_b[ctrl.ravel()],
-        "inactive_in_instruct": np.repeat(fi_s[policy] == 0, ctrl.shape[1]),
-        "control_inactive_in_instruct": fi_s[ctrl.ravel()] == 0,
+        "inactive_in_instruct": np.repeat(inc_i[policy] == 0, ctrl.shape[1]),
+        "control_inactive_in_instruct": inc_i[ctrl.ravel()] == 0,
     })
     log.info("SAE study: %d policy features; silent in instruct %.3f vs control %.3f "
              "(held-out statements: %d)", n_pol, headline["share_inactive_in_instruct"].value,
