@@ -94,7 +94,7 @@ rule steer_diffing_latents:
         models=diffing_steering_models,
         steer=diffing_steering_settings,
         code=script_code("steer_diffing_latents.py"),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     resources:
         gpu=gpu_count(),
     log:

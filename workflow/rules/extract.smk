@@ -14,7 +14,7 @@ rule extract_activations:
         code=script_code("extract_activations.py"),
     resources:
         gpu=gpu_count(),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     log:
         "results/logs/extract_activations/{model}/{dataset}/shard-{shard}.log",
     benchmark:

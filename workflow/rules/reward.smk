@@ -57,7 +57,7 @@ rule score_rewards:
         batch_size=config["reward"]["batch_size"],
         max_length=config["reward"]["max_length"],
         code=script_code("score_rewards.py"),
-    threads: 2
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
     resources:
         gpu=gpu_count(),
     log:
