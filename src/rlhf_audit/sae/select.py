@@ -688,8 +688,9 @@ def analyse_policy_features(
     Cb = agg["base"].fire_tokens[meas].tocsc()
     Ci = agg["instruct"].fire_tokens[meas].tocsc()
     Tb, Ti = agg["base"].n_tokens[meas], agg["instruct"].n_tokens[meas]
-    rate_b = np.asarray(Cb.sum(0)).ravel() / Tb.sum()
-    rate_i = np.asarray(Ci.sum(0)).ravel() / Ti.sum()
+    tok_b = np.asarray(Cb.sum(0)).ravel()  # firing tokens of each feature
+    tok_i = np.asarray(Ci.sum(0)).ravel()
+    rate_b, rate_i = tok_b / Tb.sum(), tok_i / Ti.sum()
     inc_b = np.asarray((Cb > 0).sum(0)).ravel()  # statements each feature fires on
     inc_i = np.asarray((Ci > 0).sum(0)).ravel()
     W = _boot_weights(lab, s.n_boot, s.seed)
@@ -807,8 +808,8 @@ def analyse_policy_features(
         "feature": keep.astype(np.int32),
         "policy": is_pol[keep],
         "control": is_ctl[keep],
-        "n_firing_tokens_base": np.asarray(Cb.sum(0)).ravel()[keep].astype(np.int64),
-        "n_firing_tokens_instruct": np.asarray(Ci.sum(0)).ravel()[keep].astype(np.int64),
+        "n_firing_tokens_base": tok_b[keep].astype(np.int64),
+        "n_firing_tokens_instruct": tok_i[keep].astype(np.int64),
         "firing_rate_base": rate_b[keep],
         "firing_rate_instruct": rate_i[keep],
         "statement_firing_rate_base": inc_b[keep] / max(n_meas, 1),
