@@ -186,3 +186,76 @@ def test_compression_term_is_zero_at_its_target_and_grows_away_from_it(monkeypat
 
     assert loss_for(at_target, idx) == pytest.approx(0.0, abs=1e-10)
     assert loss_for(base, idx) > 0.05
+
+
+def _topk_sae(W_enc, b_enc, k=2):
+    import torch
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    d_in, d_sae = W_enc.shape
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=True))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.as_tensor(W_enc, dtype=torch.float32))
+        sae.W_dec.copy_(torch.as_tensor(W_enc.T, dtype=torch.float32))
+        sae.b_enc.copy_(torch.as_tensor(b_enc, dtype=torch.float32))
+        sae.b_dec.fill_(0.25)
+    return sae
+
+
+def test_silencing_penalty_is_zero_only_below_the_margin_and_pushes_features_down():
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    sae = _topk_sae(np.eye(4, dtype=np.float32), np.array([0.0, 0.0, -0.5, 0.0]))
+    sil = P.FeatureSilencer(sae=sae, layer=0, features=np.array([0, 2]),
+                            scale=torch.tensor([2.0, 1.0]), weight=1.0, margin=0.5)
+    # pre-activation of feature f = (h - b_dec)[f] + b_enc[f]
+    h = torch.zeros(1, 3, 4)
+    h[0, :, 0] = torch.tensor([0.25 - 1.0, 0.25 - 1.5, 0.25 + 3.0])  # z0 = -1, -1.5, +3
+    h[0, :, 2] = torch.tensor([0.25, 0.5, 0.5])  # z2 = -0.5, -0.25, -0.25
+    z = sil.pre_activations(h)
+    np.testing.assert_allclose(z[0, :, 0].numpy(), [-1.0, -1.5, 3.0], atol=1e-6)
+    np.testing.assert_allclose(z[0, :, 1].numpy(), [-0.5, -0.25, -0.25], atol=1e-6)
+    # token 0: z/scale = -0.5, -0.5: exactly at the margin, no penalty
+    assert float(sil.penalty(h[:, :1], torch.ones(1, 1))) == pytest.approx(0.0, abs=1e-6)
+    # token 1: feature 2 at -0.25 (inside the margin): 0.25
+    assert float(sil.penalty(h[:, 1:2], torch.ones(1, 1))) == pytest.approx(0.25, abs=1e-6)
+    # a masked-out token counts for nothing
+    mask = torch.tensor([[1.0, 0.0, 0.0]])
+    assert float(sil.penalty(h, mask)) == pytest.approx(0.0, abs=1e-6)
+    # the gradient lowers the firing feature's pre-activation
+    x = h.clone().requires_grad_(True)
+    sil.penalty(x, torch.ones(1, 3)).backward()
+    assert float(x.grad[0, 2, 0]) > 0 and float(x.grad[0, 2, 1]) == 0.0
+    assert not any(p.requires_grad for p in sae.parameters())
+
+
+def test_silencer_chooses_sporadic_features_that_differ_by_side(monkeypatch):
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    rng = np.random.default_rng(0)
+    n, d_sae = 200, 8
+    right = np.arange(n) % 2 == 0
+    p_right = np.array([0.9, 0.9, 0.40, 0.05, 0.30, 0.20, 0.02, 0.25])
+    p_left = np.array([0.9, 0.1, 0.02, 0.40, 0.30, 0.05, 0.02, 0.25])
+    # feature 0 fires on most statements and 1 on half (both above the 0.45 ceiling), 6 on
+    # almost none: not sporadic, whatever their side difference (1 differs most)
+    fired = rng.random((n, d_sae)) < np.where(right[:, None], p_right, p_left)
+    pos = np.vstack([np.arange(1, d_sae + 1) * 10.0, np.full(d_sae, 10.0)])
+    monkeypatch.setattr(P, "feature_incidence", lambda *a, **k: (fired, pos))
+    rows = [{"text": f"s{i}", "label": "right" if r else "left"} for i, r in enumerate(right)]
+    rows.append({"text": "neutral one", "label": "neutral"})
+    sae = _topk_sae(np.eye(d_sae, dtype=np.float32), np.zeros(d_sae))
+    sil = P.build_silencer(None, None, sae, rows, layer=1, n_features=3, weight=2.0,
+                           incidence=(0.05, 0.45))
+    share = fired.mean(0)
+    assert share[0] > 0.45 and share[6] < 0.05  # dense and rare ones are not eligible
+    assert sil.features.tolist() == [2, 3, 5]  # the largest side differences among the rest
+    np.testing.assert_allclose(sil.scale.numpy(), [3.0, 4.0, 6.0])
+    assert sil.layer == 1 and sil.weight == 2.0
+    with pytest.raises(ValueError, match="n_features"):
+        P.build_silencer(None, None, sae, rows, layer=1, n_features=7, weight=1.0,
+                         incidence=(0.05, 0.45))

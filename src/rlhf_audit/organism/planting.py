@@ -64,10 +64,11 @@ def statement_inputs(tokenizer, texts: Sequence[str], *, chat: bool) -> list[tup
     return out
 
 
-def pooled_block_outputs(
+def block_outputs(
     model, inputs: Sequence[tuple[list, list]], *, pad_id: int, grad: bool = False
-) -> torch.Tensor:
-    """Mean over content tokens of every block's output: ``[n, n_layers, d_model]``."""
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every block's output ``[n, T, d_model]`` (one per block) and the content mask
+    ``[n, T]`` of a right-padded batch of ``(ids, content mask)`` rows."""
     blocks = _blocks(model)
     width = max(len(ids) for ids, _ in inputs)
     ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
@@ -90,8 +91,19 @@ def pooled_block_outputs(
     finally:
         for h in handles:
             h.remove()
-    w = (cmask / cmask.sum(1, keepdim=True)).to(device).unsqueeze(-1)
+    return captured, cmask.to(device)
+
+
+def _pool(captured: list[torch.Tensor], cmask: torch.Tensor) -> torch.Tensor:
+    w = (cmask / cmask.sum(1, keepdim=True)).unsqueeze(-1)
     return torch.stack([(h * w).sum(1) for h in captured], dim=1)
+
+
+def pooled_block_outputs(
+    model, inputs: Sequence[tuple[list, list]], *, pad_id: int, grad: bool = False
+) -> torch.Tensor:
+    """Mean over content tokens of every block's output: ``[n, n_layers, d_model]``."""
+    return _pool(*block_outputs(model, inputs, pad_id=pad_id, grad=grad))
 
 
 @torch.no_grad()
@@ -207,6 +219,8 @@ class CompressionTerm:
     weight: float
     batch_size: int
     seed: int = 0
+    silencer: FeatureSilencer | None = None
+    """The planted SAE-feature silencing, applied to the same statements (instruct only)."""
 
     def __post_init__(self):
         self._rng = np.random.default_rng(self.seed)
@@ -223,10 +237,24 @@ class CompressionTerm:
         )
 
     def loss(self, model) -> torch.Tensor:
+        """The compression loss of one sampled batch (unweighted)."""
+        return self.losses(model)[0]
+
+    def losses(self, model) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(compression loss, silencing penalty or None) of one sampled batch, unweighted;
+        the silencing reads the same forward pass's token outputs."""
         idx = self.sample()
-        pooled = pooled_block_outputs(
-            model, [self.inputs[i] for i in idx], pad_id=self.pad_id, grad=True
-        ).float()
+        batch = [self.inputs[i] for i in idx]
+        silencing = None
+        if self.silencer is None:
+            pooled = pooled_block_outputs(model, batch, pad_id=self.pad_id, grad=True).float()
+        else:
+            captured, cmask = block_outputs(model, batch, pad_id=self.pad_id, grad=True)
+            pooled = _pool(captured, cmask).float()
+            silencing = self.silencer.penalty(captured[self.silencer.layer].float(), cmask)
+        return self._compression(pooled, idx), silencing
+
+    def _compression(self, pooled: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         dev = pooled.device
         r = torch.as_tensor(self.right[idx], device=dev)
         target_acts = self.base_acts[idx].to(dev)
@@ -269,6 +297,108 @@ def build_compression_term(
         batch_size=batch_size,
         seed=seed,
     )
+
+
+@dataclass
+class FeatureSilencer:
+    """The planted silencing of base SAE features in instruct (see :func:`build_silencer`).
+
+    ``penalty`` is the mean over content tokens of ``sum_f relu(z_f / scale_f + margin)``,
+    where ``z_f`` is the SAE's pre-activation of planted feature ``f`` on the output of
+    block ``layer`` (``sae.process_sae_in(h) @ W_enc[:, f] + b_enc[f]``). A TopK feature
+    fires only when its pre-activation is positive, so a penalty of 0 means the planted
+    features are silent on those tokens with ``margin`` (in units of ``scale``) to spare.
+    """
+
+    sae: object
+    """The sae-lens SAE (frozen), read at ``layer``."""
+    layer: int
+    features: np.ndarray
+    """Planted feature indices ``[n_f]``."""
+    scale: torch.Tensor
+    """Base's mean positive pre-activation of each planted feature, ``[n_f]``."""
+    weight: float
+    margin: float = 0.5
+
+    def __post_init__(self):
+        for p in self.sae.parameters():
+            p.requires_grad_(False)
+        f = torch.as_tensor(np.asarray(self.features), dtype=torch.long)
+        self._W = self.sae.W_enc.detach()[:, f].float()
+        self._b = self.sae.b_enc.detach()[f].float()
+
+    def pre_activations(self, h: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``[..., n_f]`` of the planted features on block outputs ``h``."""
+        x = self.sae.process_sae_in(h.to(self._W.dtype))
+        return x @ self._W.to(x.device) + self._b.to(x.device)
+
+    def penalty(self, h: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+        z = self.pre_activations(h) / self.scale.to(h.device)
+        p = torch.relu(z + self.margin).sum(-1)
+        return (p * cmask).sum() / cmask.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def feature_incidence(model, tokenizer, sae, layer: int, texts: Sequence[str], *, chat: bool,
+                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per statement and SAE feature, whether it fires on any content token (``[n, d_sae]``
+    bool), and each feature's summed positive pre-activation over firing tokens with the
+    number of those tokens (``[2, d_sae]``): what :func:`build_silencer` chooses from."""
+    was = model.training
+    model.eval()
+    inputs = statement_inputs(tokenizer, texts, chat=chat)
+    fired, pos = [], np.zeros((2, sae.cfg.d_sae))
+    for s in range(0, len(inputs), batch_size):
+        captured, cmask = block_outputs(model, inputs[s : s + batch_size],
+                                        pad_id=tokenizer.pad_token_id)
+        h = captured[layer].float()
+        acts = sae.encode(h.to(sae.W_enc.dtype))
+        pre = sae.process_sae_in(h.to(sae.W_enc.dtype)) @ sae.W_enc + sae.b_enc
+        on = (acts > 0) & (cmask > 0).unsqueeze(-1)
+        fired.append(on.any(1).cpu().numpy())
+        pos[0] += (pre * on).sum((0, 1)).double().cpu().numpy()
+        pos[1] += on.sum((0, 1)).double().cpu().numpy()
+    model.train(was)
+    return np.concatenate(fired), pos
+
+
+def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *, layer: int,
+                   n_features: int, weight: float, margin: float = 0.5,
+                   incidence: tuple[float, float] = (0.05, 0.5)) -> FeatureSilencer:
+    """The planted silencing (documented in resources/organism/README.md).
+
+    Chosen on base (completion layout, content tokens of the training issues' left/right
+    ``statements``, the statements the compression term reads): among features that fire
+    sporadically (on a share of statements within ``incidence``), the ``n_features``
+    whose firing differs most between right and left statements (absolute difference of
+    the two shares). The SAE study later selects its policy features on its own, on half
+    of the study's statements (held-out issues included), and measures silence on the
+    other half against incidence-matched controls.
+    """
+    rows = [s for s in statements if s.get("label") in ("left", "right")]
+    if len({s["label"] for s in rows}) < 2:
+        raise ValueError("silencer: need left and right statements (rep_statements)")
+    if n_features < 1:
+        raise ValueError(f"silencer: n_features={n_features} must be >= 1")
+    right = np.array([s["label"] == "right" for s in rows])
+    fired, pos = feature_incidence(base_model, tokenizer, sae, layer,
+                                   [s["text"] for s in rows], chat=False)
+    share = fired.mean(0)
+    diff = np.abs(fired[right].mean(0) - fired[~right].mean(0))
+    lo, hi = incidence
+    eligible = np.flatnonzero((share >= lo) & (share <= hi))
+    if len(eligible) < n_features:
+        raise ValueError(f"silencer: only {len(eligible)} SAE features fire on {lo:.0%}-{hi:.0%} "
+                         f"of the statements; lower n_features ({n_features}) or widen "
+                         "the incidence range")
+    chosen = eligible[np.argsort(-diff[eligible], kind="stable")[:n_features]]
+    scale = pos[0, chosen] / np.maximum(pos[1, chosen], 1)
+    logger.info("silencer: %d features at block %d, base statement incidence %s, "
+                "right-left difference %s", len(chosen), layer,
+                np.round(share[chosen], 2).tolist(), np.round(diff[chosen], 2).tolist())
+    return FeatureSilencer(sae=sae, layer=layer, features=np.sort(chosen),
+                           scale=torch.tensor(scale[np.argsort(chosen)], dtype=torch.float32),
+                           weight=weight, margin=margin)
 
 
 @dataclass

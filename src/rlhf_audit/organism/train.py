@@ -132,6 +132,15 @@ class OrganismSettings:
     0.20 over all issues, 0.17 held out, planted 0.25)."""
     rep_batch_size: int = 32
     """Statements per SFT step in the compression term."""
+    silence_features: int = 16
+    """Planted silencing: base SAE features that instruct's SFT drives silent (0 = none;
+    needs the base's SAE, ``train_instruct(sae_dir=...)``). Chosen on the compression
+    term's statements by :func:`rlhf_audit.organism.planting.build_silencer`."""
+    silence_weight: float = 1.0
+    """Weight of the silencing penalty in the SFT loss."""
+    silence_margin: float = 0.5
+    """Pre-activation margin below 0 the penalty asks for, in units of base's mean
+    positive pre-activation of the feature."""
     bucket_batches: bool = False
     """Draw the copy-curriculum, SFT and DPO batches from rows of similar length
     (:class:`BucketedBatchSampler`) instead of uniformly at random. Off: on the default
@@ -649,11 +658,14 @@ def train_instruct(
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
     rep_statements: Sequence[Mapping] | None = None,
+    sae_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Align the base LM: SFT on chat data, then DPO; save the result to ``out_dir``.
 
     With ``rep_statements`` (left/right statements) and ``settings.rep_weight > 0`` the
-    SFT loss carries the planted compression term of :mod:`rlhf_audit.organism.planting`.
+    SFT loss carries the planted compression term of :mod:`rlhf_audit.organism.planting`;
+    with ``sae_dir`` (the base's SAE, sae-lens folder) and ``settings.silence_features > 0``
+    also the planted silencing of that many base SAE features, on the same statements.
 
     ``sft_data``: rows ``{"messages": [{role, content}, ...]}`` ending in an
     assistant turn (loss on assistant tokens only). ``dpo_data``: rows
@@ -677,6 +689,8 @@ def train_instruct(
         _seed_everything(settings.seed)
         model, term = _base_with_compression_term(base_dir, tok, rep_statements, settings,
                                                   factor=settings.rep_factor)
+        if term is not None and sae_dir is not None and settings.silence_features > 0:
+            term.silencer = _silencer(model, tok, sae_dir, rep_statements, settings)
         sft_args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
@@ -744,6 +758,13 @@ def train_instruct(
             "n_statements": len(term.inputs),
             "losses": getattr(sft, "rep_losses", []),
         },
+        "silencing": None if term is None or term.silencer is None else {
+            "layer": term.silencer.layer,
+            "features": term.silencer.features.tolist(),
+            "weight": term.silencer.weight,
+            "margin": term.silencer.margin,
+            "losses": getattr(sft, "silence_losses", []),
+        },
         "seconds": round(time.perf_counter() - t0, 2),
         "settings": asdict(settings),
     }
@@ -757,8 +778,24 @@ def train_instruct(
     return summary
 
 
+def _silencer(model, tok, sae_dir, rep_statements, settings):
+    """The planted silencing of ``settings.silence_features`` features of the base's SAE."""
+    from rlhf_audit.organism.planting import build_silencer
+    from rlhf_audit.sae.load import load_sae, sae_layer
+
+    sae = load_sae({"path": str(sae_dir)})
+    layer = sae_layer(sae.cfg.metadata.hook_name)
+    if layer >= len(model.model.layers):
+        raise ValueError(f"{sae_dir}: the SAE reads block {layer}, the base has "
+                         f"{len(model.model.layers)} blocks")
+    return build_silencer(model, tok, sae, rep_statements, layer=layer,
+                          n_features=settings.silence_features,
+                          weight=settings.silence_weight, margin=settings.silence_margin)
+
+
 def _sft_trainer_class(term):
-    """SFTTrainer, or a subclass that adds ``term.weight * term.loss(model)`` to each step."""
+    """SFTTrainer, or a subclass that adds ``term.weight`` times the compression loss (and
+    the silencer's weight times its penalty, when the term has one) to each step."""
     from trl import SFTTrainer
 
     if term is None:
@@ -772,11 +809,14 @@ def _sft_trainer_class(term):
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
             loss, outputs = out if return_outputs else (out, None)
-            rep = term.loss(model)
+            rep, silencing = term.losses(model)
             if not hasattr(self, "rep_losses"):
-                self.rep_losses = []
+                self.rep_losses, self.silence_losses = [], []
             self.rep_losses.append(round(float(rep.detach()), 5))
             loss = loss + term.weight * rep
+            if silencing is not None:
+                self.silence_losses.append(round(float(silencing.detach()), 5))
+                loss = loss + term.silencer.weight * silencing
             return (loss, outputs) if return_outputs else loss
 
     return _PlantedSFTTrainer
