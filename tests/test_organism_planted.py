@@ -232,7 +232,6 @@ def test_silencing_penalty_is_zero_only_below_the_margin_and_pushes_features_dow
 
 
 def test_silencer_chooses_sporadic_features_that_differ_by_side(monkeypatch):
-    import torch
 
     from rlhf_audit.organism import planting as P
 

@@ -809,7 +809,9 @@ def _sft_trainer_class(term):
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
             loss, outputs = out if return_outputs else (out, None)
-            rep, silencing = term.losses(model)
+            # the side term (base) has one loss; the compression term may carry a silencer
+            rep, silencing = term.losses(model) if hasattr(term, "losses") else (
+                term.loss(model), None)
             if not hasattr(self, "rep_losses"):
                 self.rep_losses, self.silence_losses = [], []
             self.rep_losses.append(round(float(rep.detach()), 5))
