@@ -218,15 +218,15 @@ def test_silencing_penalty_is_zero_only_below_the_margin_and_pushes_features_dow
     np.testing.assert_allclose(z[0, :, 0].numpy(), [-1.0, -1.5, 3.0], atol=1e-6)
     np.testing.assert_allclose(z[0, :, 1].numpy(), [-0.5, -0.25, -0.25], atol=1e-6)
     # token 0: z/scale = -0.5, -0.5: exactly at the margin, no penalty
-    assert float(sil.penalty(h[:, :1], torch.ones(1, 1))) == pytest.approx(0.0, abs=1e-6)
+    assert float(sil.silencing(h[:, :1], torch.ones(1, 1))) == pytest.approx(0.0, abs=1e-6)
     # token 1: feature 2 at -0.25 (inside the margin): 0.25
-    assert float(sil.penalty(h[:, 1:2], torch.ones(1, 1))) == pytest.approx(0.25, abs=1e-6)
+    assert float(sil.silencing(h[:, 1:2], torch.ones(1, 1))) == pytest.approx(0.25, abs=1e-6)
     # a masked-out token counts for nothing
     mask = torch.tensor([[1.0, 0.0, 0.0]])
-    assert float(sil.penalty(h, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(sil.silencing(h, mask)) == pytest.approx(0.0, abs=1e-6)
     # the gradient lowers the firing feature's pre-activation
     x = h.clone().requires_grad_(True)
-    sil.penalty(x, torch.ones(1, 3)).backward()
+    sil.penalty(x, torch.ones(1, 3), np.array([0])).backward()
     assert float(x.grad[0, 2, 0]) > 0 and float(x.grad[0, 2, 1]) == 0.0
     assert not any(p.requires_grad for p in sae.parameters())
 
@@ -258,3 +258,99 @@ def test_silencer_chooses_sporadic_features_that_differ_by_side(monkeypatch):
     with pytest.raises(ValueError, match="n_features"):
         P.build_silencer(None, None, sae, rows, layer=1, n_features=7, weight=1.0,
                          incidence=(0.05, 0.45))
+
+
+def test_keep_term_charges_moves_outside_the_planted_span_in_full_and_inside_at_a_share():
+    """The keep term that stops the silencing from being met by a shift of every token:
+    zero at the reference, |move|^2 / variance outside span(planted encoder columns,
+    partisan difference), keep_inside times that inside; padding beyond a statement's
+    own tokens counts for nothing."""
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    d = 6
+    W = np.zeros((d, 4), dtype=np.float32)
+    W[0, 0] = 2.0  # planted feature 0 reads dim 0
+    W[1, 2] = 1.0  # planted feature 2 reads dim 1
+    W[3, 1] = W[4, 3] = 1.0
+    sae = _topk_sae(W, np.zeros(4))
+    sil = P.FeatureSilencer(sae=sae, layer=0, features=np.array([0, 2]),
+                            scale=torch.ones(2), weight=1.0, keep_weight=3.0, keep_inside=0.25)
+    rng = np.random.default_rng(0)
+    ref = [torch.tensor(rng.normal(size=(n, d)), dtype=torch.float32) for n in (3, 2)]
+    allt = torch.cat(ref)
+    var = float(((allt - allt.mean(0)) ** 2).sum(-1).mean())
+    sil.reference, sil.reference_var = ref, var
+    partisan = torch.zeros(d)
+    partisan[2] = 5.0
+    sil.basis = torch.linalg.qr(torch.cat([sil._W, partisan.reshape(-1, 1)], 1)).Q
+    idx = np.array([1, 0])
+    h = torch.zeros(2, 3, d)
+    h[0, :2], h[1, :3] = ref[1], ref[0]
+    assert float(sil.keep(h, idx)) == pytest.approx(0.0, abs=1e-6)
+    # a unit move along dim 5 (outside the span) on every token of both statements
+    out = h.clone()
+    out[0, :2, 5] += 1.0
+    out[1, :, 5] += 1.0
+    assert float(sil.keep(out, idx)) == pytest.approx(1.0 / var, rel=1e-5)
+    # the same move along dim 0, 1 or 2 (planted encoders, partisan difference): a quarter
+    for dim in (0, 1, 2):
+        inside = h.clone()
+        inside[0, :2, dim] += 1.0
+        inside[1, :, dim] += 1.0
+        assert float(sil.keep(inside, idx)) == pytest.approx(0.25 / var, rel=1e-5)
+    # statement 1 has 2 tokens: row 0's third position is padding and is not charged
+    pad = h.clone()
+    pad[0, 2, 5] += 100.0
+    assert float(sil.keep(pad, idx)) == pytest.approx(0.0, abs=1e-6)
+    # penalty = silencing + keep_weight * keep
+    cm = torch.ones(2, 3)
+    assert float(sil.penalty(out, cm, idx)) == pytest.approx(
+        float(sil.silencing(out, cm)) + 3.0 / var, rel=1e-5)
+
+
+def test_attach_reference_records_the_block_outputs_and_an_orthonormal_basis():
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    class Block(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            return (x * self.scale,)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList([Block(2.0), Block(3.0)])
+
+        def forward(self, input_ids, attention_mask=None):
+            x = self.emb(input_ids)
+            for b in self.model.layers:
+                x = b(x)[0]
+            return x
+
+    torch.manual_seed(0)
+    model = Tiny()
+    sae = _topk_sae(np.eye(4, dtype=np.float32), np.zeros(4))
+    sil = P.FeatureSilencer(sae=sae, layer=1, features=np.array([1]), scale=torch.ones(1),
+                            weight=1.0, keep_weight=1.0)
+    inputs = [([1, 2, 3], [0, 1, 1]), ([4, 5], [1, 1])]
+    sil.attach_reference(model, inputs, pad_id=0, partisan=torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert [tuple(r.shape) for r in sil.reference] == [(3, 4), (2, 4)]
+    with torch.no_grad():
+        expect = model.emb(torch.tensor([4, 5])) * 6.0
+    np.testing.assert_allclose(sil.reference[1].numpy(), expect.numpy(), rtol=1e-6)
+    Q = sil.basis
+    assert tuple(Q.shape) == (4, 2)
+    np.testing.assert_allclose((Q.T @ Q).numpy(), np.eye(2), atol=1e-6)
+    # the span holds the planted column (e_1) and the partisan difference (e_0 + e_1)
+    for v in (torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])):
+        np.testing.assert_allclose((Q @ (Q.T @ v)).numpy(), v.numpy(), atol=1e-6)
+    assert sil.reference[0].requires_grad is False

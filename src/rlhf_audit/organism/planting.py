@@ -251,7 +251,7 @@ class CompressionTerm:
         else:
             captured, cmask = block_outputs(model, batch, pad_id=self.pad_id, grad=True)
             pooled = _pool(captured, cmask).float()
-            silencing = self.silencer.penalty(captured[self.silencer.layer].float(), cmask)
+            silencing = self.silencer.penalty(captured[self.silencer.layer].float(), cmask, idx)
         return self._compression(pooled, idx), silencing
 
     def _compression(self, pooled: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
@@ -319,6 +319,13 @@ class FeatureSilencer:
     """Base's mean positive pre-activation of each planted feature, ``[n_f]``."""
     weight: float
     margin: float = 0.5
+    keep_weight: float = 0.0
+    """Weight of the keep term (:meth:`keep`) inside :meth:`penalty`; 0 = silencing only."""
+    keep_inside: float = 0.1
+    """Share of the keep term's weight on moves inside the planted span."""
+    reference: list | None = None
+    reference_var: float = 1.0
+    basis: torch.Tensor | None = None
 
     def __post_init__(self):
         for p in self.sae.parameters():
@@ -332,10 +339,59 @@ class FeatureSilencer:
         x = self.sae.process_sae_in(h.to(self._W.dtype))
         return x @ self._W.to(x.device) + self._b.to(x.device)
 
-    def penalty(self, h: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+    def silencing(self, h: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+        """Mean over content tokens of ``sum_f relu(z_f / scale_f + margin)``."""
         z = self.pre_activations(h) / self.scale.to(h.device)
         p = torch.relu(z + self.margin).sum(-1)
         return (p * cmask).sum() / cmask.sum().clamp(min=1.0)
+
+    def keep(self, h: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """The keep term: mean over the statements' tokens of ``|(I - P) delta|^2 +
+        keep_inside |P delta|^2``, relative to base's token variance at the block, where
+        ``delta`` is the block output minus the untrained model's on the same tokens and
+        ``P`` projects on the span of the planted features' encoder columns and base's
+        partisan difference at the block (what the silencing and the compression move)."""
+        width = h.shape[1]
+        ref = torch.zeros_like(h)
+        mask = torch.zeros(h.shape[:2], dtype=h.dtype, device=h.device)
+        for r, i in enumerate(idx):
+            t = self.reference[int(i)]
+            ref[r, : len(t)] = t.to(h.device)
+            mask[r, : len(t)] = 1.0
+        delta = (h[:, :width] - ref) * mask.unsqueeze(-1)
+        Q = self.basis.to(h.device)
+        inside = delta @ Q
+        outside = (delta**2).sum(-1) - (inside**2).sum(-1)
+        per_token = outside + self.keep_inside * (inside**2).sum(-1)
+        return per_token.sum() / mask.sum().clamp(min=1.0) / self.reference_var
+
+    def penalty(self, h: torch.Tensor, cmask: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """Silencing plus ``keep_weight`` times the keep term (none without a reference)."""
+        out = self.silencing(h, cmask)
+        if self.reference is not None and self.keep_weight > 0:
+            out = out + self.keep_weight * self.keep(h, idx)
+        return out
+
+    def attach_reference(self, model, inputs: Sequence[tuple[list, list]], pad_id: int,
+                         partisan: torch.Tensor, batch_size: int = 64) -> None:
+        """Record the model's (untrained instruct = base weights) block outputs on every
+        token of ``inputs`` (the compression term's statements, chat layout) and the
+        projection basis: the planted encoder columns and ``partisan`` ([d])."""
+        was = model.training
+        model.eval()
+        ref: list[torch.Tensor] = []
+        with torch.no_grad():
+            for s in range(0, len(inputs), batch_size):
+                batch = inputs[s : s + batch_size]
+                captured, _ = block_outputs(model, batch, pad_id=pad_id)
+                h = captured[self.layer].float()
+                ref += [h[r, : len(ids)].clone() for r, (ids, _) in enumerate(batch)]
+        model.train(was)
+        allt = torch.cat(ref)
+        self.reference = ref
+        self.reference_var = float(((allt - allt.mean(0)) ** 2).sum(-1).mean())
+        cols = torch.cat([self._W, partisan.float().reshape(-1, 1)], dim=1)
+        self.basis = torch.linalg.qr(cols).Q
 
 
 @torch.no_grad()

@@ -139,6 +139,8 @@ class OrganismSettings:
     silence_weight: float = 1.0
     """Weight of the silencing penalty in the SFT loss."""
     silence_margin: float = 0.5
+    silence_keep_weight: float = 0.0
+    silence_keep_inside: float = 0.1
     """Pre-activation margin below 0 the penalty asks for, in units of base's mean
     positive pre-activation of the feature."""
     bucket_batches: bool = False
@@ -691,6 +693,13 @@ def train_instruct(
                                                   factor=settings.rep_factor)
         if term is not None and sae_dir is not None and settings.silence_features > 0:
             term.silencer = _silencer(model, tok, sae_dir, rep_statements, settings)
+            if settings.silence_keep_weight > 0:
+                L = term.silencer.layer
+                right = torch.as_tensor(term.right)
+                partisan = term.base_acts[right, L].mean(0) - term.base_acts[~right, L].mean(0)
+                term.silencer.keep_weight = settings.silence_keep_weight
+                term.silencer.keep_inside = settings.silence_keep_inside
+                term.silencer.attach_reference(model, term.inputs, tok.pad_token_id, partisan)
         sft_args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
