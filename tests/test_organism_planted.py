@@ -354,3 +354,31 @@ def test_attach_reference_records_the_block_outputs_and_an_orthonormal_basis():
     for v in (torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])):
         np.testing.assert_allclose((Q @ (Q.T @ v)).numpy(), v.numpy(), atol=1e-6)
     assert sil.reference[0].requires_grad is False
+
+
+def test_relative_silencing_charges_only_tokens_near_the_topk_cutoff():
+    """A TopK feature fires when its pre-activation is positive and among the k largest: the
+    relative penalty measures the margin from the k-th largest of the other features (or
+    0), so tokens far below that cutoff cost nothing even with a positive pre-activation."""
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    sae = _topk_sae(np.eye(4, dtype=np.float32), np.zeros(4), k=2)
+    sil = P.FeatureSilencer(sae=sae, layer=0, features=np.array([0]), scale=torch.ones(1),
+                            weight=1.0, margin=0.5, relative=True)
+    # pre-activation = h - b_dec (0.25); rows: feature 0 and the three others
+    pre = torch.tensor([[[1.0, 3.0, 2.0, 0.0],     # 0 below the 2nd largest other (2): silent
+                         [2.8, 3.0, 2.0, 0.0],     # 0 above it: fires
+                         [0.3, -1.0, -2.0, -3.0],  # others negative: the cutoff is 0
+                         [1.8, 3.0, 2.0, 0.0]]])   # 0.2 below the cutoff, inside the margin
+    h = pre + 0.25
+    np.testing.assert_allclose(sil.firing_cutoff(h)[0].numpy(), [2.0, 2.0, 0.0, 2.0])
+    fires = (sae.encode(h)[0, :, 0] > 0).tolist()
+    assert fires == [False, True, True, False]
+    one = torch.ones(1, 1)
+    cost = [float(sil.silencing(h[:, t : t + 1], one)) for t in range(4)]
+    np.testing.assert_allclose(cost, [0.0, 1.3, 0.8, 0.3], atol=1e-6)
+    # the absolute penalty charges the silent token 0 too (pre-activation 1 > -0.5)
+    sil.relative = False
+    assert float(sil.silencing(h[:, :1], one)) == pytest.approx(1.5, abs=1e-6)

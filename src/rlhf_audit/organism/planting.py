@@ -319,6 +319,8 @@ class FeatureSilencer:
     """Base's mean positive pre-activation of each planted feature, ``[n_f]``."""
     weight: float
     margin: float = 0.5
+    relative: bool = False
+    """Measure the margin from the token's firing cutoff (:meth:`firing_cutoff`), not from 0."""
     keep_weight: float = 0.0
     """Weight of the keep term (:meth:`keep`) inside :meth:`penalty`; 0 = silencing only."""
     keep_inside: float = 0.1
@@ -339,10 +341,25 @@ class FeatureSilencer:
         x = self.sae.process_sae_in(h.to(self._W.dtype))
         return x @ self._W.to(x.device) + self._b.to(x.device)
 
+    def firing_cutoff(self, h: torch.Tensor) -> torch.Tensor:
+        """Per token, the pre-activation a planted feature must exceed to fire in the TopK
+        SAE: the k-th largest pre-activation of the other features, and at least 0
+        (``[...]``, no gradient)."""
+        with torch.no_grad():
+            x = self.sae.process_sae_in(h.to(self._W.dtype))
+            pre = x @ self.sae.W_enc.detach().to(x.device) + self.sae.b_enc.detach().to(x.device)
+            f = torch.as_tensor(np.asarray(self.features), dtype=torch.long, device=pre.device)
+            pre[..., f] = -torch.inf
+            tau = pre.topk(int(self.sae.cfg.k), dim=-1).values[..., -1]
+            return tau.clamp(min=0.0)
+
     def silencing(self, h: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
-        """Mean over content tokens of ``sum_f relu(z_f / scale_f + margin)``."""
-        z = self.pre_activations(h) / self.scale.to(h.device)
-        p = torch.relu(z + self.margin).sum(-1)
+        """Mean over content tokens of ``sum_f relu((z_f - c) / scale_f + margin)``, with
+        ``c`` = 0 or, when ``relative``, the token's :meth:`firing_cutoff`."""
+        z = self.pre_activations(h)
+        if self.relative:
+            z = z - self.firing_cutoff(h).unsqueeze(-1)
+        p = torch.relu(z / self.scale.to(h.device) + self.margin).sum(-1)
         return (p * cmask).sum() / cmask.sum().clamp(min=1.0)
 
     def keep(self, h: torch.Tensor, idx: np.ndarray) -> torch.Tensor:

@@ -141,6 +141,7 @@ class OrganismSettings:
     silence_margin: float = 0.5
     silence_keep_weight: float = 0.0
     silence_keep_inside: float = 0.1
+    silence_relative: bool = False
     """Pre-activation margin below 0 the penalty asks for, in units of base's mean
     positive pre-activation of the feature."""
     bucket_batches: bool = False
@@ -693,6 +694,7 @@ def train_instruct(
                                                   factor=settings.rep_factor)
         if term is not None and sae_dir is not None and settings.silence_features > 0:
             term.silencer = _silencer(model, tok, sae_dir, rep_statements, settings)
+            term.silencer.relative = settings.silence_relative
             if settings.silence_keep_weight > 0:
                 L = term.silencer.layer
                 right = torch.as_tensor(term.right)
