@@ -303,11 +303,16 @@ def build_compression_term(
 class FeatureSilencer:
     """The planted silencing of base SAE features in instruct (see :func:`build_silencer`).
 
-    ``penalty`` is the mean over content tokens of ``sum_f relu(z_f / scale_f + margin)``,
-    where ``z_f`` is the SAE's pre-activation of planted feature ``f`` on the output of
-    block ``layer`` (``sae.process_sae_in(h) @ W_enc[:, f] + b_enc[f]``). A TopK feature
-    fires only when its pre-activation is positive, so a penalty of 0 means the planted
-    features are silent on those tokens with ``margin`` (in units of ``scale``) to spare.
+    :meth:`silencing` is the mean over content tokens of
+    ``sum_f relu((z_f - c) / scale_f + margin)``, where ``z_f`` is the SAE's pre-activation
+    of planted feature ``f`` on the output of block ``layer``
+    (``sae.process_sae_in(h) @ W_enc[:, f] + b_enc[f]``) and ``c`` the token's firing
+    cutoff (``relative``: the k-th largest pre-activation of the other features, at least
+    0) or 0. A TopK feature fires only above that cutoff, so a penalty of 0 means the
+    planted features are silent on those tokens with ``margin`` (in units of ``scale``) to
+    spare. :meth:`penalty` adds ``keep_weight`` times the keep term (:meth:`keep`, once
+    :meth:`attach_reference` has recorded the untrained model's outputs), which charges
+    every other way of getting there: a shift of every token above all.
     """
 
     sae: object
@@ -323,11 +328,15 @@ class FeatureSilencer:
     """Measure the margin from the token's firing cutoff (:meth:`firing_cutoff`), not from 0."""
     keep_weight: float = 0.0
     """Weight of the keep term (:meth:`keep`) inside :meth:`penalty`; 0 = silencing only."""
-    keep_inside: float = 0.1
+    keep_inside: float = 1.0
     """Share of the keep term's weight on moves inside the planted span."""
     reference: list | None = None
+    """The untrained model's block outputs on each statement's tokens (``[T_i, d]``)."""
     reference_var: float = 1.0
+    """Their total variance per token (the keep term's unit)."""
     basis: torch.Tensor | None = None
+    """Orthonormal basis ``[d, n_f + 1]`` of the planted encoder columns and base's
+    partisan difference at ``layer``."""
 
     def __post_init__(self):
         for p in self.sae.parameters():

@@ -132,18 +132,32 @@ class OrganismSettings:
     0.20 over all issues, 0.17 held out, planted 0.25)."""
     rep_batch_size: int = 32
     """Statements per SFT step in the compression term."""
-    silence_features: int = 16
+    silence_features: int = 32
     """Planted silencing: base SAE features that instruct's SFT drives silent (0 = none;
     needs the base's SAE, ``train_instruct(sae_dir=...)``). Chosen on the compression
-    term's statements by :func:`rlhf_audit.organism.planting.build_silencer`."""
-    silence_weight: float = 1.0
-    """Weight of the silencing penalty in the SFT loss."""
+    term's statements by :func:`rlhf_audit.organism.planting.build_silencer`. Instruct
+    retrained on the default run's base and SAE: 32 gave 32 silent on every statement and
+    SAE FVE 0.72 on instruct (as without the silencing); 48 gave 47 of 48 and FVE 0.61."""
+    silence_weight: float = 20.0
+    """Weight of the silencing penalty in the SFT loss (at 5 with margin 0.25, 4 of 16
+    planted features were silent on every statement, the rest on up to 1% of them)."""
     silence_margin: float = 0.5
-    silence_keep_weight: float = 0.0
-    silence_keep_inside: float = 0.1
-    silence_relative: bool = False
-    """Pre-activation margin below 0 the penalty asks for, in units of base's mean
-    positive pre-activation of the feature."""
+    """How far below its firing cutoff the penalty pushes a planted feature's pre-activation,
+    in units of base's mean positive pre-activation of the feature."""
+    silence_relative: bool = True
+    """Measure the margin from each token's TopK firing cutoff (the k-th largest
+    pre-activation of the other features, at least 0), not from 0. On base's training
+    statements the tokens on which a planted feature does not fire have pre-activations of
+    median -0.08 and 90th percentile +0.81 against a cutoff of median 1.47: a margin below 0
+    pushed nearly every token down, and instruct met it by shifting every token (mean
+    token vector 3.7 -> 28, SAE FVE on instruct -5.0, 155 of 342 policy features silent,
+    the commanded copy and the primes broken; reverted in ab53b63)."""
+    silence_keep_weight: float = 1.0
+    """Weight of the keep term (:meth:`rlhf_audit.organism.planting.FeatureSilencer.keep`):
+    instruct's block output on the statements' tokens held near the untrained model's."""
+    silence_keep_inside: float = 1.0
+    """Share of the keep term's weight on moves inside the span of the planted encoder
+    columns and base's partisan difference (1 = a plain squared distance)."""
     bucket_batches: bool = False
     """Draw the copy-curriculum, SFT and DPO batches from rows of similar length
     (:class:`BucketedBatchSampler`) instead of uniformly at random. Off: on the default
@@ -774,6 +788,8 @@ def train_instruct(
             "features": term.silencer.features.tolist(),
             "weight": term.silencer.weight,
             "margin": term.silencer.margin,
+            "relative": term.silencer.relative,
+            "keep_weight": term.silencer.keep_weight,
             "losses": getattr(sft, "silence_losses", []),
         },
         "seconds": round(time.perf_counter() - t0, 2),
