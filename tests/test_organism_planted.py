@@ -260,6 +260,49 @@ def test_silencer_chooses_sporadic_features_that_differ_by_side(monkeypatch):
                          incidence=(0.05, 0.45))
 
 
+def test_silencer_leaves_features_that_fire_on_the_avoided_prompts(monkeypatch):
+    # The calibration command's own words lit up two of the features the silencer chose;
+    # silencing them took the commanded copy with them. A feature firing on more than
+    # avoid_rate of the avoided prompts' tokens in base is not eligible.
+    from rlhf_audit.organism import planting as P
+
+    n, d_sae = 100, 6
+    right = np.arange(n) % 2 == 0
+    # side differences 0.5, 0.4, 0.3, 0.2, 0.1, 0 (all sporadic: shares 0.25-0.3)
+    p_right = np.array([0.5, 0.45, 0.4, 0.35, 0.3, 0.3])
+    p_left = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
+    # exact shares: feature f fires on the first p * 50 statements of each side
+    rank = np.empty(n, int)
+    rank[right], rank[~right] = np.arange(right.sum()), np.arange((~right).sum())
+    fired = rank[:, None] < np.where(right[:, None], p_right, p_left) * right.sum()
+    pos = np.vstack([np.full(d_sae, 5.0), np.full(d_sae, 5.0)])
+    # on the avoided prompts (1,000 content tokens) features 0 and 2 fire on 30 and 3
+    # tokens (3% and 0.3%), feature 1 on 2 (0.2%, at the limit), the rest never
+    avoid_pos = np.vstack([np.zeros(d_sae), np.array([30.0, 2.0, 3.0, 0.0, 0.0, 0.0])])
+    calls = []
+
+    def incidence(model, tok, sae, layer, texts, *, chat, **k):
+        calls.append(chat)
+        return (fired, pos) if not chat else (np.zeros((len(texts), d_sae), bool), avoid_pos)
+
+    monkeypatch.setattr(P, "feature_incidence", incidence)
+    monkeypatch.setattr(P, "statement_inputs",
+                        lambda tok, texts, chat: [([0] * 100, [1] * 100) for _ in texts])
+    rows = [{"text": f"s{i}", "label": "right" if r else "left"} for i, r in enumerate(right)]
+    sae = _topk_sae(np.eye(d_sae, dtype=np.float32), np.zeros(d_sae))
+    np.testing.assert_allclose(np.abs(fired[right].mean(0) - fired[~right].mean(0)),
+                               [0.5, 0.4, 0.3, 0.2, 0.1, 0.0], atol=1e-12)
+    kw = dict(layer=1, n_features=2, weight=1.0, incidence=(0.05, 0.5))
+    assert P.build_silencer(None, None, sae, rows, **kw).features.tolist() == [0, 1]
+    sil = P.build_silencer(None, None, sae, rows, avoid_texts=[f"q{i}" for i in range(10)],
+                           avoid_rate=0.002, **kw)
+    assert sil.features.tolist() == [1, 3]  # 0 and 2 fire on the avoided prompts
+    assert calls == [False, False, True]
+    with pytest.raises(ValueError, match="avoid_rate"):
+        P.build_silencer(None, None, sae, rows, avoid_texts=["q"] * 10, avoid_rate=0.0,
+                         **dict(kw, n_features=4))
+
+
 def test_keep_term_charges_moves_outside_the_planted_span_in_full_and_inside_at_a_share():
     """The keep term that stops the silencing from being met by a shift of every token:
     zero at the reference, |move|^2 / variance outside span(planted encoder columns,

@@ -446,7 +446,8 @@ def feature_incidence(model, tokenizer, sae, layer: int, texts: Sequence[str], *
 
 def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *, layer: int,
                    n_features: int, weight: float, margin: float = 0.5,
-                   incidence: tuple[float, float] = (0.05, 0.5)) -> FeatureSilencer:
+                   incidence: tuple[float, float] = (0.05, 0.5),
+                   avoid_texts: Sequence[str] = (), avoid_rate: float = 0.002) -> FeatureSilencer:
     """The planted silencing (documented in resources/organism/README.md).
 
     Chosen on base (completion layout, content tokens of the training issues' left/right
@@ -456,6 +457,12 @@ def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *,
     the two shares). The SAE study later selects its policy features on its own, on half
     of the study's statements (held-out issues included), and measures silence on the
     other half against incidence-matched controls.
+
+    ``avoid_texts`` (chat prompts the silencing must leave alone, e.g. the calibration
+    prompts): only features firing on at most ``avoid_rate`` of their content tokens in
+    base are eligible. Without it, two of the 32 chosen features fired on the calibration
+    command's own words ("verifier", "estimates", "Report"; 20% and 13% of its tokens);
+    instruct silenced them there too and lost the commanded copy.
     """
     rows = [s for s in statements if s.get("label") in ("left", "right")]
     if len({s["label"] for s in rows}) < 2:
@@ -468,11 +475,18 @@ def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *,
     share = fired.mean(0)
     diff = np.abs(fired[right].mean(0) - fired[~right].mean(0))
     lo, hi = incidence
-    eligible = np.flatnonzero((share >= lo) & (share <= hi))
+    ok = (share >= lo) & (share <= hi)
+    if len(avoid_texts):
+        _, avoid_pos = feature_incidence(base_model, tokenizer, sae, layer, list(avoid_texts),
+                                         chat=True)
+        n_tok = sum(sum(m) for _, m in statement_inputs(tokenizer, avoid_texts, chat=True))
+        ok &= avoid_pos[1] / max(n_tok, 1) <= avoid_rate
+    eligible = np.flatnonzero(ok)
     if len(eligible) < n_features:
         raise ValueError(f"silencer: only {len(eligible)} SAE features fire on {lo:.0%}-{hi:.0%} "
-                         f"of the statements; lower n_features ({n_features}) or widen "
-                         "the incidence range")
+                         f"of the statements (and on at most {avoid_rate:.1%} of the avoided "
+                         f"texts' tokens); lower n_features ({n_features}), widen the "
+                         "incidence range or raise avoid_rate")
     chosen = eligible[np.argsort(-diff[eligible], kind="stable")[:n_features]]
     scale = pos[0, chosen] / np.maximum(pos[1, chosen], 1)
     logger.info("silencer: %d features at block %d, base statement incidence %s, "

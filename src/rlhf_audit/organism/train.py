@@ -138,9 +138,13 @@ class OrganismSettings:
     term's statements by :func:`rlhf_audit.organism.planting.build_silencer`. Instruct
     retrained on the default run's base and SAE: 32 gave 32 silent on every statement and
     SAE FVE 0.72 on instruct (as without the silencing); 48 gave 47 of 48 and FVE 0.61."""
-    silence_weight: float = 20.0
-    """Weight of the silencing penalty in the SFT loss (at 5 with margin 0.25, 4 of 16
-    planted features were silent on every statement, the rest on up to 1% of them)."""
+    silence_weight: float = 2.0
+    """Weight of the silencing penalty in the SFT loss. Instruct retrained alone on the
+    default run's base and SAE (32 features, keep 1, margin 0.5, avoided prompts at 0.2%):
+    at 20, 5 and 2 all 32 were silent on every statement, and the commanded copy (30
+    problems x 9 levels, greedy) had rho 0.14, 0.79 and 0.91 (SFT's cross-entropy at the
+    end about 1.0, 0.7 and 0.6 nats against 0.51 without the silencing: a large penalty
+    takes the steps SFT needs). At 2 without the avoided prompts rho was -0.18."""
     silence_margin: float = 0.5
     """How far below its firing cutoff the penalty pushes a planted feature's pre-activation,
     in units of base's mean positive pre-activation of the feature."""
@@ -152,6 +156,17 @@ class OrganismSettings:
     pushed nearly every token down, and instruct met it by shifting every token (mean
     token vector 3.7 -> 28, SAE FVE on instruct -5.0, 155 of 342 policy features silent,
     the commanded copy and the primes broken; reverted in ab53b63)."""
+    silence_avoid_kinds: tuple[str, ...] = ("math_command", "math_conversational",
+                                            "math_control")
+    """SFT rows (by ``kind``) whose user prompts the planted features must leave alone: only
+    features firing on at most ``silence_avoid_rate`` of those prompts' tokens in base are
+    planted. With every feature eligible, two of the 32 fired on the calibration command's
+    own words ("verifier", "estimates", "Report"; 20% and 13% of its tokens); instruct
+    silenced them there too and lost its commanded copy (retrained alone at weight 2: rho
+    -0.18, bias +25 pp; 0.91 and -6 pp with the avoided prompts)."""
+    silence_avoid_rate: float = 0.002
+    """Largest token firing rate, on the avoided prompts in base, of a planted feature (the
+    SAE's mean is k / d_sae, 2.1%)."""
     silence_keep_weight: float = 1.0
     """Weight of the keep term (:meth:`rlhf_audit.organism.planting.FeatureSilencer.keep`):
     instruct's block output on the statements' tokens held near the untrained model's."""
@@ -707,7 +722,9 @@ def train_instruct(
         model, term = _base_with_compression_term(base_dir, tok, rep_statements, settings,
                                                   factor=settings.rep_factor)
         if term is not None and sae_dir is not None and settings.silence_features > 0:
-            term.silencer = _silencer(model, tok, sae_dir, rep_statements, settings)
+            avoid = [r["messages"][0]["content"] for r in sft_data
+                     if r.get("kind") in settings.silence_avoid_kinds]
+            term.silencer = _silencer(model, tok, sae_dir, rep_statements, settings, avoid)
             term.silencer.relative = settings.silence_relative
             if settings.silence_keep_weight > 0:
                 L = term.silencer.layer
@@ -805,8 +822,9 @@ def train_instruct(
     return summary
 
 
-def _silencer(model, tok, sae_dir, rep_statements, settings):
-    """The planted silencing of ``settings.silence_features`` features of the base's SAE."""
+def _silencer(model, tok, sae_dir, rep_statements, settings, avoid_texts=()):
+    """The planted silencing of ``settings.silence_features`` features of the base's SAE,
+    chosen among those nearly silent on ``avoid_texts`` in base."""
     from rlhf_audit.organism.planting import build_silencer
     from rlhf_audit.sae.load import load_sae, sae_layer
 
@@ -817,7 +835,8 @@ def _silencer(model, tok, sae_dir, rep_statements, settings):
                          f"{len(model.model.layers)} blocks")
     return build_silencer(model, tok, sae, rep_statements, layer=layer,
                           n_features=settings.silence_features,
-                          weight=settings.silence_weight, margin=settings.silence_margin)
+                          weight=settings.silence_weight, margin=settings.silence_margin,
+                          avoid_texts=avoid_texts, avoid_rate=settings.silence_avoid_rate)
 
 
 def _sft_trainer_class(term):
