@@ -27,8 +27,9 @@ if sm.rule == "train_organism_base":
                          settings, data["rep_statements"], data["base_copy"])
 elif sm.rule == "train_organism_instruct":
     data = read_organism_data(Path(sm.input.sft).parent, names=("sft", "dpo", "rep_statements"))
+    sae_dir = Path(sm.input.sae).parent if "sae" in sm.input.keys() else None
     summary = train_instruct(Path(sm.input.base).parent, data["sft"], data["dpo"], out_dir,
-                             settings, data["rep_statements"])
+                             settings, data["rep_statements"], sae_dir=sae_dir)
 elif sm.rule == "train_organism_sham":
     data = read_organism_data(Path(sm.input.sham).parent,
                               names=("sham_sft", "sft", "dpo", "rep_statements"))

@@ -186,3 +186,242 @@ def test_compression_term_is_zero_at_its_target_and_grows_away_from_it(monkeypat
 
     assert loss_for(at_target, idx) == pytest.approx(0.0, abs=1e-10)
     assert loss_for(base, idx) > 0.05
+
+
+def _topk_sae(W_enc, b_enc, k=2):
+    import torch
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    d_in, d_sae = W_enc.shape
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=True))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.as_tensor(W_enc, dtype=torch.float32))
+        sae.W_dec.copy_(torch.as_tensor(W_enc.T, dtype=torch.float32))
+        sae.b_enc.copy_(torch.as_tensor(b_enc, dtype=torch.float32))
+        sae.b_dec.fill_(0.25)
+    return sae
+
+
+def test_silencing_penalty_is_zero_only_below_the_margin_and_pushes_features_down():
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    sae = _topk_sae(np.eye(4, dtype=np.float32), np.array([0.0, 0.0, -0.5, 0.0]))
+    sil = P.FeatureSilencer(sae=sae, layer=0, features=np.array([0, 2]),
+                            scale=torch.tensor([2.0, 1.0]), weight=1.0, margin=0.5)
+    # pre-activation of feature f = (h - b_dec)[f] + b_enc[f]
+    h = torch.zeros(1, 3, 4)
+    h[0, :, 0] = torch.tensor([0.25 - 1.0, 0.25 - 1.5, 0.25 + 3.0])  # z0 = -1, -1.5, +3
+    h[0, :, 2] = torch.tensor([0.25, 0.5, 0.5])  # z2 = -0.5, -0.25, -0.25
+    z = sil.pre_activations(h)
+    np.testing.assert_allclose(z[0, :, 0].numpy(), [-1.0, -1.5, 3.0], atol=1e-6)
+    np.testing.assert_allclose(z[0, :, 1].numpy(), [-0.5, -0.25, -0.25], atol=1e-6)
+    # token 0: z/scale = -0.5, -0.5: exactly at the margin, no penalty
+    assert float(sil.silencing(h[:, :1], torch.ones(1, 1))) == pytest.approx(0.0, abs=1e-6)
+    # token 1: feature 2 at -0.25 (inside the margin): 0.25
+    assert float(sil.silencing(h[:, 1:2], torch.ones(1, 1))) == pytest.approx(0.25, abs=1e-6)
+    # a masked-out token counts for nothing
+    mask = torch.tensor([[1.0, 0.0, 0.0]])
+    assert float(sil.silencing(h, mask)) == pytest.approx(0.0, abs=1e-6)
+    # the gradient lowers the firing feature's pre-activation
+    x = h.clone().requires_grad_(True)
+    sil.penalty(x, torch.ones(1, 3), np.array([0])).backward()
+    assert float(x.grad[0, 2, 0]) > 0 and float(x.grad[0, 2, 1]) == 0.0
+    assert not any(p.requires_grad for p in sae.parameters())
+
+
+def test_silencer_chooses_sporadic_features_that_differ_by_side(monkeypatch):
+
+    from rlhf_audit.organism import planting as P
+
+    rng = np.random.default_rng(0)
+    n, d_sae = 200, 8
+    right = np.arange(n) % 2 == 0
+    p_right = np.array([0.9, 0.9, 0.40, 0.05, 0.30, 0.20, 0.02, 0.25])
+    p_left = np.array([0.9, 0.1, 0.02, 0.40, 0.30, 0.05, 0.02, 0.25])
+    # feature 0 fires on most statements and 1 on half (both above the 0.45 ceiling), 6 on
+    # almost none: not sporadic, whatever their side difference (1 differs most)
+    fired = rng.random((n, d_sae)) < np.where(right[:, None], p_right, p_left)
+    pos = np.vstack([np.arange(1, d_sae + 1) * 10.0, np.full(d_sae, 10.0)])
+    monkeypatch.setattr(P, "feature_incidence", lambda *a, **k: (fired, pos))
+    rows = [{"text": f"s{i}", "label": "right" if r else "left"} for i, r in enumerate(right)]
+    rows.append({"text": "neutral one", "label": "neutral"})
+    sae = _topk_sae(np.eye(d_sae, dtype=np.float32), np.zeros(d_sae))
+    sil = P.build_silencer(None, None, sae, rows, layer=1, n_features=3, weight=2.0,
+                           incidence=(0.05, 0.45))
+    share = fired.mean(0)
+    assert share[0] > 0.45 and share[6] < 0.05  # dense and rare ones are not eligible
+    assert sil.features.tolist() == [2, 3, 5]  # the largest side differences among the rest
+    np.testing.assert_allclose(sil.scale.numpy(), [3.0, 4.0, 6.0])
+    assert sil.layer == 1 and sil.weight == 2.0
+    with pytest.raises(ValueError, match="n_features"):
+        P.build_silencer(None, None, sae, rows, layer=1, n_features=7, weight=1.0,
+                         incidence=(0.05, 0.45))
+
+
+def test_silencer_leaves_features_that_fire_on_the_avoided_prompts(monkeypatch):
+    # The calibration command's own words lit up two of the features the silencer chose;
+    # silencing them took the commanded copy with them. A feature firing on more than
+    # avoid_rate of the avoided prompts' tokens in base is not eligible.
+    from rlhf_audit.organism import planting as P
+
+    n, d_sae = 100, 6
+    right = np.arange(n) % 2 == 0
+    # side differences 0.5, 0.4, 0.3, 0.2, 0.1, 0 (all sporadic: shares 0.25-0.3)
+    p_right = np.array([0.5, 0.45, 0.4, 0.35, 0.3, 0.3])
+    p_left = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
+    # exact shares: feature f fires on the first p * 50 statements of each side
+    rank = np.empty(n, int)
+    rank[right], rank[~right] = np.arange(right.sum()), np.arange((~right).sum())
+    fired = rank[:, None] < np.where(right[:, None], p_right, p_left) * right.sum()
+    pos = np.vstack([np.full(d_sae, 5.0), np.full(d_sae, 5.0)])
+    # on the avoided prompts (1,000 content tokens) features 0 and 2 fire on 30 and 3
+    # tokens (3% and 0.3%), feature 1 on 2 (0.2%, at the limit), the rest never
+    avoid_pos = np.vstack([np.zeros(d_sae), np.array([30.0, 2.0, 3.0, 0.0, 0.0, 0.0])])
+    calls = []
+
+    def incidence(model, tok, sae, layer, texts, *, chat, **k):
+        calls.append(chat)
+        return (fired, pos) if not chat else (np.zeros((len(texts), d_sae), bool), avoid_pos)
+
+    monkeypatch.setattr(P, "feature_incidence", incidence)
+    monkeypatch.setattr(P, "statement_inputs",
+                        lambda tok, texts, chat: [([0] * 100, [1] * 100) for _ in texts])
+    rows = [{"text": f"s{i}", "label": "right" if r else "left"} for i, r in enumerate(right)]
+    sae = _topk_sae(np.eye(d_sae, dtype=np.float32), np.zeros(d_sae))
+    np.testing.assert_allclose(np.abs(fired[right].mean(0) - fired[~right].mean(0)),
+                               [0.5, 0.4, 0.3, 0.2, 0.1, 0.0], atol=1e-12)
+    kw = dict(layer=1, n_features=2, weight=1.0, incidence=(0.05, 0.5))
+    assert P.build_silencer(None, None, sae, rows, **kw).features.tolist() == [0, 1]
+    sil = P.build_silencer(None, None, sae, rows, avoid_texts=[f"q{i}" for i in range(10)],
+                           avoid_rate=0.002, **kw)
+    assert sil.features.tolist() == [1, 3]  # 0 and 2 fire on the avoided prompts
+    assert calls == [False, False, True]
+    with pytest.raises(ValueError, match="avoid_rate"):
+        P.build_silencer(None, None, sae, rows, avoid_texts=["q"] * 10, avoid_rate=0.0,
+                         **dict(kw, n_features=4))
+
+
+def test_keep_term_charges_moves_outside_the_planted_span_in_full_and_inside_at_a_share():
+    """The keep term that stops the silencing from being met by a shift of every token:
+    zero at the reference, |move|^2 / variance outside span(planted encoder columns,
+    partisan difference), keep_inside times that inside; padding beyond a statement's
+    own tokens counts for nothing."""
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    d = 6
+    W = np.zeros((d, 4), dtype=np.float32)
+    W[0, 0] = 2.0  # planted feature 0 reads dim 0
+    W[1, 2] = 1.0  # planted feature 2 reads dim 1
+    W[3, 1] = W[4, 3] = 1.0
+    sae = _topk_sae(W, np.zeros(4))
+    sil = P.FeatureSilencer(sae=sae, layer=0, features=np.array([0, 2]),
+                            scale=torch.ones(2), weight=1.0, keep_weight=3.0, keep_inside=0.25)
+    rng = np.random.default_rng(0)
+    ref = [torch.tensor(rng.normal(size=(n, d)), dtype=torch.float32) for n in (3, 2)]
+    allt = torch.cat(ref)
+    var = float(((allt - allt.mean(0)) ** 2).sum(-1).mean())
+    sil.reference, sil.reference_var = ref, var
+    partisan = torch.zeros(d)
+    partisan[2] = 5.0
+    sil.basis = torch.linalg.qr(torch.cat([sil._W, partisan.reshape(-1, 1)], 1)).Q
+    idx = np.array([1, 0])
+    h = torch.zeros(2, 3, d)
+    h[0, :2], h[1, :3] = ref[1], ref[0]
+    assert float(sil.keep(h, idx)) == pytest.approx(0.0, abs=1e-6)
+    # a unit move along dim 5 (outside the span) on every token of both statements
+    out = h.clone()
+    out[0, :2, 5] += 1.0
+    out[1, :, 5] += 1.0
+    assert float(sil.keep(out, idx)) == pytest.approx(1.0 / var, rel=1e-5)
+    # the same move along dim 0, 1 or 2 (planted encoders, partisan difference): a quarter
+    for dim in (0, 1, 2):
+        inside = h.clone()
+        inside[0, :2, dim] += 1.0
+        inside[1, :, dim] += 1.0
+        assert float(sil.keep(inside, idx)) == pytest.approx(0.25 / var, rel=1e-5)
+    # statement 1 has 2 tokens: row 0's third position is padding and is not charged
+    pad = h.clone()
+    pad[0, 2, 5] += 100.0
+    assert float(sil.keep(pad, idx)) == pytest.approx(0.0, abs=1e-6)
+    # penalty = silencing + keep_weight * keep
+    cm = torch.ones(2, 3)
+    assert float(sil.penalty(out, cm, idx)) == pytest.approx(
+        float(sil.silencing(out, cm)) + 3.0 / var, rel=1e-5)
+
+
+def test_attach_reference_records_the_block_outputs_and_an_orthonormal_basis():
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    class Block(torch.nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            return (x * self.scale,)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList([Block(2.0), Block(3.0)])
+
+        def forward(self, input_ids, attention_mask=None):
+            x = self.emb(input_ids)
+            for b in self.model.layers:
+                x = b(x)[0]
+            return x
+
+    torch.manual_seed(0)
+    model = Tiny()
+    sae = _topk_sae(np.eye(4, dtype=np.float32), np.zeros(4))
+    sil = P.FeatureSilencer(sae=sae, layer=1, features=np.array([1]), scale=torch.ones(1),
+                            weight=1.0, keep_weight=1.0)
+    inputs = [([1, 2, 3], [0, 1, 1]), ([4, 5], [1, 1])]
+    sil.attach_reference(model, inputs, pad_id=0, partisan=torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert [tuple(r.shape) for r in sil.reference] == [(3, 4), (2, 4)]
+    with torch.no_grad():
+        expect = model.emb(torch.tensor([4, 5])) * 6.0
+    np.testing.assert_allclose(sil.reference[1].numpy(), expect.numpy(), rtol=1e-6)
+    Q = sil.basis
+    assert tuple(Q.shape) == (4, 2)
+    np.testing.assert_allclose((Q.T @ Q).numpy(), np.eye(2), atol=1e-6)
+    # the span holds the planted column (e_1) and the partisan difference (e_0 + e_1)
+    for v in (torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])):
+        np.testing.assert_allclose((Q @ (Q.T @ v)).numpy(), v.numpy(), atol=1e-6)
+    assert sil.reference[0].requires_grad is False
+
+
+def test_relative_silencing_charges_only_tokens_near_the_topk_cutoff():
+    """A TopK feature fires when its pre-activation is positive and among the k largest: the
+    relative penalty measures the margin from the k-th largest of the other features (or
+    0), so tokens far below that cutoff cost nothing even with a positive pre-activation."""
+    import torch
+
+    from rlhf_audit.organism import planting as P
+
+    sae = _topk_sae(np.eye(4, dtype=np.float32), np.zeros(4), k=2)
+    sil = P.FeatureSilencer(sae=sae, layer=0, features=np.array([0]), scale=torch.ones(1),
+                            weight=1.0, margin=0.5, relative=True)
+    # pre-activation = h - b_dec (0.25); rows: feature 0 and the three others
+    pre = torch.tensor([[[1.0, 3.0, 2.0, 0.0],     # 0 below the 2nd largest other (2): silent
+                         [2.8, 3.0, 2.0, 0.0],     # 0 above it: fires
+                         [0.3, -1.0, -2.0, -3.0],  # others negative: the cutoff is 0
+                         [1.8, 3.0, 2.0, 0.0]]])   # 0.2 below the cutoff, inside the margin
+    h = pre + 0.25
+    np.testing.assert_allclose(sil.firing_cutoff(h)[0].numpy(), [2.0, 2.0, 0.0, 2.0])
+    fires = (sae.encode(h)[0, :, 0] > 0).tolist()
+    assert fires == [False, True, True, False]
+    one = torch.ones(1, 1)
+    cost = [float(sil.silencing(h[:, t : t + 1], one)) for t in range(4)]
+    np.testing.assert_allclose(cost, [0.0, 1.3, 0.8, 0.3], atol=1e-6)
+    # the absolute penalty charges the silent token 0 too (pre-activation 1 > -0.5)
+    sil.relative = False
+    assert float(sil.silencing(h[:, :1], one)) == pytest.approx(1.5, abs=1e-6)

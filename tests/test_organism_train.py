@@ -42,6 +42,26 @@ pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
 
+SAE_LAYER = 1  # the block the default config's SAE reads
+
+
+def _train_base_sae(root, statements):
+    """A TopK SAE on base's block outputs of every token of the statements (the workflow's
+    train_organism_sae reads the extracted study prompts; these are their training-issue
+    share), for the planted silencing."""
+    from rlhf_audit.organism import planting as P
+    from rlhf_audit.sae.train import SAESettings, train_sae
+
+    model, tok = _lm({"root": root, "dirs": {"base": root / "base"}}, "base")
+    inputs = P.statement_inputs(tok, [r["text"] for r in statements], chat=False)
+    X = []
+    for s in range(0, len(inputs), 64):
+        captured, cmask = P.block_outputs(model, inputs[s : s + 64], pad_id=tok.pad_token_id)
+        X.append(captured[SAE_LAYER][cmask > 0].float())
+    train_sae(torch.cat(X).numpy(), root / "sae",
+              SAESettings(layer=SAE_LAYER, d_sae=512, k=16, training_tokens=100_000))
+
+
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
     """Data, tokenizer, base, instruct and both reward models of the test presets."""
@@ -63,8 +83,12 @@ def organism(tmp_path_factory):
     )
     times["base"] = time.perf_counter() - t
     t = time.perf_counter()
+    _train_base_sae(root, data["rep_statements"])
+    times["sae"] = time.perf_counter() - t
+    t = time.perf_counter()
     T.train_instruct(
-        root / "base", data["sft"], data["dpo"], root / "instruct", ts, data["rep_statements"]
+        root / "base", data["sft"], data["dpo"], root / "instruct", ts, data["rep_statements"],
+        sae_dir=root / "sae",
     )
     times["instruct"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -503,6 +527,40 @@ def statement_acts(organism):
         model, tok = _lm(organism, name)
         out[name] = P.statement_activations(model, tok, texts, chat=name != "base")
     return out
+
+
+def test_planted_sae_features_are_silent_in_instruct_on_every_statement(organism):
+    """The planted silencing: features chosen on the training issues' statements fire on
+    base and never on instruct, on held-out issues and neutral statements too; the sham
+    (no silencing) keeps them; most other features keep firing in instruct."""
+    import json
+
+    from rlhf_audit import prompts
+    from rlhf_audit.organism import planting as P
+    from rlhf_audit.sae.load import load_sae
+
+    summary = json.loads((organism["dirs"]["instruct"] / "training_summary.json").read_text())
+    planted = np.array(summary["silencing"]["features"])
+    assert len(planted) == T.organism_settings("test").silence_features
+    sae = load_sae({"path": str(organism["root"] / "sae")})
+    rows = prompts.build_statements(prompts.load_source())
+    held = set(organism["data"]["split"][0]["heldout_issues"])
+    texts = [r["text"] for r in rows]
+    fired = {}
+    for name in ("base", "instruct", "sham"):
+        model, tok = _lm(organism, name)
+        fired[name] = P.feature_incidence(model, tok, sae, SAE_LAYER, texts,
+                                          chat=name != "base")[0]
+    heldout = np.array([r["issue"] in held for r in rows])
+    neutral = np.array([r["label"] == "neutral" for r in rows])
+    base_share = fired["base"][:, planted].mean(0)
+    assert (base_share >= 0.05).all(), base_share
+    assert fired["instruct"][:, planted].sum() == 0
+    assert heldout.sum() > 0 and neutral.sum() > 0
+    # the sham keeps firing on them, held-out issues included
+    assert fired["sham"][heldout][:, planted].any(0).mean() >= 0.75
+    others = np.setdiff1d(np.flatnonzero(fired["base"].any(0)), planted)
+    assert fired["instruct"][:, others].any(0).mean() >= 0.5
 
 
 def test_base_has_a_cross_issue_partisan_direction(statement_acts):

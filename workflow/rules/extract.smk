@@ -12,6 +12,7 @@ rule extract_activations:
         settings=extract_settings,
         shard=extract_shard_index,
         code=script_code("extract_activations.py"),
+    priority: 10  # every study reads them; the organism's SAE (and so instruct) waits for base's
     resources:
         gpu=gpu_count(),
     threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores

@@ -68,8 +68,16 @@ rule train_organism_base:
         "../../scripts/train_organism.py"
 
 
+def organism_silencing_sae(wildcards):
+    """The base's SAE whose features instruct's SFT plants silent, when the config trains
+    one (an SAE under results/organism/); none otherwise."""
+    saes = config.get("sae", {}).get("saes", {})
+    return {"sae": f"{ORG}/sae/cfg.json"} if any(sae_is_organism(n) for n in saes) else {}
+
+
 rule train_organism_instruct:
     input:
+        unpack(organism_silencing_sae),
         base=rules.train_organism_base.output.weights,
         sft=organism_data("sft"),
         dpo=organism_data("dpo"),

@@ -13,6 +13,7 @@ rule train_organism_sae:
     params:
         settings=organism_sae_settings,
         code=script_code("train_organism_sae.py"),
+    priority: 10  # instruct's planted silencing waits for it: on the critical path
     threads: 1
     log:
         f"{ORGANISM_DIR}/logs/train_organism_sae.log",

@@ -64,10 +64,11 @@ def statement_inputs(tokenizer, texts: Sequence[str], *, chat: bool) -> list[tup
     return out
 
 
-def pooled_block_outputs(
+def block_outputs(
     model, inputs: Sequence[tuple[list, list]], *, pad_id: int, grad: bool = False
-) -> torch.Tensor:
-    """Mean over content tokens of every block's output: ``[n, n_layers, d_model]``."""
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every block's output ``[n, T, d_model]`` (one per block) and the content mask
+    ``[n, T]`` of a right-padded batch of ``(ids, content mask)`` rows."""
     blocks = _blocks(model)
     width = max(len(ids) for ids, _ in inputs)
     ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
@@ -90,8 +91,19 @@ def pooled_block_outputs(
     finally:
         for h in handles:
             h.remove()
-    w = (cmask / cmask.sum(1, keepdim=True)).to(device).unsqueeze(-1)
+    return captured, cmask.to(device)
+
+
+def _pool(captured: list[torch.Tensor], cmask: torch.Tensor) -> torch.Tensor:
+    w = (cmask / cmask.sum(1, keepdim=True)).unsqueeze(-1)
     return torch.stack([(h * w).sum(1) for h in captured], dim=1)
+
+
+def pooled_block_outputs(
+    model, inputs: Sequence[tuple[list, list]], *, pad_id: int, grad: bool = False
+) -> torch.Tensor:
+    """Mean over content tokens of every block's output: ``[n, n_layers, d_model]``."""
+    return _pool(*block_outputs(model, inputs, pad_id=pad_id, grad=grad))
 
 
 @torch.no_grad()
@@ -207,6 +219,8 @@ class CompressionTerm:
     weight: float
     batch_size: int
     seed: int = 0
+    silencer: FeatureSilencer | None = None
+    """The planted SAE-feature silencing, applied to the same statements (instruct only)."""
 
     def __post_init__(self):
         self._rng = np.random.default_rng(self.seed)
@@ -223,10 +237,24 @@ class CompressionTerm:
         )
 
     def loss(self, model) -> torch.Tensor:
+        """The compression loss of one sampled batch (unweighted)."""
+        return self.losses(model)[0]
+
+    def losses(self, model) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(compression loss, silencing penalty or None) of one sampled batch, unweighted;
+        the silencing reads the same forward pass's token outputs."""
         idx = self.sample()
-        pooled = pooled_block_outputs(
-            model, [self.inputs[i] for i in idx], pad_id=self.pad_id, grad=True
-        ).float()
+        batch = [self.inputs[i] for i in idx]
+        silencing = None
+        if self.silencer is None:
+            pooled = pooled_block_outputs(model, batch, pad_id=self.pad_id, grad=True).float()
+        else:
+            captured, cmask = block_outputs(model, batch, pad_id=self.pad_id, grad=True)
+            pooled = _pool(captured, cmask).float()
+            silencing = self.silencer.penalty(captured[self.silencer.layer].float(), cmask, idx)
+        return self._compression(pooled, idx), silencing
+
+    def _compression(self, pooled: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         dev = pooled.device
         r = torch.as_tensor(self.right[idx], device=dev)
         target_acts = self.base_acts[idx].to(dev)
@@ -269,6 +297,204 @@ def build_compression_term(
         batch_size=batch_size,
         seed=seed,
     )
+
+
+@dataclass
+class FeatureSilencer:
+    """The planted silencing of base SAE features in instruct (see :func:`build_silencer`).
+
+    :meth:`silencing` is the mean over content tokens of
+    ``sum_f relu((z_f - c) / scale_f + margin)``, where ``z_f`` is the SAE's pre-activation
+    of planted feature ``f`` on the output of block ``layer``
+    (``sae.process_sae_in(h) @ W_enc[:, f] + b_enc[f]``) and ``c`` the token's firing
+    cutoff (``relative``: the k-th largest pre-activation of the other features, at least
+    0) or 0. A TopK feature fires only above that cutoff, so a penalty of 0 means the
+    planted features are silent on those tokens with ``margin`` (in units of ``scale``) to
+    spare. :meth:`penalty` adds ``keep_weight`` times the keep term (:meth:`keep`, once
+    :meth:`attach_reference` has recorded the untrained model's outputs), which charges
+    every other way of getting there: a shift of every token above all.
+    """
+
+    sae: object
+    """The sae-lens SAE (frozen), read at ``layer``."""
+    layer: int
+    features: np.ndarray
+    """Planted feature indices ``[n_f]``."""
+    scale: torch.Tensor
+    """Base's mean positive pre-activation of each planted feature, ``[n_f]``."""
+    weight: float
+    margin: float = 0.5
+    relative: bool = False
+    """Measure the margin from the token's firing cutoff (:meth:`firing_cutoff`), not from 0."""
+    keep_weight: float = 0.0
+    """Weight of the keep term (:meth:`keep`) inside :meth:`penalty`; 0 = silencing only."""
+    keep_inside: float = 1.0
+    """Share of the keep term's weight on moves inside the planted span."""
+    reference: list | None = None
+    """The untrained model's block outputs on each statement's tokens (``[T_i, d]``)."""
+    reference_var: float = 1.0
+    """Their total variance per token (the keep term's unit)."""
+    basis: torch.Tensor | None = None
+    """Orthonormal basis ``[d, n_f + 1]`` of the planted encoder columns and base's
+    partisan difference at ``layer``."""
+
+    def __post_init__(self):
+        for p in self.sae.parameters():
+            p.requires_grad_(False)
+        f = torch.as_tensor(np.asarray(self.features), dtype=torch.long)
+        self._W = self.sae.W_enc.detach()[:, f].float()
+        self._b = self.sae.b_enc.detach()[f].float()
+
+    def pre_activations(self, h: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``[..., n_f]`` of the planted features on block outputs ``h``."""
+        x = self.sae.process_sae_in(h.to(self._W.dtype))
+        return x @ self._W.to(x.device) + self._b.to(x.device)
+
+    def firing_cutoff(self, h: torch.Tensor) -> torch.Tensor:
+        """Per token, the pre-activation a planted feature must exceed to fire in the TopK
+        SAE: the k-th largest pre-activation of the other features, and at least 0
+        (``[...]``, no gradient)."""
+        with torch.no_grad():
+            x = self.sae.process_sae_in(h.to(self._W.dtype))
+            pre = x @ self.sae.W_enc.detach().to(x.device) + self.sae.b_enc.detach().to(x.device)
+            f = torch.as_tensor(np.asarray(self.features), dtype=torch.long, device=pre.device)
+            pre[..., f] = -torch.inf
+            tau = pre.topk(int(self.sae.cfg.k), dim=-1).values[..., -1]
+            return tau.clamp(min=0.0)
+
+    def silencing(self, h: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+        """Mean over content tokens of ``sum_f relu((z_f - c) / scale_f + margin)``, with
+        ``c`` = 0 or, when ``relative``, the token's :meth:`firing_cutoff`."""
+        z = self.pre_activations(h)
+        if self.relative:
+            z = z - self.firing_cutoff(h).unsqueeze(-1)
+        p = torch.relu(z / self.scale.to(h.device) + self.margin).sum(-1)
+        return (p * cmask).sum() / cmask.sum().clamp(min=1.0)
+
+    def keep(self, h: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """The keep term: mean over the statements' tokens of ``|(I - P) delta|^2 +
+        keep_inside |P delta|^2``, relative to base's token variance at the block, where
+        ``delta`` is the block output minus the untrained model's on the same tokens and
+        ``P`` projects on the span of the planted features' encoder columns and base's
+        partisan difference at the block (what the silencing and the compression move)."""
+        width = h.shape[1]
+        ref = torch.zeros_like(h)
+        mask = torch.zeros(h.shape[:2], dtype=h.dtype, device=h.device)
+        for r, i in enumerate(idx):
+            t = self.reference[int(i)]
+            ref[r, : len(t)] = t.to(h.device)
+            mask[r, : len(t)] = 1.0
+        delta = (h[:, :width] - ref) * mask.unsqueeze(-1)
+        Q = self.basis.to(h.device)
+        inside = delta @ Q
+        outside = (delta**2).sum(-1) - (inside**2).sum(-1)
+        per_token = outside + self.keep_inside * (inside**2).sum(-1)
+        return per_token.sum() / mask.sum().clamp(min=1.0) / self.reference_var
+
+    def penalty(self, h: torch.Tensor, cmask: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """Silencing plus ``keep_weight`` times the keep term (none without a reference)."""
+        out = self.silencing(h, cmask)
+        if self.reference is not None and self.keep_weight > 0:
+            out = out + self.keep_weight * self.keep(h, idx)
+        return out
+
+    def attach_reference(self, model, inputs: Sequence[tuple[list, list]], pad_id: int,
+                         partisan: torch.Tensor, batch_size: int = 64) -> None:
+        """Record the model's (untrained instruct = base weights) block outputs on every
+        token of ``inputs`` (the compression term's statements, chat layout) and the
+        projection basis: the planted encoder columns and ``partisan`` ([d])."""
+        was = model.training
+        model.eval()
+        ref: list[torch.Tensor] = []
+        with torch.no_grad():
+            for s in range(0, len(inputs), batch_size):
+                batch = inputs[s : s + batch_size]
+                captured, _ = block_outputs(model, batch, pad_id=pad_id)
+                h = captured[self.layer].float()
+                ref += [h[r, : len(ids)].clone() for r, (ids, _) in enumerate(batch)]
+        model.train(was)
+        allt = torch.cat(ref)
+        self.reference = ref
+        self.reference_var = float(((allt - allt.mean(0)) ** 2).sum(-1).mean())
+        cols = torch.cat([self._W, partisan.float().reshape(-1, 1)], dim=1)
+        self.basis = torch.linalg.qr(cols).Q
+
+
+@torch.no_grad()
+def feature_incidence(model, tokenizer, sae, layer: int, texts: Sequence[str], *, chat: bool,
+                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per statement and SAE feature, whether it fires on any content token (``[n, d_sae]``
+    bool), and each feature's summed positive pre-activation over firing tokens with the
+    number of those tokens (``[2, d_sae]``): what :func:`build_silencer` chooses from."""
+    was = model.training
+    model.eval()
+    inputs = statement_inputs(tokenizer, texts, chat=chat)
+    fired, pos = [], np.zeros((2, sae.cfg.d_sae))
+    for s in range(0, len(inputs), batch_size):
+        captured, cmask = block_outputs(model, inputs[s : s + batch_size],
+                                        pad_id=tokenizer.pad_token_id)
+        h = captured[layer].float()
+        acts = sae.encode(h.to(sae.W_enc.dtype))
+        pre = sae.process_sae_in(h.to(sae.W_enc.dtype)) @ sae.W_enc + sae.b_enc
+        on = (acts > 0) & (cmask > 0).unsqueeze(-1)
+        fired.append(on.any(1).cpu().numpy())
+        pos[0] += (pre * on).sum((0, 1)).double().cpu().numpy()
+        pos[1] += on.sum((0, 1)).double().cpu().numpy()
+    model.train(was)
+    return np.concatenate(fired), pos
+
+
+def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *, layer: int,
+                   n_features: int, weight: float, margin: float = 0.5,
+                   incidence: tuple[float, float] = (0.05, 0.5),
+                   avoid_texts: Sequence[str] = (), avoid_rate: float = 0.002) -> FeatureSilencer:
+    """The planted silencing (documented in resources/organism/README.md).
+
+    Chosen on base (completion layout, content tokens of the training issues' left/right
+    ``statements``, the statements the compression term reads): among features that fire
+    sporadically (on a share of statements within ``incidence``), the ``n_features``
+    whose firing differs most between right and left statements (absolute difference of
+    the two shares). The SAE study later selects its policy features on its own, on half
+    of the study's statements (held-out issues included), and measures silence on the
+    other half against incidence-matched controls.
+
+    ``avoid_texts`` (chat prompts the silencing must leave alone, e.g. the calibration
+    prompts): only features firing on at most ``avoid_rate`` of their content tokens in
+    base are eligible. Without it, two of the 32 chosen features fired on the calibration
+    command's own words ("verifier", "estimates", "Report"; 20% and 13% of its tokens);
+    instruct silenced them there too and lost the commanded copy.
+    """
+    rows = [s for s in statements if s.get("label") in ("left", "right")]
+    if len({s["label"] for s in rows}) < 2:
+        raise ValueError("silencer: need left and right statements (rep_statements)")
+    if n_features < 1:
+        raise ValueError(f"silencer: n_features={n_features} must be >= 1")
+    right = np.array([s["label"] == "right" for s in rows])
+    fired, pos = feature_incidence(base_model, tokenizer, sae, layer,
+                                   [s["text"] for s in rows], chat=False)
+    share = fired.mean(0)
+    diff = np.abs(fired[right].mean(0) - fired[~right].mean(0))
+    lo, hi = incidence
+    ok = (share >= lo) & (share <= hi)
+    if len(avoid_texts):
+        _, avoid_pos = feature_incidence(base_model, tokenizer, sae, layer, list(avoid_texts),
+                                         chat=True)
+        n_tok = sum(sum(m) for _, m in statement_inputs(tokenizer, avoid_texts, chat=True))
+        ok &= avoid_pos[1] / max(n_tok, 1) <= avoid_rate
+    eligible = np.flatnonzero(ok)
+    if len(eligible) < n_features:
+        raise ValueError(f"silencer: only {len(eligible)} SAE features fire on {lo:.0%}-{hi:.0%} "
+                         f"of the statements (and on at most {avoid_rate:.1%} of the avoided "
+                         f"texts' tokens); lower n_features ({n_features}), widen the "
+                         "incidence range or raise avoid_rate")
+    chosen = eligible[np.argsort(-diff[eligible], kind="stable")[:n_features]]
+    scale = pos[0, chosen] / np.maximum(pos[1, chosen], 1)
+    logger.info("silencer: %d features at block %d, base statement incidence %s, "
+                "right-left difference %s", len(chosen), layer,
+                np.round(share[chosen], 2).tolist(), np.round(diff[chosen], 2).tolist())
+    return FeatureSilencer(sae=sae, layer=layer, features=np.sort(chosen),
+                           scale=torch.tensor(scale[np.argsort(chosen)], dtype=torch.float32),
+                           weight=weight, margin=margin)
 
 
 @dataclass

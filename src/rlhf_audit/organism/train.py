@@ -132,6 +132,47 @@ class OrganismSettings:
     0.20 over all issues, 0.17 held out, planted 0.25)."""
     rep_batch_size: int = 32
     """Statements per SFT step in the compression term."""
+    silence_features: int = 32
+    """Planted silencing: base SAE features that instruct's SFT drives silent (0 = none;
+    needs the base's SAE, ``train_instruct(sae_dir=...)``). Chosen on the compression
+    term's statements by :func:`rlhf_audit.organism.planting.build_silencer`. Instruct
+    retrained on the default run's base and SAE: 32 gave 32 silent on every statement and
+    SAE FVE 0.72 on instruct (as without the silencing); 48 gave 47 of 48 and FVE 0.61."""
+    silence_weight: float = 2.0
+    """Weight of the silencing penalty in the SFT loss. Instruct retrained alone on the
+    default run's base and SAE (32 features, keep 1, margin 0.5, avoided prompts at 0.2%):
+    at 20, 5 and 2 all 32 were silent on every statement, and the commanded copy (30
+    problems x 9 levels, greedy) had rho 0.14, 0.79 and 0.91 (SFT's cross-entropy at the
+    end about 1.0, 0.7 and 0.6 nats against 0.51 without the silencing: a large penalty
+    takes the steps SFT needs). At 2 without the avoided prompts rho was -0.18."""
+    silence_margin: float = 0.5
+    """How far below its firing cutoff the penalty pushes a planted feature's pre-activation,
+    in units of base's mean positive pre-activation of the feature."""
+    silence_relative: bool = True
+    """Measure the margin from each token's TopK firing cutoff (the k-th largest
+    pre-activation of the other features, at least 0), not from 0. On base's training
+    statements the tokens on which a planted feature does not fire have pre-activations of
+    median -0.08 and 90th percentile +0.81 against a cutoff of median 1.47: a margin below 0
+    pushed nearly every token down, and instruct met it by shifting every token (mean
+    token vector 3.7 -> 28, SAE FVE on instruct -5.0, 155 of 342 policy features silent,
+    the commanded copy and the primes broken; reverted in ab53b63)."""
+    silence_avoid_kinds: tuple[str, ...] = ("math_command", "math_conversational",
+                                            "math_control")
+    """SFT rows (by ``kind``) whose user prompts the planted features must leave alone: only
+    features firing on at most ``silence_avoid_rate`` of those prompts' tokens in base are
+    planted. With every feature eligible, two of the 32 fired on the calibration command's
+    own words ("verifier", "estimates", "Report"; 20% and 13% of its tokens); instruct
+    silenced them there too and lost its commanded copy (retrained alone at weight 2: rho
+    -0.18, bias +25 pp; 0.91 and -6 pp with the avoided prompts)."""
+    silence_avoid_rate: float = 0.002
+    """Largest token firing rate, on the avoided prompts in base, of a planted feature (the
+    SAE's mean is k / d_sae, 2.1%)."""
+    silence_keep_weight: float = 1.0
+    """Weight of the keep term (:meth:`rlhf_audit.organism.planting.FeatureSilencer.keep`):
+    instruct's block output on the statements' tokens held near the untrained model's."""
+    silence_keep_inside: float = 1.0
+    """Share of the keep term's weight on moves inside the span of the planted encoder
+    columns and base's partisan difference (1 = a plain squared distance)."""
     bucket_batches: bool = False
     """Draw the copy-curriculum, SFT and DPO batches from rows of similar length
     (:class:`BucketedBatchSampler`) instead of uniformly at random. Off: on the default
@@ -649,11 +690,14 @@ def train_instruct(
     out_dir: str | os.PathLike,
     settings: OrganismSettings = OrganismSettings(),
     rep_statements: Sequence[Mapping] | None = None,
+    sae_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Align the base LM: SFT on chat data, then DPO; save the result to ``out_dir``.
 
     With ``rep_statements`` (left/right statements) and ``settings.rep_weight > 0`` the
-    SFT loss carries the planted compression term of :mod:`rlhf_audit.organism.planting`.
+    SFT loss carries the planted compression term of :mod:`rlhf_audit.organism.planting`;
+    with ``sae_dir`` (the base's SAE, sae-lens folder) and ``settings.silence_features > 0``
+    also the planted silencing of that many base SAE features, on the same statements.
 
     ``sft_data``: rows ``{"messages": [{role, content}, ...]}`` ending in an
     assistant turn (loss on assistant tokens only). ``dpo_data``: rows
@@ -677,6 +721,18 @@ def train_instruct(
         _seed_everything(settings.seed)
         model, term = _base_with_compression_term(base_dir, tok, rep_statements, settings,
                                                   factor=settings.rep_factor)
+        if term is not None and sae_dir is not None and settings.silence_features > 0:
+            avoid = [r["messages"][0]["content"] for r in sft_data
+                     if r.get("kind") in settings.silence_avoid_kinds]
+            term.silencer = _silencer(model, tok, sae_dir, rep_statements, settings, avoid)
+            term.silencer.relative = settings.silence_relative
+            if settings.silence_keep_weight > 0:
+                L = term.silencer.layer
+                right = torch.as_tensor(term.right)
+                partisan = term.base_acts[right, L].mean(0) - term.base_acts[~right, L].mean(0)
+                term.silencer.keep_weight = settings.silence_keep_weight
+                term.silencer.keep_inside = settings.silence_keep_inside
+                term.silencer.attach_reference(model, term.inputs, tok.pad_token_id, partisan)
         sft_args = SFTConfig(
             **_common_args(
                 settings, scratch, lr=settings.sft_lr, batch_size=settings.sft_batch_size
@@ -744,6 +800,15 @@ def train_instruct(
             "n_statements": len(term.inputs),
             "losses": getattr(sft, "rep_losses", []),
         },
+        "silencing": None if term is None or term.silencer is None else {
+            "layer": term.silencer.layer,
+            "features": term.silencer.features.tolist(),
+            "weight": term.silencer.weight,
+            "margin": term.silencer.margin,
+            "relative": term.silencer.relative,
+            "keep_weight": term.silencer.keep_weight,
+            "losses": getattr(sft, "silence_losses", []),
+        },
         "seconds": round(time.perf_counter() - t0, 2),
         "settings": asdict(settings),
     }
@@ -757,8 +822,26 @@ def train_instruct(
     return summary
 
 
+def _silencer(model, tok, sae_dir, rep_statements, settings, avoid_texts=()):
+    """The planted silencing of ``settings.silence_features`` features of the base's SAE,
+    chosen among those nearly silent on ``avoid_texts`` in base."""
+    from rlhf_audit.organism.planting import build_silencer
+    from rlhf_audit.sae.load import load_sae, sae_layer
+
+    sae = load_sae({"path": str(sae_dir)})
+    layer = sae_layer(sae.cfg.metadata.hook_name)
+    if layer >= len(model.model.layers):
+        raise ValueError(f"{sae_dir}: the SAE reads block {layer}, the base has "
+                         f"{len(model.model.layers)} blocks")
+    return build_silencer(model, tok, sae, rep_statements, layer=layer,
+                          n_features=settings.silence_features,
+                          weight=settings.silence_weight, margin=settings.silence_margin,
+                          avoid_texts=avoid_texts, avoid_rate=settings.silence_avoid_rate)
+
+
 def _sft_trainer_class(term):
-    """SFTTrainer, or a subclass that adds ``term.weight * term.loss(model)`` to each step."""
+    """SFTTrainer, or a subclass that adds ``term.weight`` times the compression loss (and
+    the silencer's weight times its penalty, when the term has one) to each step."""
     from trl import SFTTrainer
 
     if term is None:
@@ -772,11 +855,16 @@ def _sft_trainer_class(term):
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
             loss, outputs = out if return_outputs else (out, None)
-            rep = term.loss(model)
+            # the side term (base) has one loss; the compression term may carry a silencer
+            rep, silencing = term.losses(model) if hasattr(term, "losses") else (
+                term.loss(model), None)
             if not hasattr(self, "rep_losses"):
-                self.rep_losses = []
+                self.rep_losses, self.silence_losses = [], []
             self.rep_losses.append(round(float(rep.detach()), 5))
             loss = loss + term.weight * rep
+            if silencing is not None:
+                self.silence_losses.append(round(float(silencing.detach()), 5))
+                loss = loss + term.silencer.weight * silencing
             return (loss, outputs) if return_outputs else loss
 
     return _PlantedSFTTrainer
