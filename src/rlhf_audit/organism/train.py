@@ -233,6 +233,7 @@ PRESETS: dict[str, OrganismSettings] = {
     "smoke": OrganismSettings(
         base_steps=80,
         copy_steps=40,
+        silence_features=8,  # its 256-wide SAE on an 80-step base has few eligible features
         sft_epochs=1.0,
         rm_hidden_size=64,
         rm_intermediate_size=128,
