@@ -244,7 +244,7 @@ def test_silencer_chooses_sporadic_features_that_differ_by_side(monkeypatch):
     # almost none: not sporadic, whatever their side difference (1 differs most)
     fired = rng.random((n, d_sae)) < np.where(right[:, None], p_right, p_left)
     pos = np.vstack([np.arange(1, d_sae + 1) * 10.0, np.full(d_sae, 10.0)])
-    monkeypatch.setattr(P, "feature_incidence", lambda *a, **k: (fired, pos))
+    monkeypatch.setattr(P, "feature_incidence", lambda *a, **k: (fired, pos, 1000))
     rows = [{"text": f"s{i}", "label": "right" if r else "left"} for i, r in enumerate(right)]
     rows.append({"text": "neutral one", "label": "neutral"})
     sae = _topk_sae(np.eye(d_sae, dtype=np.float32), np.zeros(d_sae))
@@ -283,11 +283,11 @@ def test_silencer_leaves_features_that_fire_on_the_avoided_prompts(monkeypatch):
 
     def incidence(model, tok, sae, layer, texts, *, chat, **k):
         calls.append(chat)
-        return (fired, pos) if not chat else (np.zeros((len(texts), d_sae), bool), avoid_pos)
+        if not chat:
+            return fired, pos, 5000
+        return np.zeros((len(texts), d_sae), bool), avoid_pos, 1000
 
     monkeypatch.setattr(P, "feature_incidence", incidence)
-    monkeypatch.setattr(P, "statement_inputs",
-                        lambda tok, texts, chat: [([0] * 100, [1] * 100) for _ in texts])
     rows = [{"text": f"s{i}", "label": "right" if r else "left"} for i, r in enumerate(right)]
     sae = _topk_sae(np.eye(d_sae, dtype=np.float32), np.zeros(d_sae))
     np.testing.assert_allclose(np.abs(fired[right].mean(0) - fired[~right].mean(0)),

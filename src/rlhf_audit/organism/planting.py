@@ -422,13 +422,15 @@ class FeatureSilencer:
 
 @torch.no_grad()
 def feature_incidence(model, tokenizer, sae, layer: int, texts: Sequence[str], *, chat: bool,
-                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, int]:
     """Per statement and SAE feature, whether it fires on any content token (``[n, d_sae]``
-    bool), and each feature's summed positive pre-activation over firing tokens with the
-    number of those tokens (``[2, d_sae]``): what :func:`build_silencer` chooses from."""
+    bool); each feature's summed positive pre-activation over firing tokens with the
+    number of those tokens (``[2, d_sae]``); and the number of content tokens read: what
+    :func:`build_silencer` chooses from."""
     was = model.training
     model.eval()
     inputs = statement_inputs(tokenizer, texts, chat=chat)
+    n_tokens = sum(sum(mask) for _, mask in inputs)
     fired, pos = [], np.zeros((2, sae.cfg.d_sae))
     for s in range(0, len(inputs), batch_size):
         captured, cmask = block_outputs(model, inputs[s : s + batch_size],
@@ -441,7 +443,7 @@ def feature_incidence(model, tokenizer, sae, layer: int, texts: Sequence[str], *
         pos[0] += (pre * on).sum((0, 1)).double().cpu().numpy()
         pos[1] += on.sum((0, 1)).double().cpu().numpy()
     model.train(was)
-    return np.concatenate(fired), pos
+    return np.concatenate(fired), pos, n_tokens
 
 
 def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *, layer: int,
@@ -470,16 +472,15 @@ def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *,
     if n_features < 1:
         raise ValueError(f"silencer: n_features={n_features} must be >= 1")
     right = np.array([s["label"] == "right" for s in rows])
-    fired, pos = feature_incidence(base_model, tokenizer, sae, layer,
-                                   [s["text"] for s in rows], chat=False)
+    fired, pos, _ = feature_incidence(base_model, tokenizer, sae, layer,
+                                      [s["text"] for s in rows], chat=False)
     share = fired.mean(0)
     diff = np.abs(fired[right].mean(0) - fired[~right].mean(0))
     lo, hi = incidence
     ok = (share >= lo) & (share <= hi)
     if len(avoid_texts):
-        _, avoid_pos = feature_incidence(base_model, tokenizer, sae, layer, list(avoid_texts),
-                                         chat=True)
-        n_tok = sum(sum(m) for _, m in statement_inputs(tokenizer, avoid_texts, chat=True))
+        _, avoid_pos, n_tok = feature_incidence(base_model, tokenizer, sae, layer,
+                                                list(avoid_texts), chat=True)
         ok &= avoid_pos[1] / max(n_tok, 1) <= avoid_rate
     eligible = np.flatnonzero(ok)
     if len(eligible) < n_features:
