@@ -13,6 +13,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # their own cluster unset this for those commands.
 os.environ.setdefault("SLURM_CONF", os.devnull)
 
+# The same CPU arithmetic on every x86 host (rlhf_audit.numerics), before torch computes:
+# the organism tests then train the same models here as on CI.
+from rlhf_audit.numerics import pin_cpu_numerics  # noqa: E402
+
+pin_cpu_numerics()
+
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

@@ -11,6 +11,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # table bit-for-bit reproducible (jobs inherit this environment).
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
 
+from rlhf_audit.numerics import pin_cpu_numerics
+
+# torch's CPU kernels follow the host's instruction set unless pinned, and a training
+# run turns the last bit into different weights: the same seed trained a different
+# organism on an AVX-512 host. Jobs inherit the AVX2 paths (rlhf_audit.numerics).
+pin_cpu_numerics()
+
 from snakemake.exceptions import WorkflowError
 
 from rlhf_audit.codehash import code_hash

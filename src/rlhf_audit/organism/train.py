@@ -1521,6 +1521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from rlhf_audit.numerics import pin_cpu_numerics
+
+    pin_cpu_numerics()  # before torch first computes: the workflow's arithmetic
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     report = run_all(args.out_dir, preset=args.preset, threads=args.threads, seed=args.seed)
     logger.info("timings: %s (training %.0fs)", report["seconds"], report["training_seconds"])
