@@ -56,6 +56,8 @@ def planted_study(
     redraw_instruct: bool = False,
     instruct_rate_scale: float = 1.0,
     bursty_background: float = 0.0,
+    faint_background: float = 0.0,
+    instruct_shrink: float = 1.0,
 ):
     """(base (meta, X), instruct (meta, X), feature roles) for a planted study.
 
@@ -74,7 +76,11 @@ def planted_study(
     probabilities times ``instruct_rate_scale`` for every feature alike (no effect
     specific to policy features). ``bursty_background``: this share of the background
     features fires on every token of a carrying statement's framings (not only token 3):
-    four times the token rate at the same statement incidence.
+    four times the token rate at the same statement incidence. ``faint_background``: this
+    share of the background features fires at 0.55, just above the SAE's threshold of 0.5,
+    instead of 1. ``instruct_shrink``: every instruct activation is multiplied by it (a
+    shift of the residual stream blind to what a feature means; at 0.85 the faint features
+    fall under the threshold and the others still fire).
     """
     rng = np.random.default_rng(seed)
     d = n_policy + 1 + n_background
@@ -84,6 +90,9 @@ def planted_study(
     silenced_bg = bg[rng.random(n_background) < silence_background]
     # drawn only when asked for, so the other studies' random streams stay as they were
     bursty = bg[rng.random(n_background) < bursty_background] if bursty_background else bg[:0]
+    value = np.ones(d, np.float32)
+    if faint_background:
+        value[bg[rng.random(n_background) < faint_background]] = 0.55
     rows, Xb, Xi = [], [], []
 
     def draw(label, scale=1.0):
@@ -115,11 +124,13 @@ def planted_study(
                     x[bg] = carried[bg]
                 x[bursty] = carried[bursty]
                 xi = x.copy()
+                x *= value
                 if t == 1:
                     xi[:n_policy] = carried_i[:n_policy]
                 if t == 3:
                     xi[bg] = carried_i[bg]
                 xi[bursty] = carried_i[bursty]
+                xi *= value * np.float32(instruct_shrink)
                 if silence_policy:
                     xi[:n_policy] = 0
                 xi[silenced_bg] = 0
@@ -132,5 +143,6 @@ def planted_study(
     meta = pl.DataFrame(rows)
     roles = {"right": list(range(0, n_policy, 2)), "left": list(range(1, n_policy, 2)),
              "rhetoric": rhet, "background": bg.tolist(), "silenced_background":
-             silenced_bg.tolist(), "bursty_background": bursty.tolist(), "d": d}
+             silenced_bg.tolist(), "bursty_background": bursty.tolist(),
+             "faint_background": np.flatnonzero(value < 1).tolist(), "d": d}
     return (meta, np.stack(Xb)), (meta, np.stack(Xi)), roles

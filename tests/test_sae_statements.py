@@ -1,6 +1,6 @@
 """Statement-level SAE analysis (rlhf_audit.sae.select): planted policy features, a
 rhetoric feature that must not be selected, pseudo-replication, the winner's curse and
-the incidence-matched control."""
+the control matched on statement incidence and firing strength."""
 
 from __future__ import annotations
 
@@ -217,6 +217,53 @@ def test_bursty_controls_do_not_bias_the_null():
         covered += e.lo <= 0 <= e.hi
     assert abs(np.mean(excess)) < 0.03, excess
     assert covered >= 7, excess
+
+
+def test_faint_controls_do_not_bias_the_null():
+    # Half the background features fire at 0.55, just above the SAE's threshold (0.5);
+    # policy features fire at 1. Instruct shrinks every activation by 0.85 (no effect
+    # specific to policy features): the faint features fall under the threshold on every
+    # statement, the others never do. Controls matched on incidence alone are half faint
+    # (excess about -0.5); matched on incidence and firing strength the excess is about 0.
+    excess, covered = [], 0
+    for seed in range(4):
+        base, inst, roles = planted_study(
+            400 + seed, n_issues=20, n_policy=40, policy_rate=0.5, n_background=300,
+            silence_policy=False, faint_background=0.5, instruct_shrink=0.85)
+        st = run(base, inst, roles["d"], n_boot=100)
+        h = st.headline
+        e = h["share_inactive_in_instruct_excess"]
+        assert h["n_policy_features"].value >= 20
+        excess.append(e.value)
+        covered += e.lo <= 0 <= e.hi
+        faint = set(roles["faint_background"])
+        ctl = st.controls
+        # a faint control only where no full-strength one fires on nearly as many statements
+        assert np.mean([c in faint for c in ctl["control_feature"].to_list()]) < 0.1
+        # the same scans, controls matched on incidence alone: the bias this test plants
+        cmp = st.comparison
+        policy = st.selection.selected["feature"].to_numpy()
+        n_meas = int((st.selection.split["half"] == "measurement").sum())
+        inc = np.zeros(roles["d"])
+        inc[cmp["feature"].to_numpy()] = cmp["statement_firing_rate_base"].to_numpy() * n_meas
+        silent = np.zeros(roles["d"], bool)
+        silent[cmp["feature"].to_numpy()] = cmp["inactive_in_instruct"].to_numpy()
+        old = S.match_controls(inc, policy, k=5, seed=0)
+        assert silent[policy].mean() - silent[old].mean() < -0.2
+    assert abs(np.mean(excess)) < 0.03, excess
+    assert covered >= 3, excess
+
+
+def test_controls_match_firing_strength_beside_incidence():
+    incidence = np.array([50, 50, 50, 35, 0])
+    magnitude = np.array([2.0, 0.6, 2.0, 2.0, 0.0])
+    # feature 0 (50 statements, strength 2): 2 (same both) first, then 3 (|log 50/35| =
+    # 0.36) before 1 (same incidence, |log 2/0.6| = 1.2)
+    ctrl = S.match_controls(incidence, np.array([0]), k=3, seed=0, magnitude=magnitude)
+    assert ctrl[0].tolist() == [2, 3, 1]
+    assert S.match_controls(incidence, np.array([0]), k=3, seed=0)[0, 0] in (1, 2)
+    with pytest.raises(ValueError, match="4 values for 5 features"):
+        S.match_controls(incidence, np.array([0]), k=1, magnitude=magnitude[:4])
 
 
 def test_controls_match_statement_incidence_then_token_rate():

@@ -19,7 +19,8 @@ sporadically in base are completely inactive in instruct. The measurement:
    statements carry other framings), never used to select.
 4. **Control.** Each policy feature is matched to ``controls_per_feature`` non-policy
    features firing on as many measurement-half statements in base (statement
-   incidence; ties broken by token firing rate; see :func:`match_controls`). The share
+   incidence) about as strongly (mean activation where they fire); ties broken by
+   token firing rate; see :func:`match_controls`. The share
    silent in instruct is reported for both, with their paired difference; intervals
    resample measurement-half statements (within label) and, crossed with them, the
    policy features ("never fires" is an extreme statistic: resampling statements alone
@@ -74,17 +75,18 @@ HEADLINE_KEYS: dict[str, str] = {
     "share_inactive_in_instruct_control": (
         "The same share for the control features: per policy feature, the non-policy "
         "features nearest in base statement incidence (measurement-half statements on which "
-        "it fires; ties: nearest token firing rate), averaged per policy feature; interval: "
-        "crossed bootstrap over measurement-half statements and policy features. Was: "
-        "matched on token firing rate, which picked bursty controls that fall silent easily."
+        "it fires) and firing strength (mean activation where it fires; ties: nearest token "
+        "firing rate), averaged per policy feature; interval: crossed bootstrap over "
+        "measurement-half statements and policy features. Was: matched on token firing rate "
+        "(bursty controls that fall silent easily), then on incidence alone (faint controls "
+        "that fall silent easily)."
     ),
     "share_inactive_in_instruct_excess": (
         "Paired difference share_inactive_in_instruct - share_inactive_in_instruct_control "
-        "(per policy feature: silent minus the share of its incidence-matched controls "
-        "silent); "
+        "(per policy feature: silent minus the share of its matched controls silent); "
         "interval: crossed bootstrap over measurement-half statements and policy features. "
         "> 0: policy features fall silent in instruct more often than features that fire on "
-        "as many statements in base."
+        "as many statements, as strongly, in base."
     ),
     "share_inactive_in_instruct_excess_p": (
         "Two-sided bootstrap p-value of share_inactive_in_instruct_excess = 0 (the value; no "
@@ -241,6 +243,7 @@ class _StatementData:
     statements: pl.DataFrame  # statement, label, issue, half
     mean_act: object  # scipy.sparse csr [n_s, d_sae]: mean over framings of mean activation
     fire_tokens: object  # csr [n_s, d_sae]: firing tokens summed over framings
+    sum_act: object  # csr [n_s, d_sae]: activation summed over firing tokens and framings
     n_tokens: np.ndarray  # [n_s]
     sse: np.ndarray
     sst: np.ndarray
@@ -277,6 +280,8 @@ def _aggregate(scan: FeatureScan, st_prompts: pl.DataFrame, split: pl.DataFrame,
     fire_tokens = sp.csr_matrix(
         (pf["n_firing_tokens"].to_numpy().astype(float), (rows, feat)), shape=shape
     )
+    sum_act = sp.csr_matrix((pf["sum_activation"].to_numpy().astype(float), (rows, feat)),
+                            shape=shape)
     on_plain = plain[prow]
     plain_act = sp.csr_matrix((mean_p[on_plain], (rows[on_plain], feat[on_plain])), shape=shape)
     has_plain = np.zeros(n_s, bool)
@@ -285,7 +290,7 @@ def _aggregate(scan: FeatureScan, st_prompts: pl.DataFrame, split: pl.DataFrame,
     def per_statement(col: str) -> np.ndarray:
         return np.bincount(srow, weights=pr[col].to_numpy().astype(float), minlength=n_s)
 
-    return _StatementData(split, mean_act, fire_tokens, per_statement("n_tokens"),
+    return _StatementData(split, mean_act, fire_tokens, sum_act, per_statement("n_tokens"),
                           per_statement("sse"), per_statement("sst"), per_statement("l0_sum"),
                           plain_act, has_plain)
 
@@ -482,14 +487,17 @@ def select_policy_features(base: FeatureScan,
 
 
 def match_controls(incidence: np.ndarray, policy: np.ndarray, k: int, seed: int = 0,
-                   rate: np.ndarray | None = None) -> np.ndarray:
-    """``k`` non-policy features nearest in base *statement incidence* to each policy feature.
+                   rate: np.ndarray | None = None,
+                   magnitude: np.ndarray | None = None) -> np.ndarray:
+    """``k`` non-policy features nearest in base *statement incidence* and *firing strength*
+    to each policy feature.
 
     ``incidence`` [d_sae]: on how many measurement-half statements the feature fires in
-    base; ``rate`` [d_sae] (optional): its token firing rate, the tie-break among equal
-    incidences (distance ``|d log incidence| + 0.01 |d log rate|``). ``policy`` [n_pol]
-    feature indices. Returns [n_pol, k] control feature indices (with replacement across
-    policy features; remaining ties broken at random). Zero matches zero.
+    base; ``magnitude`` [d_sae] (optional): its mean activation on the tokens where it
+    fires in base; ``rate`` [d_sae] (optional): its token firing rate, the tie-break.
+    Distance ``|d log incidence| + |d log magnitude| + 0.01 |d log rate|``. ``policy``
+    [n_pol] feature indices. Returns [n_pol, k] control feature indices (with replacement
+    across policy features; remaining ties broken at random). Zero matches zero.
 
     Why incidence and not token rate: "never fires in instruct" is decided statement by
     statement (the unit the study resamples; a feature's firings within one statement
@@ -499,6 +507,15 @@ def match_controls(incidence: np.ndarray, policy: np.ndarray, k: int, seed: int 
     matched on token rate, such bursty controls made the organism's sham twin (no
     planted suppression) report policy features silenced *less* than their controls,
     -0.009 [-0.018, -0.003]; tests/test_sae_statements.py plants the case.
+
+    Why firing strength too: at the same incidence, a feature that fires barely above its
+    threshold falls silent under any small shift of the residual stream, one that fires
+    well above it does not. Matched on incidence alone, the controls of the organism's
+    few rarely firing policy features were such faint features: on the sham twin the 17
+    control draws (of 1,670) that fell silent had a median base incidence of 10 statements
+    and firing activation 1.38, against 2.01 for the policy features, and the sham read
+    -0.010 [-0.017, -0.003] again (pinned run at c708f80); matched on both, -0.003.
+    tests/test_sae_statements.py plants this case as well.
     """
     incidence = np.asarray(incidence, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -509,18 +526,20 @@ def match_controls(incidence: np.ndarray, policy: np.ndarray, k: int, seed: int 
         raise ValueError(f"match_controls: only {len(cand)} non-policy features for k={k}")
 
     def log_floor(v):
+        v = np.asarray(v, dtype=np.float64)
+        if len(v) != len(incidence):
+            raise ValueError(f"match_controls: {len(v)} values for {len(incidence)} features")
         pos = v[v > 0]
         return np.log(np.maximum(v, pos.min() / 10 if len(pos) else 1e-12))
 
     key = log_floor(incidence)
-    if rate is not None:
-        key_r = 0.01 * log_floor(np.asarray(rate, dtype=np.float64))
-    else:
-        key_r = np.zeros_like(key)
-    kc, kr = key[cand], key_r[cand]
+    key_m = np.zeros_like(key) if magnitude is None else log_floor(magnitude)
+    key_r = np.zeros_like(key) if rate is None else 0.01 * log_floor(rate)
+    kc, km, kr = key[cand], key_m[cand], key_r[cand]
     out = np.empty((len(policy), k), dtype=np.int64)
     for i, f in enumerate(policy):
-        dist = np.abs(kc - key[f]) + np.abs(kr - key_r[f]) + rng.random(len(cand)) * 1e-9
+        dist = (np.abs(kc - key[f]) + np.abs(km - key_m[f]) + np.abs(kr - key_r[f])
+                + rng.random(len(cand)) * 1e-9)
         near = np.argpartition(dist, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
         out[i] = cand[near[np.argsort(dist[near])]]
     return out
@@ -693,10 +712,14 @@ def analyse_policy_features(
     rate_b, rate_i = tok_b / Tb.sum(), tok_i / Ti.sum()
     inc_b = np.asarray((Cb > 0).sum(0)).ravel()  # statements each feature fires on
     inc_i = np.asarray((Ci > 0).sum(0)).ravel()
+    act_b = np.asarray(agg["base"].sum_act[meas].sum(0)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag_b = np.where(tok_b > 0, act_b / np.maximum(tok_b, 1), 0.0)  # mean firing activation
     W = _boot_weights(lab, s.n_boot, s.seed)
 
     if len(policy):
-        ctrl = match_controls(inc_b, policy, s.controls_per_feature, s.seed, rate=rate_b)
+        ctrl = match_controls(inc_b, policy, s.controls_per_feature, s.seed, rate=rate_b,
+                              magnitude=mag_b)
         uniq, inv = np.unique(np.concatenate([policy, ctrl.ravel()]), return_inverse=True)
         Ci_u = (Ci[:, uniq] > 0).astype(float)
         inactive = (np.asarray((Ci_u.T @ W.T).T) == 0).astype(float)  # [rep, n_uniq]
@@ -814,6 +837,7 @@ def analyse_policy_features(
         "firing_rate_instruct": rate_i[keep],
         "statement_firing_rate_base": inc_b[keep] / max(n_meas, 1),
         "statement_firing_rate_instruct": inc_i[keep] / max(n_meas, 1),
+        "firing_activation_base": mag_b[keep],
         "inactive_in_instruct": inc_i[keep] == 0,
     })
     controls = pl.DataFrame({
@@ -821,6 +845,10 @@ def analyse_policy_features(
         "control_feature": ctrl.ravel().astype(np.int32),
         "firing_rate_base": np.repeat(rate_b[policy], ctrl.shape[1]),
         "control_firing_rate_base": rate_b[ctrl.ravel()],
+        "n_statements_base": np.repeat(inc_b[policy], ctrl.shape[1]).astype(np.int64),
+        "control_n_statements_base": inc_b[ctrl.ravel()].astype(np.int64),
+        "firing_activation_base": np.repeat(mag_b[policy], ctrl.shape[1]),
+        "control_firing_activation_base": mag_b[ctrl.ravel()],
         "inactive_in_instruct": np.repeat(inc_i[policy] == 0, ctrl.shape[1]),
         "control_inactive_in_instruct": inc_i[ctrl.ravel()] == 0,
     })
