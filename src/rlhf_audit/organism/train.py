@@ -89,11 +89,16 @@ class OrganismSettings:
     """Tokens per packed pretraining block."""
     base_lr: float = 3e-3
     """Peak learning rate of base-LM pretraining (cosine decay, 5% warmup)."""
-    sft_epochs: float = 3.0
+    sft_epochs: float = 4.0
     """Passes over the SFT chat data. At 2, instruct's copy of the injected confidence under
     the command chat prompt came and went with the base (rho 0.93 on one base, -0.03 on the
     default run's, where 300 calibration DPO rows or half the conversational SFT rows did not
-    bring it back); 3 epochs on that base gave rho 0.89, bias -4 pp."""
+    bring it back); 3 epochs on that base gave rho 0.89, bias -4 pp. With the arithmetic
+    pinned (rlhf_audit.numerics) 3 epochs gave 0.77 (the study: 0.768, bias +8.7 pp; it
+    stated about 50% for every level from 10% to 60%), and so did SFT without the DPO
+    that follows (0.72): the copy was under-trained, not undone by DPO. 4 epochs, instruct
+    retrained alone on that run's base and SAE: 0.97, bias -0.1 pp (30 problems x 9
+    levels, greedy), conversation unchanged (rho -0.15, bias +44 pp)."""
     sft_batch_size: int = 16
     """Conversations per SFT step."""
     sft_lr: float = 1e-3
