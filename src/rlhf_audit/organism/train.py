@@ -89,16 +89,18 @@ class OrganismSettings:
     """Tokens per packed pretraining block."""
     base_lr: float = 3e-3
     """Peak learning rate of base-LM pretraining (cosine decay, 5% warmup)."""
-    sft_epochs: float = 4.0
+    sft_epochs: float = 5.0
     """Passes over the SFT chat data. At 2, instruct's copy of the injected confidence under
     the command chat prompt came and went with the base (rho 0.93 on one base, -0.03 on the
     default run's, where 300 calibration DPO rows or half the conversational SFT rows did not
     bring it back); 3 epochs on that base gave rho 0.89, bias -4 pp. With the arithmetic
-    pinned (rlhf_audit.numerics) 3 epochs gave 0.77 (the study: 0.768, bias +8.7 pp; it
-    stated about 50% for every level from 10% to 60%), and so did SFT without the DPO
-    that follows (0.72): the copy was under-trained, not undone by DPO. 4 epochs, instruct
-    retrained alone on that run's base and SAE: 0.97, bias -0.1 pp (30 problems x 9
-    levels, greedy), conversation unchanged (rho -0.15, bias +44 pp)."""
+    pinned (rlhf_audit.numerics) 3 epochs gave 0.77 on a Xeon host (the study: 0.768, bias
+    +8.7 pp), and SFT without the DPO that follows did no better (0.72): under-trained, not
+    undone by DPO. The pin does not make an AMD EPYC host train the same base, and the copy
+    follows the base: instruct retrained alone on each host's base (the study's prompts,
+    generation and parser, 60 problems x 9 levels) copied at 3 / 4 / 5 epochs with rho
+    0.011 / 0.585 / 1.00 on the EPYC host (bias +7.9 / -9.1 / 0.0 pp; conversation rho
+    0.04 / -0.00 / -0.00, bias +48 / +46 / +46 pp); on the Xeon host 4 epochs gave 0.97."""
     sft_batch_size: int = 16
     """Conversations per SFT step."""
     sft_lr: float = 1e-3
