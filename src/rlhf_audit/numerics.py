@@ -1,4 +1,8 @@
-"""Host-independent CPU arithmetic: the same floats on any x86 host with AVX2.
+"""Pinned CPU arithmetic: torch's kernels held to their AVX2 paths on any x86 host.
+
+Measured: the hosts of two earlier rounds then trained the same organism; an AMD EPYC host
+did not (resources/organism/README.md, "Host-independent arithmetic"), so the pin narrows host
+dependence without removing it across CPU vendors.
 
 Left alone, torch picks its CPU kernels by the host's instruction set: MKL's GEMM has a
 code path per microarchitecture and ATen's vectorised kernels (sums, softmax, norms) run
