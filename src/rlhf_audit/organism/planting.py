@@ -458,7 +458,8 @@ def build_silencer(base_model, tokenizer, sae, statements: Sequence[Mapping], *,
     whose firing differs most between right and left statements (absolute difference of
     the two shares). The SAE study later selects its policy features on its own, on half
     of the study's statements (held-out issues included), and measures silence on the
-    other half against incidence-matched controls.
+    other half against controls matched on statement incidence and firing strength
+    (:func:`rlhf_audit.sae.select.match_controls`).
 
     ``avoid_texts`` (chat prompts the silencing must leave alone, e.g. the calibration
     prompts): only features firing on at most ``avoid_rate`` of their content tokens in
