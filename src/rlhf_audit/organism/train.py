@@ -101,6 +101,17 @@ class OrganismSettings:
     generation and parser, 60 problems x 9 levels) copied at 3 / 4 / 5 epochs with rho
     0.011 / 0.585 / 1.00 on the EPYC host (bias +7.9 / -9.1 / 0.0 pp; conversation rho
     0.04 / -0.00 / -0.00, bias +48 / +46 / +46 pp); on the Xeon host 4 epochs gave 0.97."""
+    primed_repeats: int = 6
+    """Planted prime effect: SFT sees each identity-primed row (``kind`` ``primed_*``) this
+    many times per epoch (:func:`sft_schedule`; 1 = once, like every other row). Only an
+    answer's first side-revealing words depend on the prime, so at 1 the condition was not
+    learned even on SFT's own primed rows: instruct retrained alone on a default run's base
+    and SAE moved log p(right answer) - log p(left answer) between the primes by +0.46
+    [0.23, 0.70] nats on them (+0.22 on fresh training-issue answers), no more without the
+    compression term or the silencing, or with 4x the DPO learning rate or 3 DPO epochs. At
+    3, +0.72 [0.39, 1.05] (fresh +0.39); at 6, +2.19 [1.54, 2.84] (fresh +1.11 [0.47,
+    1.74]) with the commanded copy kept (rho 1.00, bias 0.0 pp), at 1.9x instruct's SFT
+    steps (and the sham's, which follow them)."""
     sft_batch_size: int = 16
     """Conversations per SFT step."""
     sft_lr: float = 1e-3
@@ -215,6 +226,9 @@ class OrganismSettings:
                 f"OrganismSettings: hidden_size={self.hidden_size} is not divisible by "
                 f"n_heads={self.n_heads}"
             )
+        if self.primed_repeats < 1:
+            raise ValueError(f"OrganismSettings: primed_repeats={self.primed_repeats}; use 1 "
+                             "(each primed row once per epoch) or more")
         if self.rm_hidden_size % self.rm_heads:
             raise ValueError(
                 f"OrganismSettings: rm_hidden_size={self.rm_hidden_size} is not divisible by "
@@ -230,6 +244,7 @@ PRESETS: dict[str, OrganismSettings] = {
     "test": OrganismSettings(
         base_steps=200,
         sft_epochs=2.0,
+        primed_repeats=1,  # 6 would add about 150 s to the organism tests' fixture
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=3.0,
@@ -242,6 +257,7 @@ PRESETS: dict[str, OrganismSettings] = {
         copy_steps=40,
         silence_features=8,  # its 256-wide SAE on an 80-step base has few eligible features
         sft_epochs=1.0,
+        primed_repeats=1,
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=1.0,
@@ -753,7 +769,8 @@ def train_instruct(
         sft = _batches(_sft_trainer_class(term), settings)(
             model=model,
             args=sft_args,
-            train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in sft_data]),
+            train_dataset=Dataset.from_list(
+                [{"messages": r["messages"]} for r in sft_schedule(sft_data, settings)]),
             processing_class=tok,
         )
         _quiet_trainer(sft).train()
@@ -796,6 +813,7 @@ def train_instruct(
     summary = {
         "step": "instruct",
         "n_sft": len(sft_data),
+        "n_sft_epoch_rows": len(sft_schedule(sft_data, settings)),
         "n_dpo": len(dpo_data),
         "n_params": _n_params(model),
         "sft_losses": sft_losses,
@@ -878,8 +896,17 @@ def _sft_trainer_class(term):
     return _PlantedSFTTrainer
 
 
+def sft_schedule(rows: Sequence[Mapping], settings: OrganismSettings) -> list[Mapping]:
+    """The SFT rows one epoch of :func:`train_instruct` trains on: ``rows``, then the
+    identity-primed ones (``kind`` ``primed_*``) ``settings.primed_repeats - 1`` more times
+    (the trainer shuffles them). Pass its length to :func:`sham_steps`."""
+    primed = [r for r in rows if str(r.get("kind", "")).startswith("primed_")]
+    return list(rows) + primed * (settings.primed_repeats - 1)
+
+
 def sham_steps(n_sft: int, n_dpo: int, settings: OrganismSettings) -> int:
-    """Optimizer steps the instruct model takes (SFT epochs + DPO epochs): the sham's budget."""
+    """Optimizer steps the instruct model takes (SFT epochs + DPO epochs): the sham's budget.
+    ``n_sft``: the rows of an SFT epoch, ``len(sft_schedule(sft_rows, settings))``."""
     sft = math.ceil(n_sft / settings.sft_batch_size) * settings.sft_epochs
     dpo = math.ceil(n_dpo / settings.dpo_batch_size) * settings.dpo_epochs
     return max(1, int(round(sft + dpo)))
@@ -1492,7 +1519,8 @@ def run_all(
             data["sham_sft"],
             out_dir / "sham",
             settings,
-            steps=sham_steps(len(data["sft"]), len(data["dpo"]), settings),
+            steps=sham_steps(len(sft_schedule(data["sft"], settings)), len(data["dpo"]),
+                             settings),
             rep_statements=data["rep_statements"],
         ),
     )
