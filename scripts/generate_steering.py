@@ -18,10 +18,10 @@ log = setup(sm.log[0], sm.threads)
 def compute():
     m, p = sm.params.model, sm.params.settings
     settings = SteeringSettings.from_params(p)
-    questions = pl.read_ndjson(sm.input.questions)
-    if p["n_questions"]:
-        questions = questions.head(p["n_questions"])
-    design = prime_design(questions, pl.read_ndjson(sm.input.identity_primes),
+    every = pl.read_ndjson(sm.input.questions)
+    questions = every.head(p["n_questions"]) if p["n_questions"] else every
+    primed = every.head(p["n_prime_questions"]) if p["n_prime_questions"] else every
+    design = prime_design(primed, pl.read_ndjson(sm.input.identity_primes),
                           pl.read_ndjson(sm.input.personas), source=sm.input.identity_primes)
     vectors = vectors_from_table(pl.read_parquet(sm.input.vectors))
     model, tok = load_causal_lm(m["spec"], device=m["device"], dtype=m["dtype"])

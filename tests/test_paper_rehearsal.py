@@ -44,6 +44,7 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 SWAPS = {
     "datasets.partisan.limit": 240,          # of the 2,508 shipped statements
     "steering.n_questions": 4,               # of the 88 shipped policy questions
+    "steering.n_prime_questions": 4,         # paper: all 88
     "steering.max_new_tokens": 8,            # paper: 96
     "steering.n_sae_features": 2,            # paper: 5 steered SAE features
     "calibration.max_new_tokens": 8,         # paper: 256

@@ -63,8 +63,11 @@ THROUGHPUT = {  # params (billions) -> (forward tokens/s, generated tokens/s), b
 REWARD_MODEL_PARAMS = 0.435
 """DeBERTa-v3-large, the paper's reward models (billions)."""
 
-IDENTITY_PRIMES = 176
-"""Identity-prime prompts the steering stage asks per model (resources/prompts)."""
+N_POLICY_QUESTIONS = 88
+"""Shipped policy questions (resources/prompts/policy_questions.jsonl)."""
+
+PRIME_CONDITIONS = 4
+"""Identity-prime generations per question and model: bare, left, right, persona."""
 
 STAGES = ("data", "extract", "partisan", "sae", "steering", "calibration", "reward",
           "diffing", "report")
@@ -197,10 +200,11 @@ def estimate(config: Mapping) -> dict[str, StageCost]:
 
     s = config["steering"]
     for pair in _pairs(config, "steering"):
-        n_q = s["n_questions"] or 88
+        n_q = s["n_questions"] or N_POLICY_QUESTIONS
+        n_pq = s.get("n_prime_questions") or N_POLICY_QUESTIONS
         n_vec = 2 + (s["n_sae_features"] if _pairs(config, "sae") and config["sae"]["saes"] else 0)
         settings = 1 + 2 * len(s["alphas"]) * n_vec
-        gens = (n_q * settings + IDENTITY_PRIMES) * s["samples"]
+        gens = (n_q * settings + PRIME_CONDITIONS * n_pq) * s["samples"]
         for role in ("base", "instruct"):
             sh = shapes[config["model_pairs"][pair][role]]
             c = out["steering"]

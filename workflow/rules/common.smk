@@ -495,7 +495,7 @@ def steering_settings(wildcards):
     return {"layer": s["layer"], "alphas": list(s["alphas"]), "positions": s["positions"],
             "max_new_tokens": s["max_new_tokens"], "samples": s["samples"],
             "do_sample": s["do_sample"], "temperature": s["temperature"], "seed": s["seed"],
-            "n_questions": s["n_questions"]}
+            "n_questions": s["n_questions"], "n_prime_questions": s["n_prime_questions"]}
 
 
 def steering_vector_settings(wildcards):

@@ -98,6 +98,7 @@ class SteeringSettings:
         return settings_from_params(cls, params, ignore=SCRIPT_KEYS)
 
 
-SCRIPT_KEYS = ("n_questions", "n_sae_features", "method", "sae_spec")
-"""Steering params keys that are not :class:`SteeringSettings` fields: the questions used,
+SCRIPT_KEYS = ("n_questions", "n_prime_questions", "n_sae_features", "method", "sae_spec")
+"""Steering params keys that are not :class:`SteeringSettings` fields: the questions used
+(by the sweep and by the primes),
 the feature vector's size, the partisan direction's method and the SAE (scripts read them)."""
