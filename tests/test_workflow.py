@@ -176,6 +176,23 @@ def test_changing_steering_alphas_regenerates_only_steering(tiny_run):
                          "plot_steering", "collect_headline", "all"}, jobs
 
 
+def test_primes_read_their_own_questions_and_changing_them_keeps_the_vectors(tiny_run):
+    # tests/scenario.py: the sweep steers on 3 questions, the primes read 4
+    code, cfg = tiny_run
+    import polars as pl
+
+    for role in ("base", "instruct"):
+        d = code / "results/steering/tiny/" / role
+        assert pl.read_parquet(d / "sweep.parquet")["question_id"].n_unique() == 3
+        primes = pl.read_parquet(d / "primes.parquet")
+        assert primes["question_id"].n_unique() == 4
+        assert set(primes["condition"]) == {"none", "left", "right", "persona"}
+    jobs = plan(code, "--configfile", str(cfg),
+                override(code, "nprime", {"steering": {"n_prime_questions": 2}}))
+    assert set(jobs) == {"generate_steering", "score_steering", "analyse_steering",
+                         "plot_steering", "collect_headline", "all"}, jobs
+
+
 def test_changing_the_judge_rescores_without_regenerating(tiny_run):
     code, cfg = tiny_run
     judge = {"kind": "hf", "model": "tiny_instruct", "method": "generate"}
