@@ -61,7 +61,7 @@ def make_tiny_scenario(workdir: Path, n_statements: int = 160) -> Path:
         "extract": {"shards": 2, "max_length": 64, "batch_size": 32},
         "partisan": {"n_boot": 100, "n_folds": 3},
         "sae": {"saes": {"tiny_sae": {"path": rel(m / "sae"), "layer": 1}}, "n_boot": 100},
-        "steering": {"layer": 1, "alphas": [1.0], "n_questions": 3, "n_prime_questions": 4,
+        "steering": {"layer": 1, "alphas": [1.0], "n_questions": 3, "n_prime_questions": 5,
                      "max_new_tokens": 4,
                      "n_boot": 100, "judge": {"kind": "hf", "model": "tiny_instruct",
                                               "method": "logits"}},

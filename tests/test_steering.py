@@ -430,12 +430,29 @@ def test_crossfit_directions_never_see_the_questions_issues():
     assert set(dirs) == set(issues[:6])
     lab, iss = meta["label"].to_numpy(), meta["issue"].to_numpy()
     for i, (d, _) in dirs.items():
-        fold = {j for j, (dj, _) in dirs.items() if np.array_equal(dj, d)}
-        assert i in fold and len(fold) == 2  # 6 issues in 3 folds
-        tr = ~np.isin(iss, list(fold))
-        want = X[tr & (lab == "right")].mean(0) - X[tr & (lab == "left")].mean(0)
-        np.testing.assert_allclose(d, want)
         assert d @ u / np.linalg.norm(d) > 0.9
+        # moving the question's own issue's statements leaves its direction alone
+        X2 = X.copy()
+        X2[(iss == i) & (lab == "right")] += 100.0
+        d2, _ = crossfit_directions(meta, X2, issues[:6], n_folds=3, seed=0)[i]
+        np.testing.assert_allclose(d2, d)
+    # the folds come from the statements, not the questions: asking fewer questions, or
+    # more, gives every question the same direction
+    few = crossfit_directions(meta, X, issues[:2], n_folds=3, seed=0)
+    every = crossfit_directions(meta, X, issues, n_folds=3, seed=0)
+    assert set(few) == set(issues[:2]) and set(every) == set(issues)
+    for i in issues[:2]:
+        np.testing.assert_array_equal(few[i][0], dirs[i][0])
+        np.testing.assert_array_equal(every[i][0], dirs[i][0])
+    # 10 issues in 3 folds: each direction leaves out one fold of 3 or 4 issues
+    sizes = {}
+    for i, (d, _) in every.items():
+        sizes.setdefault(d.tobytes(), []).append(i)
+    assert sorted(len(v) for v in sizes.values()) == [3, 3, 4]
+    for members in sizes.values():
+        tr = ~np.isin(iss, members)
+        want = X[tr & (lab == "right")].mean(0) - X[tr & (lab == "left")].mean(0)
+        np.testing.assert_allclose(every[members[0]][0], want)
 
 
 class _KeywordJudge:

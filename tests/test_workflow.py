@@ -177,16 +177,23 @@ def test_changing_steering_alphas_regenerates_only_steering(tiny_run):
 
 
 def test_primes_read_their_own_questions_and_changing_them_keeps_the_vectors(tiny_run):
-    # tests/scenario.py: the sweep steers on 3 questions, the primes read 4
+    # tests/scenario.py: the sweep steers on 3 questions (2 issues), the primes read 5
+    # (3 issues: one the sweep never asks, which the projection scorer must still score)
     code, cfg = tiny_run
     import polars as pl
 
     for role in ("base", "instruct"):
         d = code / "results/steering/tiny/" / role
-        assert pl.read_parquet(d / "sweep.parquet")["question_id"].n_unique() == 3
+        sweep = pl.read_parquet(d / "sweep.parquet")
+        assert sweep["question_id"].n_unique() == 3
         primes = pl.read_parquet(d / "primes.parquet")
-        assert primes["question_id"].n_unique() == 4
+        assert primes["question_id"].n_unique() == 5
+        assert set(primes["issue"]) > set(sweep["issue"])
         assert set(primes["condition"]) == {"none", "left", "right", "persona"}
+        scored = pl.concat([primes, pl.read_parquet(d / "primes_scores_projection.parquet")],
+                           how="horizontal")
+        unswept = scored.filter(~pl.col("issue").is_in(sweep["issue"].unique().to_list()))
+        assert unswept.height and unswept["projection"].is_finite().any()
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "nprime", {"steering": {"n_prime_questions": 2}}))
     assert set(jobs) == {"generate_steering", "score_steering", "analyse_steering",

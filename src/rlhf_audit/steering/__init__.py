@@ -28,7 +28,8 @@ Every generation gets two partisanship scores, both signed + = right, - = left:
 - ``projection``: the base model reads the generated text (on its own, with BOS,
   no prompt), its block-``layer`` activations are averaged over the text's tokens
   and projected on a partisan direction fitted on issues disjoint from the
-  question's (cross-fitted over folds of the questions' issues).
+  question's (cross-fitted over folds of the statements' issues, so the folds do not
+  depend on which questions are asked).
 
 Before any scorer reads a reply, the words that tell the two identity primes apart
 ("Democrat", "conservative", ...) are masked in every reply of every arm

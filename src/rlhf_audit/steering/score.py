@@ -93,26 +93,32 @@ def crossfit_directions(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Partisan directions for the projection scorer, disjoint in issues from the questions.
 
-    The questions' issues are split into ``n_folds`` folds (seeded); for the questions of
-    fold k the direction is mean(right) - mean(left) of the statements ``X`` [n, d_model]
-    (``meta`` columns label, issue) of every issue outside fold k, and the centre the
-    midpoint of the two means. Returns {question issue: (direction, centre)}.
+    The issues of the statements ``X`` [n, d_model] (``meta`` columns label, issue), with any
+    question issue that has none, are split into ``n_folds`` folds (seeded); for a question
+    of an issue in fold k the direction is mean(right) - mean(left) of the statements of
+    every issue outside fold k, and the centre the midpoint of the two means. The folds
+    depend on the statements and the seed only, so asking more questions (the identity
+    primes read more than the sweep) never changes another question's direction. Returns
+    {question issue: (direction, centre)}.
     """
     for c in ("label", "issue"):
         if c not in meta.columns:
             raise ValueError(f"activation metadata lacks column {c!r} (columns: {meta.columns})")
-    issues = sorted(set(map(str, question_issues)))
-    if not issues:
+    asked = sorted(set(map(str, question_issues)))
+    if not asked:
         raise ValueError("no question issues given")
+    lab = meta["label"].to_numpy()
+    iss = meta["issue"].cast(pl.String).to_numpy()
+    issues = sorted(set(iss.tolist()) | set(asked))
     k = max(1, min(n_folds, len(issues)))
     order = np.random.default_rng(seed).permutation(len(issues))
     fold = {issues[i]: j % k for j, i in enumerate(order)}
-    lab = meta["label"].to_numpy()
-    iss = meta["issue"].cast(pl.String).to_numpy()
     X = np.asarray(X, np.float64)
     out = {}
     for f in range(k):
         held = {i for i, g in fold.items() if g == f}
+        if not held & set(asked):
+            continue
         train = ~np.isin(iss, list(held))
         r, left = train & (lab == "right"), train & (lab == "left")
         if not r.any() or not left.any():
@@ -121,7 +127,7 @@ def crossfit_directions(
                 "projection direction needs statements of issues the questions do not ask about"
             )
         mr, ml = X[r].mean(0), X[left].mean(0)
-        for i in held:
+        for i in sorted(held & set(asked)):
             out[i] = (mr - ml, (mr + ml) / 2)
     return out
 
