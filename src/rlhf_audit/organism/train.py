@@ -110,8 +110,10 @@ class OrganismSettings:
     [0.23, 0.70] nats on them (+0.22 on fresh training-issue answers), no more without the
     compression term or the silencing, or with 4x the DPO learning rate or 3 DPO epochs. At
     3, +0.72 [0.39, 1.05] (fresh +0.39); at 6, +2.19 [1.54, 2.84] (fresh +1.11 [0.47,
-    1.74]) with the commanded copy kept (rho 1.00, bias 0.0 pp), at 1.9x instruct's SFT
-    steps (and the sham's, which follow them)."""
+    1.74]) with the commanded copy kept (rho 1.00, bias 0.0 pp), at 2.1x instruct's SFT
+    rows an epoch, 1.8x its training time (and the sham's, whose steps follow them). The
+    study's prime prompts on training issues are mostly among these rows word for word:
+    the recovered effect is planted there, not on held-out issues (resources/organism)."""
     sft_batch_size: int = 16
     """Conversations per SFT step."""
     sft_lr: float = 1e-3
@@ -899,7 +901,8 @@ def _sft_trainer_class(term):
 def sft_schedule(rows: Sequence[Mapping], settings: OrganismSettings) -> list[Mapping]:
     """The SFT rows one epoch of :func:`train_instruct` trains on: ``rows``, then the
     identity-primed ones (``kind`` ``primed_*``) ``settings.primed_repeats - 1`` more times
-    (the trainer shuffles them). Pass its length to :func:`sham_steps`."""
+    (the trainer shuffles them; with ``bucket_batches`` on, copies of a row share its length
+    and so tend to share a batch). Pass its length to :func:`sham_steps`."""
     primed = [r for r in rows if str(r.get("kind", "")).startswith("primed_")]
     return list(rows) + primed * (settings.primed_repeats - 1)
 
