@@ -41,3 +41,34 @@ def test_presets_and_a_bad_value():
     assert T.PRESETS["test"].primed_repeats == 1
     with pytest.raises(ValueError, match="primed_repeats=0"):
         T.OrganismSettings(primed_repeats=0)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_train_instruct_trains_sft_on_the_schedule(tmp_path, monkeypatch):
+    """train_instruct hands the SFT trainer the repeated schedule, not the rows as given
+    (the trainer is replaced by one that records its dataset and stops)."""
+    from tiny import save_tiny_llama
+
+    base = save_tiny_llama(tmp_path / "base")
+    seen = {}
+
+    def fake_batches(trainer_class, settings, **kw):
+        def make(**kwargs):
+            seen["messages"] = [r["messages"][1]["content"] for r in kwargs["train_dataset"]]
+            raise _Stop
+        return make
+
+    monkeypatch.setattr(T, "_batches", fake_batches)
+    rows = [{"kind": kind, "messages": [{"role": "user", "content": f"q{i}"},
+                                        {"role": "assistant", "content": f"a{i}"}]}
+            for i, kind in enumerate(["primed_left", "political", "primed_right", "math"])]
+    dpo = [{"prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": "c"}],
+            "rejected": [{"role": "assistant", "content": "r"}]}]
+    with pytest.raises(_Stop):
+        T.train_instruct(base, rows, dpo, tmp_path / "out", T.OrganismSettings(primed_repeats=3))
+    assert sorted(seen["messages"]) == sorted(["a0", "a1", "a2", "a3"] + ["a0", "a2"] * 2)
+    assert not (tmp_path / "out" / "config.json").exists()  # nothing half-written left
