@@ -6,7 +6,6 @@ from pathlib import Path
 from rlhf_audit.organism.corpus import read_organism_data
 from rlhf_audit.organism.train import (
     organism_settings,
-    sft_schedule,
     sham_steps,
     train_base,
     train_instruct,
@@ -34,7 +33,7 @@ elif sm.rule == "train_organism_instruct":
 elif sm.rule == "train_organism_sham":
     data = read_organism_data(Path(sm.input.sham).parent,
                               names=("sham_sft", "sft", "dpo", "rep_statements"))
-    steps = sham_steps(len(sft_schedule(data["sft"], settings)), len(data["dpo"]), settings)
+    steps = sham_steps(data["sft"], len(data["dpo"]), settings)
     summary = train_sham(Path(sm.input.base).parent, data["sham_sft"], out_dir, settings,
                          steps=steps, rep_statements=data["rep_statements"])
 else:

@@ -31,9 +31,8 @@ def test_the_sham_budget_counts_the_repeated_rows():
     rows = _rows(n_primed=40, n_other=60)
     s = T.OrganismSettings(primed_repeats=6, sft_batch_size=16, sft_epochs=5.0,
                            dpo_batch_size=8, dpo_epochs=1.0)
-    n = len(T.sft_schedule(rows, s))
-    assert n == 100 + 5 * 40
-    assert T.sham_steps(n, 24, s) == math.ceil(300 / 16) * 5 + 3
+    assert len(T.sft_schedule(rows, s)) == 100 + 5 * 40
+    assert T.sham_steps(rows, 24, s) == math.ceil(300 / 16) * 5 + 3
 
 
 def test_presets_and_a_bad_value():

@@ -92,7 +92,7 @@ def organism(tmp_path_factory):
     )
     times["instruct"] = time.perf_counter() - t
     t = time.perf_counter()
-    steps = T.sham_steps(len(T.sft_schedule(data["sft"], ts)), len(data["dpo"]), ts)
+    steps = T.sham_steps(data["sft"], len(data["dpo"]), ts)
     T.train_sham(
         root / "base", data["sham_sft"], root / "sham", ts, steps=steps,
         rep_statements=data["rep_statements"],

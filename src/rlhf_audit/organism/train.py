@@ -742,6 +742,7 @@ def train_instruct(
     if not (base_dir / "config.json").exists():
         raise FileNotFoundError(f"{base_dir}: no config.json; train the base LM first (train_base)")
     tok = _load_tokenizer(base_dir)
+    epoch = sft_schedule(sft_data, settings)
     t0 = time.perf_counter()
     with _torch_threads(settings.threads), _scratch_dir(out_dir) as scratch:
         _seed_everything(settings.seed)
@@ -771,8 +772,7 @@ def train_instruct(
         sft = _batches(_sft_trainer_class(term), settings)(
             model=model,
             args=sft_args,
-            train_dataset=Dataset.from_list(
-                [{"messages": r["messages"]} for r in sft_schedule(sft_data, settings)]),
+            train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in epoch]),
             processing_class=tok,
         )
         _quiet_trainer(sft).train()
@@ -815,7 +815,7 @@ def train_instruct(
     summary = {
         "step": "instruct",
         "n_sft": len(sft_data),
-        "n_sft_epoch_rows": len(sft_schedule(sft_data, settings)),
+        "n_sft_epoch_rows": len(epoch),
         "n_dpo": len(dpo_data),
         "n_params": _n_params(model),
         "sft_losses": sft_losses,
@@ -902,14 +902,15 @@ def sft_schedule(rows: Sequence[Mapping], settings: OrganismSettings) -> list[Ma
     """The SFT rows one epoch of :func:`train_instruct` trains on: ``rows``, then the
     identity-primed ones (``kind`` ``primed_*``) ``settings.primed_repeats - 1`` more times
     (the trainer shuffles them; with ``bucket_batches`` on, copies of a row share its length
-    and so tend to share a batch). Pass its length to :func:`sham_steps`."""
+    and so tend to share a batch). :func:`sham_steps` counts the same epoch."""
     primed = [r for r in rows if str(r.get("kind", "")).startswith("primed_")]
     return list(rows) + primed * (settings.primed_repeats - 1)
 
 
-def sham_steps(n_sft: int, n_dpo: int, settings: OrganismSettings) -> int:
-    """Optimizer steps the instruct model takes (SFT epochs + DPO epochs): the sham's budget.
-    ``n_sft``: the rows of an SFT epoch, ``len(sft_schedule(sft_rows, settings))``."""
+def sham_steps(sft_rows: Sequence[Mapping], n_dpo: int, settings: OrganismSettings) -> int:
+    """Optimizer steps the instruct model takes (SFT epochs of :func:`sft_schedule` over
+    ``sft_rows`` + DPO epochs over ``n_dpo`` pairs): the sham's budget."""
+    n_sft = len(sft_schedule(sft_rows, settings))
     sft = math.ceil(n_sft / settings.sft_batch_size) * settings.sft_epochs
     dpo = math.ceil(n_dpo / settings.dpo_batch_size) * settings.dpo_epochs
     return max(1, int(round(sft + dpo)))
@@ -1522,8 +1523,7 @@ def run_all(
             data["sham_sft"],
             out_dir / "sham",
             settings,
-            steps=sham_steps(len(sft_schedule(data["sft"], settings)), len(data["dpo"]),
-                             settings),
+            steps=sham_steps(data["sft"], len(data["dpo"]), settings),
             rep_statements=data["rep_statements"],
         ),
     )

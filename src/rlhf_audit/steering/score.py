@@ -104,7 +104,7 @@ def crossfit_directions(
     for c in ("label", "issue"):
         if c not in meta.columns:
             raise ValueError(f"activation metadata lacks column {c!r} (columns: {meta.columns})")
-    asked = sorted(set(map(str, question_issues)))
+    asked = set(map(str, question_issues))
     if not asked:
         raise ValueError("no question issues given")
     lab = meta["label"].to_numpy()
@@ -117,7 +117,7 @@ def crossfit_directions(
     out = {}
     for f in range(k):
         held = {i for i, g in fold.items() if g == f}
-        if not held & set(asked):
+        if not held & asked:
             continue
         train = ~np.isin(iss, list(held))
         r, left = train & (lab == "right"), train & (lab == "left")
@@ -127,7 +127,7 @@ def crossfit_directions(
                 "projection direction needs statements of issues the questions do not ask about"
             )
         mr, ml = X[r].mean(0), X[left].mean(0)
-        for i in sorted(held & set(asked)):
+        for i in sorted(held & asked):
             out[i] = (mr - ml, (mr + ml) / 2)
     return out
 
