@@ -9,8 +9,8 @@ from rlhf_audit.calibration.settings import CalibrationSettings
 from rlhf_audit.calibration.templates import load_templates
 from rlhf_audit.headline import write_fragment
 from rlhf_audit.io import write_table
-from rlhf_audit.lm.generation import Generation
 from rlhf_audit.lm.loader import ModelSpec, load_tokenizer
+from rlhf_audit.lm.records import Generation
 from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)

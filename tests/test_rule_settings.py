@@ -28,8 +28,9 @@ from rlhf_audit.steering.vectors import partisan_direction
 STEERING_PARAMS = {
     "generate_steering": {"layer": 3, "alphas": [-1.0, 0.5], "positions": "generated",
                           "max_new_tokens": 7, "samples": 2, "do_sample": True,
-                          "temperature": 0.9, "seed": 5, "n_questions": 4,
-                          "n_prime_questions": 6},
+                          "temperature": 0.9, "seed": 5, "n_questions": 4},
+    "generate_primes": {"max_new_tokens": 7, "samples": 2, "do_sample": True,
+                        "temperature": 0.9, "seed": 5, "n_prime_questions": 6},
     "build_steering_vectors": {"layer": 3, "n_questions": 4, "seed": 5, "n_sae_features": 2,
                                "n_random_directions": 3, "n_random_feature_sets": 4,
                                "method": "diffmean", "sae_spec": None},

@@ -64,7 +64,7 @@ def _modules(path: Path) -> set[str]:
 def test_gpu_rules_are_found():
     names = {r for _, r, _ in gpu_rules()}
     assert {"extract_activations", "score_rewards", "generate_calibration",
-            "generate_steering", "scan_sae_features"} <= names, names
+            "generate_steering", "generate_primes", "scan_sae_features"} <= names, names
 
 
 @pytest.mark.parametrize("stem,rule,script", gpu_rules(), ids=lambda x: getattr(x, "name", x))
@@ -171,6 +171,8 @@ def _files(script: Path) -> set[str]:
 STAGE_CLOSURES = {
     "generate_steering.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
                                            "steering/generate.py"}),
+    "generate_primes.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
+                                         "steering/generate.py"}),
     "build_steering_vectors.py": ("steering/", {"steering/__init__.py", "steering/settings.py",
                                                 "steering/activations.py",
                                                 "steering/vectors.py"}),
@@ -187,8 +189,9 @@ def test_each_stage_closure_holds_only_its_own_modules(script):
     assert files == allowed, f"{script}: {sorted(files - allowed)} in, {sorted(allowed - files)} out"
 
 
-def test_generate_steering_holds_no_scorer_analysis_or_figure():
-    files = _files(ROOT / "scripts" / "generate_steering.py")
+@pytest.mark.parametrize("script", ["generate_steering.py", "generate_primes.py"])
+def test_generation_holds_no_scorer_analysis_or_figure(script):
+    files = _files(ROOT / "scripts" / script)
     bad = {"steering/score.py", "steering/judging.py", "steering/analysis.py",
            "steering/figures.py", "judge.py", "stance.py", "plotting.py"} & files
     assert not bad, bad

@@ -106,7 +106,7 @@ def test_default_config_plans_every_stage(tmp_path):
     jobs = plan(code)
     for rule in ("train_organism_base", "train_organism_instruct", "extract_activations",
                  "fit_partisan_probes", "train_organism_sae", "select_policy_features",
-                 "generate_steering", "score_steering", "generate_calibration",
+                 "generate_steering", "generate_primes", "score_steering", "generate_calibration",
                  "score_rewards", "analyse_rewards", "collect_headline"):
         assert jobs.get(rule), f"{rule} missing from the default plan: {jobs}"
     assert jobs["train_organism_reward_model"] == 2
@@ -168,15 +168,16 @@ def test_editing_probe_params_reruns_probes_and_descendants_not_extraction(tiny_
     assert jobs["generate_steering"] == 2 and jobs["score_steering"] == 4
 
 
-def test_changing_steering_alphas_regenerates_only_steering(tiny_run):
+def test_changing_steering_alphas_regenerates_only_the_sweep(tiny_run):
     code, cfg = tiny_run
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "alphas", {"steering": {"alphas": [0.5, 1.0]}}))
+    # the identity primes read no vector or alpha: generate_primes is not replanned
     assert set(jobs) == {"generate_steering", "score_steering", "analyse_steering",
                          "plot_steering", "collect_headline", "all"}, jobs
 
 
-def test_primes_read_their_own_questions_and_changing_them_keeps_the_vectors(tiny_run):
+def test_primes_read_their_own_questions_and_changing_them_keeps_vectors_and_sweep(tiny_run):
     # tests/scenario.py: the sweep steers on 3 questions (2 issues), the primes read 5
     # (3 issues: one the sweep never asks, which the projection scorer must still score)
     code, cfg = tiny_run
@@ -196,8 +197,9 @@ def test_primes_read_their_own_questions_and_changing_them_keeps_the_vectors(tin
         assert unswept.height and unswept["projection"].is_finite().any()
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "nprime", {"steering": {"n_prime_questions": 2}}))
-    assert set(jobs) == {"generate_steering", "score_steering", "analyse_steering",
-                         "plot_steering", "collect_headline", "all"}, jobs
+    # the sweep (161 generations a question, against 4 for the primes) is not replanned
+    assert jobs == {"generate_primes": 2, "score_steering": 4, "analyse_steering": 1,
+                    "plot_steering": 1, "collect_headline": 1, "all": 1}, jobs
 
 
 def test_changing_the_judge_rescores_without_regenerating(tiny_run):
@@ -205,7 +207,7 @@ def test_changing_the_judge_rescores_without_regenerating(tiny_run):
     judge = {"kind": "hf", "model": "tiny_instruct", "method": "generate"}
     jobs = plan(code, "--configfile", str(cfg),
                 override(code, "judge", {"steering": {"judge": judge}}))
-    assert "generate_steering" not in jobs
+    assert "generate_steering" not in jobs and "generate_primes" not in jobs
     assert jobs == {"score_steering": 2, "analyse_steering": 1, "plot_steering": 1,
                     "collect_headline": 1, "all": 1}, jobs
 

@@ -276,7 +276,7 @@ def _add_jobs_estimate(config: Mapping, out: dict[str, StageCost]) -> None:
     out["partisan"].jobs = 2 * len(_pairs(config, "partisan"))
     n_sae = len(config["sae"]["saes"])
     out["sae"].jobs = len(_pairs(config, "sae")) * n_sae * 4
-    out["steering"].jobs = len(_pairs(config, "steering")) * 8
+    out["steering"].jobs = len(_pairs(config, "steering")) * 10
     out["calibration"].jobs = len(_pairs(config, "calibration")) * 4
     rp = _pairs(config, "reward")
     if rp:
@@ -292,6 +292,7 @@ RULE_STAGES = {
     "write_activation_manifest": "extract", "fit_partisan_probes": "partisan",
     "plot_partisan": "partisan", "scan_sae_features": "sae", "select_policy_features": "sae",
     "plot_sae": "sae", "train_organism_sae": "sae", "generate_steering": "steering",
+    "generate_primes": "steering",
     "score_steering": "steering", "analyse_steering": "steering", "plot_steering": "steering",
     "generate_calibration": "calibration", "score_calibration": "calibration",
     "plot_calibration": "calibration", "score_rewards": "reward", "label_texts": "reward",

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from rlhf_audit.formats import TranscriptError, split_last_turn
 
@@ -228,7 +227,6 @@ def embedder_pooling(spec: dict, config=None) -> tuple[str, int | None, str]:
     return "mean", max_len, "default: mean over tokens"
 
 
-@torch.no_grad()
 def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
                 max_length: int | None = None, pooling: str = "mean") -> np.ndarray:
     """Pooled, L2-normalised last hidden states: [n_texts, d_model] float32.
@@ -238,29 +236,32 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
     (AutoModel) and decoders alike. ``max_length`` None reads the model's own
     limit. Batches are length-sorted and the input order restored.
     """
+    import torch  # here, not at module level: the rewrite rule's selection never embeds
+
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     limit = max_length or _model_limit(model, tokenizer)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), np.float32)
     device = next(model.parameters()).device
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=limit is not None,
-                        max_length=limit, return_tensors="pt").to(device)
-        hidden = model(**enc, output_hidden_states=True).hidden_states[-1].float()
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "mean":
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        elif pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, float("-inf")).max(1).values
-        else:
-            last = enc["attention_mask"].sum(1) - 1
-            pooled = hidden[torch.arange(len(idx), device=device), last]
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        out[idx] = pooled.cpu().numpy()
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=limit is not None,
+                            max_length=limit, return_tensors="pt").to(device)
+            hidden = model(**enc, output_hidden_states=True).hidden_states[-1].float()
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            elif pooling == "mean":
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            elif pooling == "max":
+                pooled = hidden.masked_fill(mask == 0, float("-inf")).max(1).values
+            else:
+                last = enc["attention_mask"].sum(1) - 1
+                pooled = hidden[torch.arange(len(idx), device=device), last]
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out[idx] = pooled.cpu().numpy()
     return out
 
 
@@ -312,6 +313,7 @@ def rewrite_similarity(model, tokenizer, original: pl.DataFrame, rewritten: pl.D
 def load_embedder(spec: dict, device: str = "auto", pooling: str = "auto"):
     """(model, tokenizer, pooling, max_length, source of the pooling choice) for an embedder
     spec, in float32, through transformers' AutoModel (safetensors only)."""
+    import torch
     from transformers import AutoConfig, AutoModel
 
     from rlhf_audit.lm.loader import ModelSpec, load_tokenizer, resolve_device

@@ -489,13 +489,22 @@ def steering_model_params(wildcards):
 
 
 def steering_settings(wildcards):
-    """What the generations depend on (and nothing else, so that a scorer or analysis
-    setting never reruns a generation)."""
+    """What the sweep's generations depend on (and nothing else, so that a scorer, analysis
+    or prime setting never reruns the sweep)."""
     s = config["steering"]
     return {"layer": s["layer"], "alphas": list(s["alphas"]), "positions": s["positions"],
             "max_new_tokens": s["max_new_tokens"], "samples": s["samples"],
             "do_sample": s["do_sample"], "temperature": s["temperature"], "seed": s["seed"],
-            "n_questions": s["n_questions"], "n_prime_questions": s["n_prime_questions"]}
+            "n_questions": s["n_questions"]}
+
+
+def steering_prime_settings(wildcards):
+    """What the identity-prime generations depend on: no layer, alpha or vector, so that a
+    sweep setting never reruns them."""
+    s = config["steering"]
+    return {"max_new_tokens": s["max_new_tokens"], "samples": s["samples"],
+            "do_sample": s["do_sample"], "temperature": s["temperature"], "seed": s["seed"],
+            "n_prime_questions": s["n_prime_questions"]}
 
 
 def steering_vector_settings(wildcards):
@@ -545,9 +554,14 @@ def steering_base_params(wildcards):
 
 def steering_generation_inputs(wildcards):
     model = pair_models(wildcards.pair)[wildcards.role]
+    return {"model": model_files(model), "questions": config["steering"]["questions"],
+            "vectors": f"results/steering/{wildcards.pair}/vectors.parquet"}
+
+
+def steering_prime_inputs(wildcards):
+    model = pair_models(wildcards.pair)[wildcards.role]
     s = config["steering"]
     return {"model": model_files(model), "questions": s["questions"],
-            "vectors": f"results/steering/{wildcards.pair}/vectors.parquet",
             "identity_primes": s["identity_primes"], "personas": s["personas"]}
 
 

@@ -1,7 +1,8 @@
 # Stage 6, steering (The Neutral Mask, claims 4-5): one set of steering vectors per
-# pair (the base model's dose, oriented policy features, random nulls), generations
-# under it and under identity primes per model, cached apart from their scores, so
-# adding or changing a scorer rescores without regenerating.
+# pair (the base model's dose, oriented policy features, random nulls); per model the
+# sweep under it and, in a rule of their own (so neither reruns the other), the answers
+# under identity primes; both cached apart from their scores, so adding or changing a
+# scorer rescores without regenerating.
 
 
 rule build_steering_vectors:
@@ -29,7 +30,6 @@ rule generate_steering:
         unpack(steering_generation_inputs),
     output:
         sweep="results/steering/{pair}/{role}/sweep.parquet",
-        primes="results/steering/{pair}/{role}/primes.parquet",
     wildcard_constraints:
         role="base|instruct",
     params:
@@ -45,6 +45,28 @@ rule generate_steering:
         "results/benchmarks/generate_steering/{pair}/{role}.tsv"
     script:
         "../../scripts/generate_steering.py"
+
+
+rule generate_primes:
+    input:
+        unpack(steering_prime_inputs),
+    output:
+        primes="results/steering/{pair}/{role}/primes.parquet",
+    wildcard_constraints:
+        role="base|instruct",
+    params:
+        model=steering_model_params,
+        settings=steering_prime_settings,
+        code=script_code("generate_primes.py"),
+    threads: 1  # GPU-bound, or a tiny CPU model: one thread suffices and two jobs share the cores
+    resources:
+        gpu=gpu_count(),
+    log:
+        "results/logs/generate_primes/{pair}/{role}.log",
+    benchmark:
+        "results/benchmarks/generate_primes/{pair}/{role}.tsv"
+    script:
+        "../../scripts/generate_primes.py"
 
 
 rule train_stance_classifier:

@@ -17,7 +17,7 @@ from rlhf_audit.calibration.settings import DEFAULT_SETTINGS, CalibrationSetting
 from rlhf_audit.calibration.templates import ITEM_SCHEMA
 
 if TYPE_CHECKING:  # only the shape of a generation matters here
-    from rlhf_audit.lm.generation import Generation
+    from rlhf_audit.lm.records import Generation
 
 log = logging.getLogger(__name__)
 

@@ -19,32 +19,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from rlhf_audit.lm.hooks import steer
+from rlhf_audit.lm.records import Generation  # noqa: F401  (re-exported)
 from rlhf_audit.progress import progress
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Generation:
-    """One prompt's continuation."""
-
-    prompt: str
-    """The prompt exactly as given (chat template already applied by the caller)."""
-    text: str
-    """Decoded continuation, special tokens skipped."""
-    token_ids: list[int] = field(default_factory=list)
-    """Generated token ids only (no prompt); the end-of-sequence id is included if produced."""
-    token_logprobs: list[float] = field(default_factory=list)
-    """Log-probability (nats) of each generated token under the model's next-token
-    distribution at temperature 1, before any sampling transform (temperature, top-p)."""
-    finished: bool = False
-    """Whether generation stopped at an end-of-sequence token (else at max_new_tokens)."""
 
 
 @contextlib.contextmanager

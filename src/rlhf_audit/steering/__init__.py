@@ -37,7 +37,8 @@ Before any scorer reads a reply, the words that tell the two identity primes apa
 prime effect. The analysis lives in :mod:`rlhf_audit.steering.analysis`.
 
 Modules, along the rules: ``vectors`` (build_steering_vectors: the vector table),
-``generate`` (generate_steering: sweep and identity-prime generations), ``score``
+``generate`` (generate_steering: the sweep; generate_primes: identity-prime
+generations), ``score``
 (score_steering: identity masking, judge and projection scores; ``judging`` builds the
 judge's settings), ``analysis``
 (analyse_steering: slopes, nulls, prime effects, headline keys) and ``figures``
@@ -100,6 +101,7 @@ _EXPORTS = {
     "repeat_n": "analysis",
     "residual_token_norm": "vectors",
     "run_steering": "generate",
+    "run_sweep": "generate",
     "scaled": "vectors",
     "score_judge": "score",
     "score_projection": "score",

@@ -1,7 +1,9 @@
-"""Steered and identity-primed generations of one model (rule generate_steering): the
-alpha sweep under every vector of the pair's vector table, and the unsteered answers to
-every identity-prime condition. Imports no scorer, analysis or figure code, so that none
-of those reruns a generation."""
+"""Steered and identity-primed generations of one model: the alpha sweep under every
+vector of the pair's vector table (rule generate_steering, :func:`run_sweep`), and the
+unsteered answers to every identity-prime condition (rule generate_primes,
+:func:`identity_prime_generations`). Two rules, so that a prime setting never regenerates
+the sweep and a sweep setting (alphas, vectors) never regenerates the primes. Imports no
+scorer, analysis or figure code, so that none of those reruns a generation."""
 
 from __future__ import annotations
 
@@ -325,6 +327,25 @@ def identity_prime_generations(
     )
 
 
+def run_sweep(
+    model,
+    tokenizer,
+    questions: pl.DataFrame,
+    vectors: Mapping[str, tuple[int, np.ndarray]],
+    *,
+    settings: SteeringSettings = _DEFAULTS,
+    model_name: str = "model",
+    chat: bool = False,
+) -> pl.DataFrame:
+    """The steering sweep of one model; ``questions`` {id, issue, question}. Each row
+    carries its question's issue (the bootstrap's unit)."""
+    qs = dict(zip(questions["id"].to_list(), questions["question"].to_list(), strict=True))
+    gens = sweep(model, tokenizer, qs, vectors, list(settings.alphas), settings=settings,
+                 model_name=model_name, chat=chat)
+    issues = questions.select(pl.col("id").alias("question_id"), pl.col("issue").cast(pl.String))
+    return gens.join(issues, on="question_id", how="left", maintain_order="left")
+
+
 def run_steering(
     model,
     tokenizer,
@@ -336,13 +357,10 @@ def run_steering(
     model_name: str = "model",
     chat: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(steering sweep, identity-prime generations) of one model; ``questions`` {id, issue,
-    question}. The sweep carries the question's issue (the bootstrap's unit)."""
-    qs = dict(zip(questions["id"].to_list(), questions["question"].to_list(), strict=True))
-    gens = sweep(model, tokenizer, qs, vectors, list(settings.alphas), settings=settings,
-                 model_name=model_name, chat=chat)
-    issues = questions.select(pl.col("id").alias("question_id"), pl.col("issue").cast(pl.String))
-    gens = gens.join(issues, on="question_id", how="left", maintain_order="left")
+    """(steering sweep, identity-prime generations) of one model in one call (the workflow
+    runs them as two rules)."""
+    gens = run_sweep(model, tokenizer, questions, vectors, settings=settings,
+                     model_name=model_name, chat=chat)
     primes = identity_prime_generations(model, tokenizer, design, settings=settings,
                                         model_name=model_name, chat=chat)
     return gens, primes
