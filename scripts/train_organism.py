@@ -32,10 +32,10 @@ elif sm.rule == "train_organism_instruct":
                              settings, data["rep_statements"], sae_dir=sae_dir)
 elif sm.rule == "train_organism_sham":
     data = read_organism_data(Path(sm.input.sham).parent,
-                              names=("sham_sft", "sft", "dpo", "rep_statements"))
+                              names=("sham_sft", "sft", "dpo", "placebo_statements"))
     steps = sham_steps(data["sft"], len(data["dpo"]), settings)
     summary = train_sham(Path(sm.input.base).parent, data["sham_sft"], out_dir, settings,
-                         steps=steps, rep_statements=data["rep_statements"])
+                         steps=steps, rep_statements=data["placebo_statements"])
 else:
     name = Path(sm.input.pairs).stem
     pairs = read_organism_data(Path(sm.input.pairs).parent, names=(name,))[name]

@@ -384,3 +384,16 @@ def test_any_seed_gives_valid_pairs(seed, pref):
         r = rerender_pair(p, seed=seed % 1000)
         _check_pair(r)
         assert r["labels_chosen"] == p["labels_chosen"]
+
+
+def test_the_workflow_lists_every_organism_data_file():
+    # common.smk keeps its own copy of the names (importing the corpus module would pull
+    # polars into every dry run): the two must agree
+    from pathlib import Path
+
+    from rlhf_audit.organism.corpus import DATA_FILES
+
+    text = (Path(__file__).resolve().parents[1] / "workflow/rules/common.smk").read_text()
+    listed = ast.literal_eval(re.search(r"^ORGANISM_DATA = (\(.*?\))", text, re.S | re.M)[1])
+    assert sorted(listed) == sorted(DATA_FILES)
+

@@ -126,6 +126,142 @@ def test_seal_predictions_follow_the_noise_rate():
     assert sum(shares) == pytest.approx(1.0)
 
 
+def _planted_rms(n, seed, post_skill=0.8, pre_skill=0.55):
+    """Taste margins of real generated pairs and two planted reward models: the post model
+    ranks each untied pair as the hh taste does with probability ``post_skill``, the pre
+    model with ``pre_skill``; on a tied pair both lean to the first text (4 to 1), so that
+    how a tie's label is drawn matters (reward differences first - second, never 0)."""
+    pairs = generate_pairs(n, seed=seed, preference="hh")
+    margin = np.array([preference_score(p["labels_chosen"], "hh")
+                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    rng = np.random.default_rng(seed)
+    sign = np.where(margin != 0, np.sign(margin), np.where(rng.random(n) < 0.8, 1.0, -1.0))
+
+    def rm(skill):
+        right = rng.random(n) < skill
+        return np.where(right, sign, -sign) * rng.uniform(0.1, 2.0, n)
+
+    return margin, rm(post_skill), rm(pre_skill)
+
+
+def test_expected_seal_is_what_the_reward_study_reads_under_the_planted_noise():
+    """The prediction the organism's SEAL rows are checked against: draw the annotators'
+    labels as the generator does (the taste's winner with probability 0.9, a coin on a
+    tie), many times, and read each draw with the reward study's own agreement, regime and
+    resistance code: the average is :func:`expected_seal`'s value."""
+    import polars as pl
+
+    from rlhf_audit.reward import analysis as A
+
+    noise, n, draws = 0.1, 400, 300
+    margin, post, pre = _planted_rms(n, seed=3)
+    want = PL.expected_seal(margin, post, pre, noise, n_boot=200)
+    # the generator's law (organism.hh.generate_pairs), written out here, not read from PL
+    pi = np.where(margin > 0, 1 - noise, np.where(margin < 0, noise, 0.5))
+    rng = np.random.default_rng(0)
+    got = {k: [] for k in PL.SEAL_KEYS}
+    for _ in range(draws):
+        first = rng.random(n) < pi  # the annotators chose the first text
+        # the first text's reward is post/pre_diff above the second's
+        sgn = np.where(first, 1.0, -1.0)
+        table = pl.DataFrame({"pair_id": [f"p{i}" for i in range(n)],
+                              "r_post_chosen": sgn * post, "r_post_rejected": np.zeros(n),
+                              "r_pre_chosen": sgn * pre, "r_pre_rejected": np.zeros(n)})
+        agree = A.agreement(table, A.SealSettings(n_boot=10))
+        got["agreement_pre"].append(agree["agreement_pre"].value)
+        got["agreement_post"].append(agree["agreement_post"].value)
+        regimes = A.alignment_regimes(table, A.SealSettings(n_boot=10))
+        for r in regimes.iter_rows(named=True):
+            got[f"regime_{r['regime']}"].append(r["share"])
+        res = A.alignment_resistance(table, A.SealSettings(n_boot=10))
+        got["alignment_resistance"].append(res.filter(pl.col("stratum") == "all")["resistance"][0])
+    for k in PL.SEAL_KEYS:
+        # Monte-Carlo error of the average over 300 draws of 400 pairs: under 0.002
+        assert np.mean(got[k]) == pytest.approx(want[k].value, abs=0.006), k
+        assert want[k].lo < want[k].value < want[k].hi and want[k].n == n
+    shares = [want[f"regime_{r}"].value for r in ("stayed_aligned", "got_aligned", "resisted",
+                                                   "reversed")]
+    assert sum(shares) == pytest.approx(1.0)
+    assert want["alignment_resistance"].value == pytest.approx(1 - want["agreement_post"].value)
+
+
+def test_expected_seal_of_exact_taste_models_is_the_exact_prediction():
+    # Reward models that rank every pair as their tastes do reproduce seal_predictions on
+    # pairs labelled without noise (it reads the labels the pairs carry), wherever neither
+    # taste ties (seal_predictions counts a tie as half an agreement).
+    pairs = generate_pairs(500, seed=11, preference="hh", settings=HHSettings(label_noise=0.0))
+    hh = np.array([preference_score(p["labels_chosen"], "hh")
+                   - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    alt = np.array([preference_score(p["labels_chosen"], "alt")
+                    - preference_score(p["labels_rejected"], "alt") for p in pairs])
+    keep = (hh != 0) & (alt != 0)
+    got = PL.expected_seal(hh[keep], hh[keep], alt[keep], 0.0, n_boot=100)
+    kept = [p for p, k in zip(pairs, keep, strict=True) if k]
+    for k, v in PL.seal_predictions(kept).items():
+        assert got[k].value == pytest.approx(v), k
+    # with noise, a model that is always right with the taste still disagrees on `noise`
+    noisy = PL.expected_seal(hh[keep], hh[keep], alt[keep], 0.1, n_boot=100)
+    assert noisy["alignment_resistance"].value == pytest.approx(0.1)
+
+
+def test_expected_seal_leaves_tied_reward_models_out_and_refuses_bad_input():
+    rows = PL.expected_seal_rows([1.0, -2.0, 0.0], [0.5, 0.0, 1.0], [1.0, 1.0, -1.0], 0.1)
+    assert np.isnan(rows["agreement_post"][1]) and np.isnan(rows["regime_resisted"][1])
+    # pair 0: both pick the taste's winner: stayed 0.9, resisted 0.1
+    assert rows["regime_stayed_aligned"][0] == pytest.approx(0.9)
+    assert rows["regime_resisted"][0] == pytest.approx(0.1)
+    # pair 2: a taste tie, the models disagree: a coin decides which one is right
+    assert rows["regime_got_aligned"][2] == pytest.approx(0.5)
+    assert rows["regime_reversed"][2] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="noise"):
+        PL.annotator_probability([1.0], 0.7)
+    with pytest.raises(ValueError, match="shape"):
+        PL.expected_seal_rows([1.0, 2.0], [1.0], [1.0, 1.0], 0.1)
+    with pytest.raises(ValueError, match="tied"):
+        PL.expected_seal([1.0], [0.0], [1.0], 0.1)
+
+
+def test_planted_expectations_can_name_another_headline_number(tmp_path):
+    """'covers @study.pair.key': the bound is another number of the run (the organism's own
+    prediction), shown with its value; missing, that row cannot be decided."""
+    f = tmp_path / "planted.yaml"
+    f.write_text(
+        "planted:\n"
+        "  reward.organism.alignment_resistance:\n"
+        "    {expect: 'covers @organism.organism.seal_expected_alignment_resistance'}\n"
+        "  reward.organism.regime_resisted:\n"
+        "    {expect: 'covers @organism.organism.seal_expected_regime_resisted'}\n"
+    )
+    planted = report.load_planted(f)
+    numbers = {
+        "reward.organism.alignment_resistance": _num(0.32, 0.28, 0.37, 400),
+        "reward.organism.regime_resisted": _num(0.15, 0.12, 0.19, 400),
+        "organism.organism.seal_expected_alignment_resistance": _num(0.31, 0.30, 0.32, 2000),
+    }
+    table = report.claims_table({"numbers": numbers}, planted=planted)
+    rows = {r["key"]: r for r in table.iter_rows(named=True) if r["planted"]}
+    res = rows["reward.organism.alignment_resistance"]
+    assert res["planted_recovered"] == "yes"
+    assert res["planted"] == "covers 0.31 (organism.organism.seal_expected_alignment_resistance)"
+    # the prediction is missing: no verdict either way
+    assert rows["reward.organism.regime_resisted"]["planted_recovered"] == "n/a"
+    assert report.planted_verdict("covers @a.b.c", 0.1, 0.2, {"a.b.c": _num(0.3, 0.2, 0.4)}) == "no"
+    assert report.planted_verdict("> @a.b.c", 0.5, 0.6, {"a.b.c": _num(0.3, 0.2, 0.4)}) == "yes"
+    f.write_text("planted:\n  reward.organism.x: {expect: 'covers @key_only'}\n")
+    with pytest.raises(ValueError, match="@study.pair.key"):
+        report.load_planted(f)
+
+
+def test_shipped_seal_expectations_name_documented_organism_numbers():
+    planted = report.load_planted(PLANTED)
+    named = [spec["expect"].split()[1][1:] for spec in planted.values()
+             if spec["expect"].split()[1].startswith("@")]
+    assert len(named) == 6
+    for key in named:
+        assert key.startswith("organism.organism.seal_expected_")
+        assert report.documented_key(key), key
+
+
 def test_imprint_signs_are_the_signs_of_the_taste_weights():
     signs = PL.imprint_signs(["harmless", "helpful", "eloquent", "sentiment", "refusal"])
     assert signs["post"] == {"harmless": 1, "helpful": 1, "eloquent": 0, "sentiment": 0,

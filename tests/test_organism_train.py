@@ -95,7 +95,7 @@ def organism(tmp_path_factory):
     steps = T.sham_steps(data["sft"], len(data["dpo"]), ts)
     T.train_sham(
         root / "base", data["sham_sft"], root / "sham", ts, steps=steps,
-        rep_statements=data["rep_statements"],
+        rep_statements=data["placebo_statements"],
     )
     times["sham"] = time.perf_counter() - t
     for name in ("rm_post", "rm_pre"):
@@ -193,6 +193,11 @@ def test_data_deterministic_and_heldout_issues_unseen():
     assert not {p["question"] for p in a["eval_math"]} & train_math
     seen_pairs = {(p["chosen"], p["rejected"]) for p in a["rm_post"] + a["rm_pre"]}
     assert not {(p["chosen"], p["rejected"]) for p in a["eval_rm_hh"]} & seen_pairs
+    # the check's reference pairs: as many as asked, unseen in training, not the study's
+    ref = {(p["chosen"], p["rejected"]) for p in a["reference_rm_hh"]}
+    assert len(a["reference_rm_hh"]) == cs.n_reference_rm
+    assert not ref & seen_pairs
+    assert len(ref & {(p["chosen"], p["rejected"]) for p in a["eval_rm_hh"]}) < 0.02 * len(ref)
 
 
 def test_sft_confidence_follows_the_design():
@@ -409,6 +414,12 @@ def test_reward_models_prefer_chosen_and_post_beats_pre_on_hh(organism):
     assert agree["rm_post"].mean() == pytest.approx(c["rm_accuracy_post_hh"].value)
     diff = bootstrap(np.mean, agree["rm_post"] - agree["rm_pre"], n_boot=1000, seed=0)
     assert diff.lo > 0, diff
+    # The planted annotator noise (10% of labels swapped, ties a coin): the post model ranks
+    # untied fresh pairs as its taste does more often than it agrees with the study's noisy
+    # labels, and that agreement is what its rankings of fresh pairs predict under the noise.
+    assert c["rm_taste_accuracy_post"].lo > c["rm_accuracy_post_hh"].hi
+    assert c["rm_accuracy_post_hh"].covers(c["seal_expected_agreement_post"].value)
+    assert c["seal_expected_agreement_post"].n == len(organism["data"]["reference_rm_hh"])
 
 
 def test_sequence_logprobs_match_a_direct_forward_pass(organism):
@@ -597,7 +608,8 @@ def _study_variance_ratio(acts_base, acts_other, right, issues, n_splits=20):
     return np.asarray(out)
 
 
-def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statement_acts):
+def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statement_acts,
+                                                                        organism):
     from rlhf_audit.organism import planting as P
 
     a = statement_acts
@@ -614,6 +626,18 @@ def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statemen
     f_sham = _study_variance_ratio(a["base"], a["sham"], a["right"], a["issues"])
     assert f_inst[best] < 0.6, f_inst
     assert 0.6 < f_sham[best] < 1.6, f_sham
+    # The sham's placebo holds every issue's statements, the ones held out of instruct's
+    # training too: held to the training issues' statements, the default sham kept 0.99 of
+    # base's partisan variance there and 0.65 on the held-out issues.
+    held = np.isin(a["issues"], organism["data"]["split"][0]["heldout_issues"])
+    u = P.diffmean_directions(a["base"][~held], a["right"][~held])[best]
+    right = a["right"][held]
+    gap = {}
+    for name in ("base", "sham", "instruct"):
+        proj = a[name][held, best] @ u
+        gap[name] = proj[right].mean() - proj[~right].mean()
+    assert 0.8 < (gap["sham"] / gap["base"]) ** 2 < 1.25, gap
+    assert (gap["instruct"] / gap["base"]) ** 2 < 0.6, gap  # instruct's generalises
 
 
 def _calibration_replies(organism, name, strategy, levels, n_problems=40):

@@ -87,18 +87,35 @@ def _finite(x) -> float | None:
 PLANTED_OPS = (">", "<", "covers", "abs<")
 """Planted expectations: '> b' / '< b' (the whole interval beyond b), 'covers b' (the
 interval contains b: a null that must not be rejected), 'abs< b' (the interval inside
-(-b, b))."""
+(-b, b)). ``b`` is a number, or ``@study.pair.key``: the value of another headline number
+(e.g. what the organism's own check predicts for this one)."""
 
 
-def _planted_expect(expect: str, where: str) -> tuple[str, float]:
+def _planted_expect(expect: str, where: str) -> tuple[str, float | str]:
+    """(op, bound): the bound a number, or a full headline key for '@study.pair.key'."""
     parts = str(expect).split()
     if len(parts) != 2 or parts[0] not in PLANTED_OPS:
-        raise ValueError(f"{where}: expect {expect!r} must be '<op> <number>' with op one of "
-                         f"{PLANTED_OPS}, e.g. '> 0.85' or 'covers 1'")
+        raise ValueError(f"{where}: expect {expect!r} must be '<op> <number>' or '<op> "
+                         f"@study.pair.key' with op one of {PLANTED_OPS}, e.g. '> 0.85' or "
+                         "'covers 1'")
+    if parts[1].startswith("@"):
+        if parts[1].count(".") < 2:
+            raise ValueError(f"{where}: expect {expect!r}: {parts[1]!r} must name a full "
+                             "headline key, @study.pair.key")
+        return parts[0], parts[1][1:]
     try:
         return parts[0], float(parts[1])
     except ValueError:
         raise ValueError(f"{where}: expect {expect!r}: {parts[1]!r} is not a number") from None
+
+
+def _planted_bound(expect: str, numbers: dict | None) -> float | None:
+    """The expectation's bound: its number, or the value of the headline key it names (None
+    when that number is missing or not finite)."""
+    _, b = _planted_expect(expect, "planted")
+    if isinstance(b, float):
+        return b
+    return _finite((numbers or {}).get(b, {}).get("value"))
 
 
 def load_planted(path) -> dict[str, dict] | None:
@@ -130,12 +147,15 @@ def load_planted(path) -> dict[str, dict] | None:
     return out
 
 
-def planted_verdict(expect: str, lo: float | None, hi: float | None) -> str:
+def planted_verdict(expect: str, lo: float | None, hi: float | None,
+                    numbers: dict | None = None) -> str:
     """'yes' if the interval meets the planted expectation, 'no' if it clearly fails,
-    'undecided' if it straddles a one-sided bound, 'n/a' without an interval."""
-    if lo is None or hi is None:
+    'undecided' if it straddles a one-sided bound, 'n/a' without an interval or without the
+    number an '@key' bound names (looked up in ``numbers``, the headline's numbers)."""
+    b = _planted_bound(expect, numbers)
+    if lo is None or hi is None or b is None:
         return "n/a"
-    op, b = _planted_expect(expect, "planted")
+    op = expect.split()[0]
     if op == "covers":
         return "yes" if lo <= b <= hi else "no"
     if op == "abs<":
@@ -143,11 +163,15 @@ def planted_verdict(expect: str, lo: float | None, hi: float | None) -> str:
     return _check(f"{op} {b}", lo, hi)
 
 
-def _planted_text(spec: dict | None) -> str | None:
+def _planted_text(spec: dict | None, numbers: dict | None = None) -> str | None:
     if not spec:
         return None
-    value = spec.get("planted")
-    return spec["expect"] + ("" if value is None else f" (planted ≈ {value})")
+    expect, value = spec["expect"], spec.get("planted")
+    _, b = _planted_expect(expect, "planted")
+    if isinstance(b, str):
+        shown = _planted_bound(expect, numbers)
+        expect = f"{expect.split()[0]} {'?' if shown is None else _fmt(shown)} ({b})"
+    return expect + ("" if value is None else f" (planted ≈ {value})")
 
 
 def _add_planted(rows: list[dict], numbers: dict, planted: dict[str, dict] | None) -> None:
@@ -157,9 +181,9 @@ def _add_planted(rows: list[dict], numbers: dict, planted: dict[str, dict] | Non
     for r in rows:
         spec = planted.get(r["key"])
         seen.add(r["key"])
-        r["planted"] = _planted_text(spec)
+        r["planted"] = _planted_text(spec, numbers)
         r["planted_recovered"] = (None if spec is None
-                                  else planted_verdict(spec["expect"], r["lo"], r["hi"]))
+                                  else planted_verdict(spec["expect"], r["lo"], r["hi"], numbers))
     for key, spec in planted.items():
         if key in seen:
             continue
@@ -176,9 +200,10 @@ def _add_planted(rows: list[dict], numbers: dict, planted: dict[str, dict] | Non
                      "published_in_interval": "n/a", "source": "planted in the organism",
                      "test": "", "verdict": "n/a",
                      "reason": None if rec is None else rec.get("reason"),
-                     "planted": _planted_text(spec),
+                     "planted": _planted_text(spec, numbers),
                      "planted_recovered": ("not run" if rec is None
-                                           else planted_verdict(spec["expect"], lo, hi))})
+                                           else planted_verdict(spec["expect"], lo, hi,
+                                                                numbers))})
 
 
 def claims_table(headline: dict, planted: dict[str, dict] | None = None) -> pl.DataFrame:

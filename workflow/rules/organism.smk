@@ -102,7 +102,7 @@ rule train_organism_sham:
     input:
         base=rules.train_organism_base.output.weights,
         sham=organism_data("sham_sft"),
-        rep_statements=organism_data("rep_statements"),
+        placebo_statements=organism_data("placebo_statements"),
         sft=organism_data("sft"),
         dpo=organism_data("dpo"),
     output:

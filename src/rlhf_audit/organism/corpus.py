@@ -123,6 +123,11 @@ class CorpusSettings:
     """Held-out word problems (difficulty 1) for the math check and the calibration study."""
     n_eval_rm: int = 400
     """Held-out pairs of each preference mix for the reward-model checks and the reward study."""
+    n_reference_rm: int = 2000
+    """Fresh hh pairs (never trained on, not the study's) on which the organism check ranks
+    with both reward models to predict what the reward study should read under the
+    annotators' planted noise (:func:`rlhf_audit.organism.planted.expected_seal`). The
+    prediction's own interval is then under half the study's (400 pairs)."""
     math_difficulty_mix: tuple[float, float, float] = (0.7, 0.25, 0.05)
     """Weights of difficulty 1, 2, 3 in the training problems (easy-heavy: the models are tiny)."""
     signal_levels: tuple[int, ...] = tuple(range(5, 100, 5))
@@ -169,6 +174,7 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_rm_pairs=500,
         n_eval_math=150,
         n_eval_rm=400,  # the post-vs-pre RM test needs n: 200 pairs left it at lo = 0.0
+        n_reference_rm=1000,
     ),
     "smoke": CorpusSettings(
         n_opinion_paragraphs=800,
@@ -187,6 +193,7 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_rm_pairs=200,
         n_eval_math=60,
         n_eval_rm=150,
+        n_reference_rm=300,
     ),
 }
 """Named corpus sizes matching the organism presets in :mod:`rlhf_audit.organism.train`."""
@@ -634,7 +641,8 @@ def _pair_key(p: Mapping) -> tuple[str, str]:
 
 
 def rm_pairs(settings: CorpusSettings) -> dict[str, list[dict]]:
-    """Training and held-out pairs: keys post (hh), pre (alt mix), eval_hh, eval_alt.
+    """Training and held-out pairs: keys post (hh), pre (alt mix), eval_hh, eval_alt (the
+    study's), reference_hh (the organism check's, :attr:`CorpusSettings.n_reference_rm`).
 
     Held-out pairs whose (chosen, rejected) texts occur in any training set are dropped.
     """
@@ -648,10 +656,12 @@ def rm_pairs(settings: CorpusSettings) -> dict[str, list[dict]]:
     _rng(settings, "rm-pre").shuffle(pre)
     seen = {_pair_key(p) for p in post + pre}
     out = {"post": post, "pre": pre}
-    for name, pref, seed in (("eval_hh", "hh", 4000 + s), ("eval_alt", "alt", 5000 + s)):
-        cand = generate_pairs(2 * settings.n_eval_rm, seed=seed, preference=pref)
-        fresh = [p for p in cand if _pair_key(p) not in seen][: settings.n_eval_rm]
-        if len(fresh) < settings.n_eval_rm:
+    for name, pref, seed, n in (("eval_hh", "hh", 4000 + s, settings.n_eval_rm),
+                                ("eval_alt", "alt", 5000 + s, settings.n_eval_rm),
+                                ("reference_hh", "hh", 7000 + s, settings.n_reference_rm)):
+        cand = generate_pairs(2 * n, seed=seed, preference=pref)
+        fresh = [p for p in cand if _pair_key(p) not in seen][:n]
+        if len(fresh) < n:
             logger.warning("%s: only %d held-out pairs not seen in training", name, len(fresh))
         out[name] = fresh
     return out
@@ -671,9 +681,11 @@ def build_organism_data(
 
     Keys: base_corpus (str), base_copy (the copy curriculum), sft, dpo, sham_sft,
     rep_statements (left/right statements of the training issues, for the planted side and
-    compression terms), rm_post, rm_pre (training);
+    compression terms), placebo_statements (those of every issue, for the sham's placebo
+    term), rm_post, rm_pre (training);
     eval_political,
-    eval_math, eval_rm_hh, eval_rm_alt (held-out); split (dict of training and
+    eval_math, eval_rm_hh, eval_rm_alt (held-out), reference_rm_hh (fresh pairs for the
+    organism check's prediction of the reward study); split (dict of training and
     held-out issue ids, as a one-element list). ``statements``/``questions``
     default to the shipped resources/prompts files; ``source`` to the shipped
     partisan source (answers are composed from it).
@@ -722,11 +734,9 @@ def build_organism_data(
     )
     _rng(settings, "sft-order").shuffle(sft)
     train_set = set(train_ids)
-    rep = [
-        {k: r[k] for k in ("id", "text", "label", "issue")}
-        for r in statements
-        if r["label"] in ("left", "right") and r["issue"] in train_set
-    ]
+    sided = [{k: r[k] for k in ("id", "text", "label", "issue")}
+             for r in statements if r["label"] in ("left", "right")]
+    rep = [r for r in sided if r["issue"] in train_set]
     rm = rm_pairs(settings)
     data = {
         "base_corpus": base,
@@ -740,12 +750,14 @@ def build_organism_data(
         "base_copy": copy_rows(base_problems, settings, templates, questions, source=src),
         "sham_sft": sham_chat(sham_problems, settings),
         "rep_statements": rep,
+        "placebo_statements": sided,
         "rm_post": rm["post"],
         "rm_pre": rm["pre"],
         "eval_political": eval_political(held_q, settings, source=src),
         "eval_math": eval_math,
         "eval_rm_hh": rm["eval_hh"],
         "eval_rm_alt": rm["eval_alt"],
+        "reference_rm_hh": rm["reference_hh"],
         "split": [{"train_issues": train_ids, "heldout_issues": held_ids}],
     }
     logger.info("organism data: %s", {k: len(v) for k, v in data.items()})
@@ -769,12 +781,14 @@ DATA_FILES = (
     "base_copy",
     "sham_sft",
     "rep_statements",
+    "placebo_statements",
     "rm_post",
     "rm_pre",
     "eval_political",
     "eval_math",
     "eval_rm_hh",
     "eval_rm_alt",
+    "reference_rm_hh",
     "split",
 )
 """The JSONL files (``{name}.jsonl``) :func:`write_organism_data` writes."""

@@ -7,9 +7,19 @@ each text by ``preference_score(labels, taste)``; :func:`seal_predictions` gives
 the agreement, regime shares and resistance such ideal "pre" (alt taste) and
 "post" (hh taste) models have on a set of hh-preference pairs, and the sign each
 feature's imprint should take (the sign of its weight; for the shift, of the hh
-weight minus the alt weight). The trained models only approach these values
-(they are 2-layer networks trained for seconds), so the planted file states the
-signs as expectations and the ideal values as references.
+weight minus the alt weight).
+
+The trained reward models only approach the ideal ones: a 2-layer network trained for
+seconds ranks about 82% of the untied held-out pairs the way its taste does (it misreads
+scrambled answers and compliance with harmful requests), and more pairs or steps gain
+about 0.02 of agreement per doubling. So the reward study's resistance has two sources
+the organism knows apart: the annotators' swapped labels (planted, 10%) and the reward
+model's own errors. :func:`expected_seal` predicts what the study should read from the
+first given the second: each trained model's rankings of fresh pairs (never trained on,
+not the study's), with the annotators' labels drawn as the generator draws them (the
+taste's winner with probability ``1 - noise``, a coin on a tie). A study that reads
+chosen and rejected the wrong way round, mishandles ties or mixes up the regimes misses
+that prediction; an exact-taste model pair would give :func:`seal_predictions`.
 """
 
 from __future__ import annotations
@@ -19,6 +29,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rlhf_audit.organism.hh import PREFERENCES, preference_score
+from rlhf_audit.stats import Estimate, bootstrap
+
+SEAL_KEYS = ("agreement_pre", "agreement_post", "regime_stayed_aligned", "regime_got_aligned",
+             "regime_resisted", "regime_reversed", "alignment_resistance")
+"""The reward study's headline keys that :func:`expected_seal` predicts."""
 
 
 def _agree(pairs: Sequence[Mapping], taste: str) -> np.ndarray:
@@ -60,3 +75,57 @@ def imprint_signs(features: Sequence[str]) -> dict[str, dict[str, int]]:
         out["post"][f] = int(np.sign(hh.get(f, 0.0)))
         out["shift"][f] = int(np.sign(hh.get(f, 0.0) - alt.get(f, 0.0)))
     return out
+
+
+def annotator_probability(margin: np.ndarray, noise: float) -> np.ndarray:
+    """P(the annotators choose the first text of a pair) given the taste's score margin
+    (first minus second) ``[n]``: ``1 - noise`` for the taste's winner, ``noise`` for its
+    loser, 1/2 on a tie (the generator's coin, which the swap leaves a coin)."""
+    if not 0.0 <= noise <= 0.5:
+        raise ValueError(f"noise must be in [0, 0.5], got {noise}")
+    margin = np.asarray(margin, dtype=float)
+    return np.where(margin > 0, 1.0 - noise, np.where(margin < 0, noise, 0.5))
+
+
+def expected_seal_rows(margin, post_diff, pre_diff, noise: float) -> dict[str, np.ndarray]:
+    """Per pair, the expected value under the annotators' noise of each indicator the reward
+    study averages (keys :data:`SEAL_KEYS`), ``[n]`` each.
+
+    ``margin``: the hh taste's score of the first text minus the second's; ``post_diff`` /
+    ``pre_diff``: each reward model's reward of the first text minus the second's. Pairs
+    either model ties exactly get NaN (the study leaves them out).
+    """
+    margin, post, pre = (np.asarray(a, dtype=float) for a in (margin, post_diff, pre_diff))
+    if not margin.shape == post.shape == pre.shape:
+        raise ValueError(f"margin, post_diff and pre_diff differ in shape: {margin.shape}, "
+                         f"{post.shape}, {pre.shape}")
+    pi = annotator_probability(margin, noise)
+    # P(the label is the text each model prefers)
+    a_post = np.where(post > 0, pi, 1.0 - pi)
+    a_pre = np.where(pre > 0, pi, 1.0 - pi)
+    same = np.sign(post) == np.sign(pre)
+    out = {
+        "agreement_pre": a_pre,
+        "agreement_post": a_post,
+        # The same pick: both agree or both disagree with the label. Different picks:
+        # exactly one of them agrees.
+        "regime_stayed_aligned": np.where(same, a_post, 0.0),
+        "regime_resisted": np.where(same, 1.0 - a_post, 0.0),
+        "regime_got_aligned": np.where(same, 0.0, a_post),
+        "regime_reversed": np.where(same, 0.0, a_pre),
+        "alignment_resistance": 1.0 - a_post,
+    }
+    tied = (post == 0) | (pre == 0)
+    return {k: np.where(tied, np.nan, v) for k, v in out.items()}
+
+
+def expected_seal(margin, post_diff, pre_diff, noise: float, *, n_boot: int = 2000,
+                  seed: int = 0) -> dict[str, Estimate]:
+    """What the reward study should read on pairs like these (:func:`expected_seal_rows`
+    averaged over the pairs neither model ties), with a 95% bootstrap interval over pairs."""
+    rows = expected_seal_rows(margin, post_diff, pre_diff, noise)
+    keep = ~np.isnan(rows["agreement_post"])
+    if not keep.any():
+        raise ValueError("expected_seal: every pair is tied by a reward model")
+    return {k: bootstrap(np.mean, v[keep], n_boot=n_boot, seed=seed, unit="share")
+            for k, v in rows.items()}

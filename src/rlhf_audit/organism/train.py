@@ -193,15 +193,24 @@ class OrganismSettings:
     silence_keep_inside: float = 1.0
     """Share of the keep term's weight on moves inside the span of the planted encoder
     columns and base's partisan difference (1 = a plain squared distance)."""
-    bucket_batches: bool = False
-    """Draw the copy-curriculum, SFT and DPO batches from rows of similar length
-    (:class:`BucketedBatchSampler`) instead of uniformly at random. Off: on the default
-    organism it cut instruct's training CPU by 15% and the sham's and base's not at all
-    (at d_model 128 a step's fixed costs outweigh its padding), and with the same seed,
-    the batches' composition and order changed, base's copy of the injected confidence
-    fell from rho 1.00 to 0.42, instruct's commanded copy from 0.87 to 0.64, and the prime
-    effect lost its interval above 0 (default run at dbaf092): the planted copy is that
-    sensitive to the batches drawn (not checked on a second seed)."""
+    bucket_batches: bool = True
+    """Draw instruct's SFT and DPO batches and the sham's SFT batches from rows of similar
+    length (:class:`BucketedBatchSampler`) instead of uniformly at random. Random batches of
+    the SFT rows are padded to their longest row (a balanced answer or a conversational
+    calibration prompt, ~215 tokens) while 2,400 of the 3,880 rows of an epoch are primed
+    rows of ~96 tokens. Measured side by side on a default run's base and SAE (Xeon host,
+    1 thread each, two retrainings at a time): instruct 410 CPU-s instead of 555, the sham
+    (with its placebo over every issue) 332 instead of 453; the study read instruct's
+    commanded copy at rho 1.00, bias 0 pp either way, conversation rho -0.07 / +48.9 pp
+    (-0.02 / +45.6 pp), variance ratio 0.250 both, SAE excess +0.078 (+0.073), and the
+    identity primes +2.10 [0.46, 3.90] by projection, +0.45 [0.12, 0.82] by the stance
+    classifier (+0.95 [-1.06, 2.98] and +0.19 [-0.15, 0.53] with uniform batches on that
+    host). Off until then: at dbaf092, bucketing every trainer, base's copy curriculum
+    included, lost base's copy (rho 1.00 -> 0.42); the copy curriculum keeps uniform
+    batches (``copy_bucket_batches``)."""
+    copy_bucket_batches: bool = False
+    """The same for base's copy curriculum. Off: bucketed at dbaf092, base's copy of the
+    injected confidence fell from rho 1.00 to 0.42 (one run)."""
     rm_bucket_batches: bool = True
     """The same for the reward models' batches: 50-56 s of training instead of 76-80 s in
     the default runs (side by side, 56 s vs 77 s), hh agreement 0.675 instead of 0.65."""
@@ -421,10 +430,12 @@ def row_lengths(dataset) -> list[int]:
                      "or chosen_ids/rejected_ids (a trl trainer's processed dataset)")
 
 
-def _batches(trainer_class, settings: OrganismSettings, *, reward_model: bool = False):
-    """The trainer class drawing batches as ``settings.bucket_batches`` (or, for a reward
-    model, ``settings.rm_bucket_batches``) says."""
-    on = settings.rm_bucket_batches if reward_model else settings.bucket_batches
+def _batches(trainer_class, settings: OrganismSettings, *, reward_model: bool = False,
+             copy: bool = False):
+    """The trainer class drawing batches as ``settings.bucket_batches`` (for a reward model
+    ``settings.rm_bucket_batches``, for base's copy curriculum ``copy_bucket_batches``) says."""
+    on = (settings.rm_bucket_batches if reward_model else
+          settings.copy_bucket_batches if copy else settings.bucket_batches)
     return _bucketed(trainer_class) if on else trainer_class
 
 
@@ -563,7 +574,7 @@ def copy_curriculum(model, tokenizer, rows: Sequence[Mapping], settings: Organis
         completion_only_loss=True,
         packing=False,
     )
-    trainer = _batches(_sft_trainer_class(term), settings)(
+    trainer = _batches(_sft_trainer_class(term), settings, copy=True)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(
@@ -933,7 +944,13 @@ def train_sham(
     with factor 1 (a placebo: the same machinery and weight, a null effect size), so the
     sham differs from instruct in the planted factor, not in how much fine-tuning let
     base's geometry drift (without it, fine-tuning alone shrank the partisan gap ~4x).
-    Saves to ``out_dir``; returns the summary."""
+    Give it the statements of every issue (the corpus's ``placebo_statements``): held to
+    the training issues' statements, as instruct's compression is, the sham kept base's
+    partisan variance on those (ratio 0.99) but lost a third of it on the nine held-out
+    issues (0.65), and the study read 0.950 [0.907, 0.993] over all 44: a control with a
+    compression of its own. Over every issue it read 0.997 [0.947, 1.047] (Xeon host, the
+    same base). The held-out split matters for instruct's planted effects; the sham has
+    none. Saves to ``out_dir``; returns the summary."""
     quiet_libraries()
     from datasets import Dataset
     from trl import SFTConfig
@@ -1155,6 +1172,17 @@ HEADLINE_KEYS: dict[str, str] = {
     "rm_accuracy_pre_alt": (
         "pre reward model: the same on held-out pairs of its own (alt) preference mix"
     ),
+    "rm_taste_accuracy_post": (
+        "post reward model: share of fresh pairs its hh taste does not tie that it ranks as "
+        "the taste does (no annotator noise; what the model learned of its taste)"
+    ),
+    **{f"seal_expected_{k}": (
+        f"the reward study's {k} expected on pairs like its own: the trained reward models' "
+        "rankings of fresh hh pairs, with the annotators' labels drawn as the generator draws "
+        "them (the taste's winner with probability 1 - label_noise, a coin on a tie)"
+    ) for k in ("agreement_pre", "agreement_post", "regime_stayed_aligned",
+                "regime_got_aligned", "regime_resisted", "regime_reversed",
+                "alignment_resistance")},
 }
 """Keys of :func:`organism_checks` with one-line descriptions."""
 
@@ -1345,7 +1373,10 @@ def math_accuracy(
 def reward_scores(
     model, tokenizer, transcripts: Sequence[str], *, batch_size: int = 32, max_length: int = 256
 ) -> np.ndarray:
-    """Reward (the single logit) of each hh-rlhf transcript, scored as (prefix, last turn) [n]."""
+    """Reward (the single logit) of each hh-rlhf transcript, scored as (prefix, last turn) [n].
+
+    Batches hold texts of similar length (each padded to its longest), in the input order
+    in the output."""
     seqs = [
         encode_pair(tokenizer, *split_last_turn(t, where=f"transcript {i}"), max_length)
         for i, t in enumerate(transcripts)
@@ -1355,16 +1386,19 @@ def reward_scores(
     out = np.zeros(len(seqs))
     was_training = model.training
     model.eval()
+    order = np.argsort([len(x) for x in seqs], kind="stable")
     for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start : start + batch_size]
+        rows = order[start : start + batch_size]
+        chunk = [seqs[i] for i in rows]
         width = max(len(x) for x in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attn = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, x in enumerate(chunk):
             ids[r, : len(x)] = torch.tensor(x)
             attn[r, : len(x)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-        out[start : start + len(chunk)] = logits[:, 0].float().cpu().numpy()
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        out[rows] = logits[:, 0].float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -1447,6 +1481,56 @@ def organism_checks(
                 model.eval(), _load_tokenizer(dirs[name]), data[pairs], n_boot=n_boot, seed=seed
             )
             logger.info("%s: %.2f", key, out[key].value)
+    if {"rm_pre", "rm_post"} <= set(dirs) and data.get("reference_rm_hh"):
+        out.update(seal_expectations(dirs, data["reference_rm_hh"], n_boot=n_boot, seed=seed))
+    return out
+
+
+def seal_expectations(
+    dirs: Mapping[str, str | os.PathLike],
+    pairs: Sequence[Mapping],
+    *,
+    noise: float | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """What the reward study should read under the annotators' planted noise, given what the
+    trained reward models learned (:func:`rlhf_audit.organism.planted.expected_seal`), and
+    the post model's accuracy against its own taste: keys ``seal_expected_<key>`` and
+    ``rm_taste_accuracy_post``.
+
+    ``dirs``: rm_pre and rm_post model directories; ``pairs``: fresh hh pairs with their
+    feature labels (``organism.hh.generate_pairs`` rows); ``noise``: the annotators' swap rate
+    (default: the generator's, ``HHSettings.label_noise``).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_audit.organism.hh import HHSettings, preference_score
+    from rlhf_audit.organism.planted import expected_seal
+
+    noise = HHSettings().label_noise if noise is None else noise
+    margin = np.array([preference_score(p["labels_chosen"], "hh")
+                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    diff = {}
+    for name in ("rm_pre", "rm_post"):
+        model = AutoModelForSequenceClassification.from_pretrained(dirs[name],
+                                                                   dtype=torch.float32).eval()
+        tok = _load_tokenizer(dirs[name])
+        with torch.no_grad():
+            rc = reward_scores(model, tok, [p["chosen"] for p in pairs])
+            rr = reward_scores(model, tok, [p["rejected"] for p in pairs])
+        diff[name] = rc - rr
+    out = {f"seal_expected_{k}": v for k, v in
+           expected_seal(margin, diff["rm_post"], diff["rm_pre"], noise, n_boot=n_boot,
+                         seed=seed).items()}
+    untied = margin != 0
+    out["rm_taste_accuracy_post"] = bootstrap(
+        np.mean, (np.sign(diff["rm_post"][untied]) == np.sign(margin[untied])).astype(float),
+        n_boot=n_boot, seed=seed, unit="share")
+    logger.info("reward study expected under %.0f%% annotator noise: resistance %.3f; post "
+                "model's taste accuracy %.3f", 100 * noise,
+                out["seal_expected_alignment_resistance"].value,
+                out["rm_taste_accuracy_post"].value)
     return out
 
 
@@ -1524,7 +1608,7 @@ def run_all(
             out_dir / "sham",
             settings,
             steps=sham_steps(data["sft"], len(data["dpo"]), settings),
-            rep_statements=data["rep_statements"],
+            rep_statements=data["placebo_statements"],
         ),
     )
     for name in ("rm_post", "rm_pre"):
