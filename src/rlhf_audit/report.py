@@ -387,8 +387,12 @@ def headline_doc() -> str:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
     from pathlib import Path
 
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/headline.md")
-    out.write_text(headline_doc(), encoding="utf-8")
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_audit.report",
+        description="Write docs/headline.md (every headline key, from the study modules).")
+    parser.add_argument("out", nargs="?", type=Path, default=Path("docs/headline.md"),
+                        help="where to write it (default: docs/headline.md)")
+    parser.parse_args().out.write_text(headline_doc(), encoding="utf-8")
