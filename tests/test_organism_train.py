@@ -193,6 +193,12 @@ def test_data_deterministic_and_heldout_issues_unseen():
     assert not {p["question"] for p in a["eval_math"]} & train_math
     seen_pairs = {(p["chosen"], p["rejected"]) for p in a["rm_post"] + a["rm_pre"]}
     assert not {(p["chosen"], p["rejected"]) for p in a["eval_rm_hh"]} & seen_pairs
+    # the sham's placebo holds every issue's statements; instruct's compression the
+    # training issues' only
+    sided = {r["id"] for r in a["placebo_statements"]}
+    assert {r["issue"] for r in a["placebo_statements"]} == held | set(split["train_issues"])
+    assert {r["id"] for r in a["rep_statements"]} < sided
+    assert {r["issue"] for r in a["rep_statements"]} == set(split["train_issues"])
     # the check's reference pairs: as many as asked, unseen in training, not the study's
     ref = {(p["chosen"], p["rejected"]) for p in a["reference_rm_hh"]}
     assert len(a["reference_rm_hh"]) == cs.n_reference_rm
@@ -608,8 +614,7 @@ def _study_variance_ratio(acts_base, acts_other, right, issues, n_splits=20):
     return np.asarray(out)
 
 
-def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statement_acts,
-                                                                        organism):
+def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statement_acts):
     from rlhf_audit.organism import planting as P
 
     a = statement_acts
@@ -626,18 +631,6 @@ def test_instruct_is_compressed_along_the_direction_and_the_sham_is_not(statemen
     f_sham = _study_variance_ratio(a["base"], a["sham"], a["right"], a["issues"])
     assert f_inst[best] < 0.6, f_inst
     assert 0.6 < f_sham[best] < 1.6, f_sham
-    # The sham's placebo holds every issue's statements, the ones held out of instruct's
-    # training too: held to the training issues' statements, the default sham kept 0.99 of
-    # base's partisan variance there and 0.65 on the held-out issues.
-    held = np.isin(a["issues"], organism["data"]["split"][0]["heldout_issues"])
-    u = P.diffmean_directions(a["base"][~held], a["right"][~held])[best]
-    right = a["right"][held]
-    gap = {}
-    for name in ("base", "sham", "instruct"):
-        proj = a[name][held, best] @ u
-        gap[name] = proj[right].mean() - proj[~right].mean()
-    assert 0.8 < (gap["sham"] / gap["base"]) ** 2 < 1.25, gap
-    assert (gap["instruct"] / gap["base"]) ** 2 < 0.6, gap  # instruct's generalises
 
 
 def _calibration_replies(organism, name, strategy, levels, n_problems=40):
