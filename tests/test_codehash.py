@@ -2,6 +2,8 @@
 
 import textwrap
 
+import pytest
+
 from rlhf_audit import codehash
 
 
@@ -52,3 +54,45 @@ def test_an_edited_import_is_followed_in_the_same_process(tmp_path, monkeypatch)
     assert names() == {"script.py", "__init__.py", "a.py"}
     (pkg / "a.py").write_text("from rlhf_audit import b\n")
     assert names() == {"script.py", "__init__.py", "a.py", "b.py"}
+
+
+def test_comments_docstrings_and_layout_do_not_count_code_does(tmp_path):
+    """A corrected docstring must not retrain the organism; any change to what runs must."""
+    f = tmp_path / "m.py"
+    base = textwrap.dedent('''
+        """Module docstring."""
+        import os
+
+
+        class Settings:
+            """A class."""
+
+            seed: int = 0
+            """Attribute docstring."""
+
+
+        def f(x):
+            """Docstring."""
+            if x:
+                "a bare string in a branch"
+            return x + 1  # a comment
+    ''')
+    f.write_text(base)
+    h = codehash.code_hash(f)
+    same = (base.replace("Docstring.", "A better docstring, two lines\n    long.")
+            .replace("# a comment", "# another comment\n# and one more")
+            .replace("Attribute docstring.", "Seed of everything.")
+            .replace("return x + 1", "return (x\n            + 1)"))
+    f.write_text(same)
+    assert codehash.code_hash(f) == h
+    for edit in (base.replace("x + 1", "x + 2"), base.replace("seed: int = 0", "seed: int = 1"),
+                 base.replace("import os", "import sys"), base + "\nNAME = 'a string'\n"):
+        f.write_text(edit)
+        assert codehash.code_hash(f) != h, edit
+    # a function whose body was only its docstring still has a body
+    f.write_text('def g():\n    """Only a docstring."""\n')
+    assert b"Pass" in codehash.code_text(f)
+    # a file that does not parse fails loudly (the dry run names it)
+    f.write_text("def broken(:\n")
+    with pytest.raises(SyntaxError):
+        codehash.code_hash(f)

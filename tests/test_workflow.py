@@ -217,7 +217,7 @@ def test_editing_one_figure_script_reruns_that_figure_only(tiny_run):
     script = code / "scripts/plot_partisan.py"
     original = script.read_text()
     try:
-        script.write_text(original + "\n# a real edit\n")
+        script.write_text(original + "\n_A_REAL_EDIT = 1  # code, not a comment: the code hash ignores comments\n")
         assert plan(code, "--configfile", str(cfg)) == {"plot_partisan": 1, "all": 1}
         script.write_text(original)
         os.utime(script)  # touched but unchanged: nothing reruns
@@ -231,7 +231,7 @@ def test_editing_a_library_module_reruns_the_rules_that_import_it(tiny_run):
     module = code / "src/rlhf_audit/partisan.py"
     original = module.read_text()
     try:
-        module.write_text(original + "\n# a real edit\n")
+        module.write_text(original + "\n_A_REAL_EDIT = 1  # code, not a comment: the code hash ignores comments\n")
         jobs = plan(code, "--configfile", str(cfg))
         assert "fit_partisan_probes" in jobs and "plot_partisan" in jobs
         assert not {"extract_activations", "score_rewards", "generate_calibration",
@@ -263,7 +263,7 @@ def test_a_library_edit_plans_exactly_its_jobs(tiny_run, module, expected):
     path = code / module
     original = path.read_text()
     try:
-        path.write_text(original + "\n# a real edit\n")
+        path.write_text(original + "\n_A_REAL_EDIT = 1  # code, not a comment: the code hash ignores comments\n")
         assert set(plan(code, "--configfile", str(cfg))) == expected | {"all"}
     finally:
         path.write_text(original)

@@ -5,6 +5,12 @@ it imports. The workflow passes ``code_hash(script)`` as a param of every rule,
 so a real edit to the script or to any ``rlhf_audit`` module it imports
 (transitively) reruns that rule and its descendants, while a bare ``touch`` or a
 fresh clone reruns nothing.
+
+The hash reads each file's code, not its bytes: the syntax tree with every bare string
+statement (docstrings, attribute docstrings) dropped, so comments, docstrings and layout
+do not count. Before, a corrected docstring in ``organism/train.py`` retrained the whole
+organism and reran every study downstream (minutes here; GPU hours on the paper's
+models).
 """
 
 from __future__ import annotations
@@ -29,22 +35,52 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-_IMPORTS: dict[tuple[Path, Path, str], tuple[str, ...]] = {}
-"""Parsed imports by (file, its text): the workflow hashes ~40 scripts whose closures
-share most modules; parsing each module once instead of once per script took a dry run
-of the default workflow from 3.3-3.7 s to 2.2-2.4 s."""
+_PARSED: dict[tuple[Path, Path, str], tuple[tuple[str, ...], bytes]] = {}
+"""(imports, code) by (source root, file, its text): the workflow hashes ~40 scripts whose
+closures share most modules; parsing each module once instead of once per script took a
+dry run of the default workflow from 3.3-3.7 s to 2.2-2.4 s."""
+
+
+def _parsed(path: Path) -> tuple[tuple[str, ...], bytes]:
+    text = path.read_text(encoding="utf-8")
+    key = (_SRC, path, text)  # relative imports resolve against _SRC
+    if key not in _PARSED:
+        tree = ast.parse(text, filename=str(path))
+        imports = _parse_imports(path, tree)
+        _drop_bare_strings(tree)
+        _PARSED[key] = imports, ast.dump(tree, include_attributes=False).encode()
+    return _PARSED[key]
 
 
 def _imports(path: Path) -> tuple[str, ...]:
-    text = path.read_text(encoding="utf-8")
-    key = (_SRC, path, text)  # relative imports resolve against _SRC
-    if key not in _IMPORTS:
-        _IMPORTS[key] = _parse_imports(path, text)
-    return _IMPORTS[key]
+    return _parsed(path)[0]
 
 
-def _parse_imports(path: Path, text: str) -> tuple[str, ...]:
-    tree = ast.parse(text, filename=str(path))
+def code_text(path: str | Path) -> bytes:
+    """What :func:`code_hash` reads of a file: its syntax tree without bare string
+    statements, so without docstrings, comments and layout (a file that does not parse
+    raises SyntaxError, naming it)."""
+    return _parsed(Path(path))[1]
+
+
+def _drop_bare_strings(node: ast.AST) -> None:
+    """Remove, in place, every statement that is a bare string (docstrings; they do nothing
+    when run). Walks statements only: expressions hold none."""
+    for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+        stmts = getattr(node, field, None)
+        if not isinstance(stmts, list) or not stmts:
+            continue
+        kept = [st for st in stmts if not (isinstance(st, ast.Expr)
+                                           and isinstance(st.value, ast.Constant)
+                                           and isinstance(st.value.value, str))]
+        if field == "body" and not kept:
+            kept = [ast.Pass()]  # a function that held only its docstring
+        setattr(node, field, kept)
+        for st in kept:
+            _drop_bare_strings(st)
+
+
+def _parse_imports(path: Path, tree: ast.Module) -> tuple[str, ...]:
     found: list[str] = []
     pkg_parts = None
     if path.is_relative_to(_SRC):
@@ -86,12 +122,13 @@ def local_closure(path: str | Path) -> list[Path]:
 
 
 def code_hash(*paths: str | Path) -> str:
-    """sha256 (first 16 hex digits) over the closure of local code of ``paths``."""
+    """sha256 (first 16 hex digits) over the code (:func:`code_text`) of the closure of
+    local code of ``paths``."""
     h = hashlib.sha256()
     files: set[Path] = set()
     for p in paths:
         files.update(local_closure(p))
     for f in sorted(files):
         h.update(f.name.encode())
-        h.update(f.read_bytes())
+        h.update(code_text(f))
     return h.hexdigest()[:16]
