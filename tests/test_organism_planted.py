@@ -561,3 +561,32 @@ def test_relative_silencing_charges_only_tokens_near_the_topk_cutoff():
     # the absolute penalty charges the silent token 0 too (pre-activation 1 > -0.5)
     sil.relative = False
     assert float(sil.silencing(h[:, :1], one)) == pytest.approx(1.5, abs=1e-6)
+
+
+def test_block_outputs_are_the_hidden_states_and_skip_the_lm_head(monkeypatch):
+    """The planted terms read every block's output from the decoder stack alone (the logits
+    are never read): the same numbers as the full model's hidden states, with and without
+    gradients, and the LM head never runs."""
+    import torch
+
+    from rlhf_audit.organism import planting as P
+    from tests.tiny import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(tok).eval()
+    inputs = [([1, 5, 6, 7], [0, 1, 1, 1]), ([1, 8, 9], [0, 1, 1])]
+    calls = []
+    monkeypatch.setattr(model.lm_head, "forward", lambda x: calls.append(x) or x)
+    captured, cmask = P.block_outputs(model, inputs, pad_id=tok.pad_token_id, grad=True)
+    assert not calls and captured[0].requires_grad
+    monkeypatch.undo()
+    ids = torch.tensor([[1, 5, 6, 7], [1, 8, 9, tok.pad_token_id]])
+    attn = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+    for layer, h in enumerate(captured):
+        # hidden_states[L + 1] is block L's output (the last one after the final norm)
+        want = hs[layer + 1] if layer + 1 < len(captured) else None
+        if want is not None:
+            torch.testing.assert_close(h.detach()[attn.bool()], want[attn.bool()])
+    assert cmask.tolist() == [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]]

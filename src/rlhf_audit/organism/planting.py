@@ -37,6 +37,15 @@ def _blocks(model) -> torch.nn.ModuleList:
     return layers
 
 
+def _inner(model):
+    """The decoder stack without the LM head (``model.model`` of a Llama-style LM): reading
+    block outputs needs no logits."""
+    inner = getattr(model, "model", None)
+    runs = inner is not None and type(inner).forward is not torch.nn.Module.forward
+    return inner if runs and isinstance(getattr(inner, "layers", None), torch.nn.ModuleList) \
+        else model
+
+
 def statement_inputs(tokenizer, texts: Sequence[str], *, chat: bool) -> list[tuple[list, list]]:
     """(token ids, content mask) per statement, as the extraction stage renders them.
 
@@ -87,7 +96,8 @@ def block_outputs(
     handles = [b.register_forward_hook(hook) for b in blocks]
     try:
         with torch.set_grad_enabled(grad):
-            model(input_ids=ids.to(device), attention_mask=attn.to(device))
+            # the transformer without its LM head: the logits are never read
+            _inner(model)(input_ids=ids.to(device), attention_mask=attn.to(device))
     finally:
         for h in handles:
             h.remove()
