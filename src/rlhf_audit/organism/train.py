@@ -1413,9 +1413,16 @@ def rm_pairwise_accuracy(
     max_length: int = 256,
 ) -> Estimate:
     """Share of pairs with reward(chosen) > reward(rejected) (SEAL's agreement), bootstrapped."""
+    agree = reward_margins(model, tokenizer, pairs, max_length=max_length) > 0
+    return bootstrap(np.mean, agree.astype(float), n_boot=n_boot, seed=seed, unit="share")
+
+
+def reward_margins(model, tokenizer, pairs: Sequence[Mapping], *,
+                   max_length: int = 256) -> np.ndarray:
+    """reward(chosen) - reward(rejected) of each hh-rlhf pair, ``[n_pairs]``."""
     rc = reward_scores(model, tokenizer, [p["chosen"] for p in pairs], max_length=max_length)
     rr = reward_scores(model, tokenizer, [p["rejected"] for p in pairs], max_length=max_length)
-    return bootstrap(np.mean, (rc > rr).astype(float), n_boot=n_boot, seed=seed, unit="share")
+    return rc - rr
 
 
 def organism_checks(
@@ -1468,26 +1475,24 @@ def organism_checks(
             groups=groups,
             unit="nats",
         )
+    rms = {name: (AutoModelForSequenceClassification.from_pretrained(
+        dirs[name], dtype=torch.float32).eval(), _load_tokenizer(dirs[name]))
+        for name in ("rm_post", "rm_pre") if name in dirs}
     for name, key, pairs in (
         ("rm_post", "rm_accuracy_post_hh", "eval_rm_hh"),
         ("rm_pre", "rm_accuracy_pre_hh", "eval_rm_hh"),
         ("rm_pre", "rm_accuracy_pre_alt", "eval_rm_alt"),
     ):
-        if name in dirs:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                dirs[name], dtype=torch.float32
-            )
-            out[key] = rm_pairwise_accuracy(
-                model.eval(), _load_tokenizer(dirs[name]), data[pairs], n_boot=n_boot, seed=seed
-            )
+        if name in rms:
+            out[key] = rm_pairwise_accuracy(*rms[name], data[pairs], n_boot=n_boot, seed=seed)
             logger.info("%s: %.2f", key, out[key].value)
-    if {"rm_pre", "rm_post"} <= set(dirs) and data.get("reference_rm_hh"):
-        out.update(seal_expectations(dirs, data["reference_rm_hh"], n_boot=n_boot, seed=seed))
+    if len(rms) == 2 and data.get("reference_rm_hh"):
+        out.update(seal_expectations(rms, data["reference_rm_hh"], n_boot=n_boot, seed=seed))
     return out
 
 
 def seal_expectations(
-    dirs: Mapping[str, str | os.PathLike],
+    models: Mapping[str, tuple],
     pairs: Sequence[Mapping],
     *,
     noise: float | None = None,
@@ -1499,27 +1504,19 @@ def seal_expectations(
     the post model's accuracy against its own taste: keys ``seal_expected_<key>`` and
     ``rm_taste_accuracy_post``.
 
-    ``dirs``: rm_pre and rm_post model directories; ``pairs``: fresh hh pairs with their
-    feature labels (``organism.hh.generate_pairs`` rows); ``noise``: the annotators' swap rate
-    (default: the generator's, ``HHSettings.label_noise``).
+    ``models``: ``{"rm_pre": (model, tokenizer), "rm_post": (model, tokenizer)}``;
+    ``pairs``: fresh hh pairs with their feature labels (``organism.hh.generate_pairs``
+    rows); ``noise``: the annotators' swap rate (default: the generator's,
+    ``HHSettings.label_noise``).
     """
-    from transformers import AutoModelForSequenceClassification
-
     from rlhf_audit.organism.hh import HHSettings, preference_score
     from rlhf_audit.organism.planted import expected_seal
 
     noise = HHSettings().label_noise if noise is None else noise
     margin = np.array([preference_score(p["labels_chosen"], "hh")
                        - preference_score(p["labels_rejected"], "hh") for p in pairs])
-    diff = {}
-    for name in ("rm_pre", "rm_post"):
-        model = AutoModelForSequenceClassification.from_pretrained(dirs[name],
-                                                                   dtype=torch.float32).eval()
-        tok = _load_tokenizer(dirs[name])
-        with torch.no_grad():
-            rc = reward_scores(model, tok, [p["chosen"] for p in pairs])
-            rr = reward_scores(model, tok, [p["rejected"] for p in pairs])
-        diff[name] = rc - rr
+    with torch.no_grad():
+        diff = {name: reward_margins(*models[name], pairs) for name in ("rm_pre", "rm_post")}
     out = {f"seal_expected_{k}": v for k, v in
            expected_seal(margin, diff["rm_post"], diff["rm_pre"], noise, n_boot=n_boot,
                          seed=seed).items()}
