@@ -48,8 +48,22 @@ def _parsed(path: Path) -> tuple[tuple[str, ...], bytes]:
         tree = ast.parse(text, filename=str(path))
         imports = _parse_imports(path, tree)
         _drop_bare_strings(tree)
-        _PARSED[key] = imports, ast.dump(tree, include_attributes=False).encode()
+        _PARSED[key] = imports, _canonical(tree).encode()
     return _PARSED[key]
+
+
+def _canonical(node) -> str:
+    """A node as text: its type and its fields, leaving out fields that are None or empty, so
+    that a Python release that adds an optional field (3.12's ``type_params``) or prints
+    empty ones differently (``ast.dump`` since 3.13) does not change the hash of unchanged
+    code; positions are not read."""
+    if isinstance(node, ast.AST):
+        fields = [f"{f}={_canonical(v)}" for f in node._fields
+                  if (v := getattr(node, f, None)) is not None and v != []]
+        return f"{type(node).__name__}({','.join(fields)})"
+    if isinstance(node, list):
+        return f"[{','.join(_canonical(x) for x in node)}]"
+    return repr(node)
 
 
 def _imports(path: Path) -> tuple[str, ...]:
