@@ -11,8 +11,7 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
 dirs = {Path(w).parent.name: str(Path(w).parent) for w in sm.input.models}
 data = read_organism_data(Path(sm.input.data[0]).parent,
-                          names=("eval_political", "eval_math", "eval_rm_hh", "eval_rm_alt",
-                                 "reference_rm_hh"))
+                          names=("eval_political", "eval_math", "eval_rm_hh", "eval_rm_alt"))
 checks = organism_checks(dirs, data, seed=sm.params.settings["seed"])
 write_fragment(checks, HEADLINE_KEYS, sm.output.headline)
 for k, v in checks.items():

@@ -185,6 +185,46 @@ def test_expected_seal_is_what_the_reward_study_reads_under_the_planted_noise():
     assert want["alignment_resistance"].value == pytest.approx(1 - want["agreement_post"].value)
 
 
+def test_the_generator_draws_labels_as_the_expectation_assumes():
+    """annotator_probability is the generator's law: among pairs its taste does not tie, the
+    chosen text is the taste's winner with probability 1 - noise (checked at a noise rate
+    other than the default, on 3,000 pairs)."""
+    pairs = generate_pairs(3000, seed=5, preference="hh", settings=HHSettings(label_noise=0.3))
+    margin = np.array([preference_score(p["labels_chosen"], "hh")
+                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    untied = margin != 0
+    winner_chosen = np.mean(margin[untied] > 0)
+    se = np.sqrt(0.7 * 0.3 / untied.sum())
+    assert abs(winner_chosen - 0.7) < 4 * se, winner_chosen
+    # the expectation of "the label is the first text" on (chosen, rejected) pairs
+    assert np.mean(PL.annotator_probability(margin[untied], 0.3)) == pytest.approx(
+        winner_chosen * 0.7 + (1 - winner_chosen) * 0.3)
+
+
+def test_seal_expectations_read_the_pairs_labels_and_the_models_margins():
+    """On the study's pairs: the taste margin comes from the pairs' feature labels (chosen
+    minus rejected), the models' from their rewards; a post model that always ranks as the
+    taste does has taste accuracy 1 and resistance noise + half the taste ties."""
+    pairs = generate_pairs(400, seed=9, preference="hh")
+    margin = np.array([preference_score(p["labels_chosen"], "hh")
+                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    rng = np.random.default_rng(0)
+    post = np.where(margin != 0, margin, rng.choice([-1.0, 1.0], len(pairs)))
+    pre = rng.choice([-1.0, 1.0], len(pairs))
+    out = PL.seal_expectations(pairs, post, pre, noise=0.1, n_boot=200)
+    assert out["rm_taste_accuracy_post"].value == 1.0
+    tied = np.mean(margin == 0)
+    assert out["seal_expected_alignment_resistance"].value == pytest.approx(
+        0.1 * (1 - tied) + 0.5 * tied)
+    # the same model read backwards (chosen and rejected swapped) is wrong on every untied pair
+    back = PL.seal_expectations(pairs, -post, pre, noise=0.1, n_boot=200)
+    assert back["rm_taste_accuracy_post"].value == 0.0
+    assert back["seal_expected_alignment_resistance"].value == pytest.approx(
+        0.9 * (1 - tied) + 0.5 * tied)
+    with pytest.raises(ValueError, match="labels_chosen"):
+        PL.seal_expectations([{"chosen": "a"}], [1.0], [1.0])
+
+
 def test_expected_seal_of_exact_taste_models_is_the_exact_prediction():
     # Reward models that rank every pair as their tastes do reproduce seal_predictions on
     # pairs labelled without noise (it reads the labels the pairs carry), wherever neither
@@ -243,8 +283,8 @@ def test_planted_expectations_can_name_another_headline_number(tmp_path):
     res = rows["reward.organism.alignment_resistance"]
     assert res["planted_recovered"] == "yes"
     assert res["planted"] == "covers 0.31 (organism.organism.seal_expected_alignment_resistance)"
-    # the prediction is missing: no verdict either way
-    assert rows["reward.organism.regime_resisted"]["planted_recovered"] == "n/a"
+    # the prediction is missing: the row says it was never checked
+    assert rows["reward.organism.regime_resisted"]["planted_recovered"] == "not run"
     assert report.planted_verdict("covers @a.b.c", 0.1, 0.2, {"a.b.c": _num(0.3, 0.2, 0.4)}) == "no"
     assert report.planted_verdict("> @a.b.c", 0.5, 0.6, {"a.b.c": _num(0.3, 0.2, 0.4)}) == "yes"
     f.write_text("planted:\n  reward.organism.x: {expect: 'covers @key_only'}\n")

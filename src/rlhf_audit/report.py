@@ -150,10 +150,13 @@ def load_planted(path) -> dict[str, dict] | None:
 def planted_verdict(expect: str, lo: float | None, hi: float | None,
                     numbers: dict | None = None) -> str:
     """'yes' if the interval meets the planted expectation, 'no' if it clearly fails,
-    'undecided' if it straddles a one-sided bound, 'n/a' without an interval or without the
-    number an '@key' bound names (looked up in ``numbers``, the headline's numbers)."""
+    'undecided' if it straddles a one-sided bound, 'n/a' without an interval; 'not run'
+    without the number an '@key' bound names (looked up in ``numbers``, the headline's
+    numbers): the prediction it is checked against was never made."""
     b = _planted_bound(expect, numbers)
-    if lo is None or hi is None or b is None:
+    if b is None:
+        return "not run"
+    if lo is None or hi is None:
         return "n/a"
     op = expect.split()[0]
     if op == "covers":

@@ -180,7 +180,7 @@ def manifest_inputs(wildcards):
 # tests/test_organism_data.py checks that the two agree)
 ORGANISM_DATA = ("base_corpus", "base_copy", "sft", "dpo", "sham_sft", "rep_statements",
                  "placebo_statements", "rm_post", "rm_pre", "eval_political", "eval_math", "eval_rm_hh", "eval_rm_alt",
-                 "reference_rm_hh", "split")
+                 "split")
 
 
 def organism_data(name):
@@ -222,7 +222,7 @@ def organism_check_inputs(wildcards):
         "models": [f"{ORGANISM_DIR}/{d}/model.safetensors"
                    for d in ("base", "instruct", "rm_pre", "rm_post")],
         "data": [organism_data(n) for n in ("eval_political", "eval_math", "eval_rm_hh",
-                                            "eval_rm_alt", "reference_rm_hh")],
+                                            "eval_rm_alt")],
     }
 
 

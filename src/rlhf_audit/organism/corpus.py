@@ -123,11 +123,6 @@ class CorpusSettings:
     """Held-out word problems (difficulty 1) for the math check and the calibration study."""
     n_eval_rm: int = 400
     """Held-out pairs of each preference mix for the reward-model checks and the reward study."""
-    n_reference_rm: int = 2000
-    """Fresh hh pairs (never trained on, not the study's) on which the organism check ranks
-    with both reward models to predict what the reward study should read under the
-    annotators' planted noise (:func:`rlhf_audit.organism.planted.expected_seal`). The
-    prediction's own interval is then under half the study's (400 pairs)."""
     math_difficulty_mix: tuple[float, float, float] = (0.7, 0.25, 0.05)
     """Weights of difficulty 1, 2, 3 in the training problems (easy-heavy: the models are tiny)."""
     signal_levels: tuple[int, ...] = tuple(range(5, 100, 5))
@@ -174,7 +169,6 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_rm_pairs=500,
         n_eval_math=150,
         n_eval_rm=400,  # the post-vs-pre RM test needs n: 200 pairs left it at lo = 0.0
-        n_reference_rm=1000,
     ),
     "smoke": CorpusSettings(
         n_opinion_paragraphs=800,
@@ -193,7 +187,6 @@ CORPUS_PRESETS: dict[str, CorpusSettings] = {
         n_rm_pairs=200,
         n_eval_math=60,
         n_eval_rm=150,
-        n_reference_rm=300,
     ),
 }
 """Named corpus sizes matching the organism presets in :mod:`rlhf_audit.organism.train`."""
@@ -641,8 +634,7 @@ def _pair_key(p: Mapping) -> tuple[str, str]:
 
 
 def rm_pairs(settings: CorpusSettings) -> dict[str, list[dict]]:
-    """Training and held-out pairs: keys post (hh), pre (alt mix), eval_hh, eval_alt (the
-    study's), reference_hh (the organism check's, :attr:`CorpusSettings.n_reference_rm`).
+    """Training and held-out pairs: keys post (hh), pre (alt mix), eval_hh, eval_alt.
 
     Held-out pairs whose (chosen, rejected) texts occur in any training set are dropped.
     """
@@ -656,12 +648,10 @@ def rm_pairs(settings: CorpusSettings) -> dict[str, list[dict]]:
     _rng(settings, "rm-pre").shuffle(pre)
     seen = {_pair_key(p) for p in post + pre}
     out = {"post": post, "pre": pre}
-    for name, pref, seed, n in (("eval_hh", "hh", 4000 + s, settings.n_eval_rm),
-                                ("eval_alt", "alt", 5000 + s, settings.n_eval_rm),
-                                ("reference_hh", "hh", 7000 + s, settings.n_reference_rm)):
-        cand = generate_pairs(2 * n, seed=seed, preference=pref)
-        fresh = [p for p in cand if _pair_key(p) not in seen][:n]
-        if len(fresh) < n:
+    for name, pref, seed in (("eval_hh", "hh", 4000 + s), ("eval_alt", "alt", 5000 + s)):
+        cand = generate_pairs(2 * settings.n_eval_rm, seed=seed, preference=pref)
+        fresh = [p for p in cand if _pair_key(p) not in seen][: settings.n_eval_rm]
+        if len(fresh) < settings.n_eval_rm:
             logger.warning("%s: only %d held-out pairs not seen in training", name, len(fresh))
         out[name] = fresh
     return out
@@ -684,8 +674,7 @@ def build_organism_data(
     compression terms), placebo_statements (those of every issue, for the sham's placebo
     term), rm_post, rm_pre (training);
     eval_political,
-    eval_math, eval_rm_hh, eval_rm_alt (held-out), reference_rm_hh (fresh pairs for the
-    organism check's prediction of the reward study); split (dict of training and
+    eval_math, eval_rm_hh, eval_rm_alt (held-out); split (dict of training and
     held-out issue ids, as a one-element list). ``statements``/``questions``
     default to the shipped resources/prompts files; ``source`` to the shipped
     partisan source (answers are composed from it).
@@ -757,7 +746,6 @@ def build_organism_data(
         "eval_math": eval_math,
         "eval_rm_hh": rm["eval_hh"],
         "eval_rm_alt": rm["eval_alt"],
-        "reference_rm_hh": rm["reference_hh"],
         "split": [{"train_issues": train_ids, "heldout_issues": held_ids}],
     }
     logger.info("organism data: %s", {k: len(v) for k, v in data.items()})
@@ -788,7 +776,6 @@ DATA_FILES = (
     "eval_math",
     "eval_rm_hh",
     "eval_rm_alt",
-    "reference_rm_hh",
     "split",
 )
 """The JSONL files (``{name}.jsonl``) :func:`write_organism_data` writes."""

@@ -14,12 +14,16 @@ seconds ranks about 82% of the untied held-out pairs the way its taste does (it 
 scrambled answers and compliance with harmful requests), and more pairs or steps gain
 about 0.02 of agreement per doubling. So the reward study's resistance has two sources
 the organism knows apart: the annotators' swapped labels (planted, 10%) and the reward
-model's own errors. :func:`expected_seal` predicts what the study should read from the
-first given the second: each trained model's rankings of fresh pairs (never trained on,
-not the study's), with the annotators' labels drawn as the generator draws them (the
-taste's winner with probability ``1 - noise``, a coin on a tie). A study that reads
-chosen and rejected the wrong way round, mishandles ties or mixes up the regimes misses
-that prediction; an exact-taste model pair would give :func:`seal_predictions`.
+model's own errors. :func:`seal_expectations` predicts what the study should read from the
+first given the second: on the study's own pairs, each trained model's ranking of each
+pair, with the annotators' label drawn as the generator draws it (the taste's winner with
+probability ``1 - noise``, a coin on a tie), averaged. The study's numbers differ from it
+by the draw the labels happened to take. What this can catch: the post model's chosen and
+rejected read the wrong way round, a noise rate other than the planted one, agreement or
+resistance computed on the wrong quantity. What it cannot: the same slip on the pre side
+or resisted mixed up with reversed, since the pre model is near chance on hh pairs (the
+unit tests of the reward study plant those). An exact-taste model pair would give
+:func:`seal_predictions`.
 """
 
 from __future__ import annotations
@@ -129,3 +133,33 @@ def expected_seal(margin, post_diff, pre_diff, noise: float, *, n_boot: int = 20
         raise ValueError("expected_seal: every pair is tied by a reward model")
     return {k: bootstrap(np.mean, v[keep], n_boot=n_boot, seed=seed, unit="share")
             for k, v in rows.items()}
+
+
+def seal_expectations(pairs: Sequence[Mapping], post_margin, pre_margin, *,
+                      noise: float | None = None, n_boot: int = 2000,
+                      seed: int = 0) -> dict[str, Estimate]:
+    """The reward study's numbers expected under the annotators' noise on ``pairs`` (the
+    study's own: rows with ``labels_chosen``/``labels_rejected``), given each trained reward
+    model's ``reward(chosen) - reward(rejected)`` on them (``[n_pairs]`` each): keys
+    ``seal_expected_<key>`` (:data:`SEAL_KEYS`), and ``rm_taste_accuracy_post``, the share
+    of the pairs the hh taste does not tie that the post model ranks as the taste does.
+    ``noise``: the annotators' swap rate (default: the generator's,
+    ``HHSettings.label_noise``)."""
+    from rlhf_audit.organism.hh import HHSettings
+
+    noise = HHSettings().label_noise if noise is None else noise
+    for i, p in enumerate(pairs):
+        for key in ("labels_chosen", "labels_rejected"):
+            if key not in p:
+                raise ValueError(f"pair {i}: no '{key}' (use organism.hh.generate_pairs rows)")
+    margin = np.array([preference_score(p["labels_chosen"], "hh")
+                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    post_margin = np.asarray(post_margin, dtype=float)
+    out = {f"seal_expected_{k}": v for k, v in
+           expected_seal(margin, post_margin, pre_margin, noise, n_boot=n_boot,
+                         seed=seed).items()}
+    untied = margin != 0
+    right = (np.sign(post_margin[untied]) == np.sign(margin[untied])).astype(float)
+    out["rm_taste_accuracy_post"] = bootstrap(np.mean, right, n_boot=n_boot, seed=seed,
+                                              unit="share")
+    return out
