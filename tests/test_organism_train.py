@@ -199,11 +199,6 @@ def test_data_deterministic_and_heldout_issues_unseen():
     assert {r["issue"] for r in a["placebo_statements"]} == held | set(split["train_issues"])
     assert {r["id"] for r in a["rep_statements"]} < sided
     assert {r["issue"] for r in a["rep_statements"]} == set(split["train_issues"])
-    # the check's reference pairs: as many as asked, unseen in training, not the study's
-    ref = {(p["chosen"], p["rejected"]) for p in a["reference_rm_hh"]}
-    assert len(a["reference_rm_hh"]) == cs.n_reference_rm
-    assert not ref & seen_pairs
-    assert len(ref & {(p["chosen"], p["rejected"]) for p in a["eval_rm_hh"]}) < 0.02 * len(ref)
 
 
 def test_sft_confidence_follows_the_design():
@@ -421,11 +416,11 @@ def test_reward_models_prefer_chosen_and_post_beats_pre_on_hh(organism):
     diff = bootstrap(np.mean, agree["rm_post"] - agree["rm_pre"], n_boot=1000, seed=0)
     assert diff.lo > 0, diff
     # The planted annotator noise (10% of labels swapped, ties a coin): the post model ranks
-    # untied fresh pairs as its taste does more often than it agrees with the study's noisy
-    # labels, and that agreement is what its rankings of fresh pairs predict under the noise.
+    # the untied pairs as its taste does more often than it agrees with their noisy labels,
+    # and that agreement is what its rankings predict under the noise.
     assert c["rm_taste_accuracy_post"].lo > c["rm_accuracy_post_hh"].hi
     assert c["rm_accuracy_post_hh"].covers(c["seal_expected_agreement_post"].value)
-    assert c["seal_expected_agreement_post"].n == len(organism["data"]["reference_rm_hh"])
+    assert c["seal_expected_agreement_post"].n == len(pairs)
 
 
 def test_sequence_logprobs_match_a_direct_forward_pass(organism):

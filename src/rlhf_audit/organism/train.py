@@ -1173,13 +1173,14 @@ HEADLINE_KEYS: dict[str, str] = {
         "pre reward model: the same on held-out pairs of its own (alt) preference mix"
     ),
     "rm_taste_accuracy_post": (
-        "post reward model: share of fresh pairs its hh taste does not tie that it ranks as "
-        "the taste does (no annotator noise; what the model learned of its taste)"
+        "post reward model: share of the held-out hh pairs its taste does not tie that it ranks "
+        "as the taste does (no annotator noise: what the model learned of its taste)"
     ),
     **{f"seal_expected_{k}": (
-        f"the reward study's {k} expected on pairs like its own: the trained reward models' "
-        "rankings of fresh hh pairs, with the annotators' labels drawn as the generator draws "
-        "them (the taste's winner with probability 1 - label_noise, a coin on a tie)"
+        f"the reward study's {k} expected on its own pairs under the planted annotator noise: "
+        "each trained reward model's ranking of each pair, with the label drawn as the "
+        "generator draws it (the taste's winner with probability 1 - label_noise, a coin on "
+        "a tie), averaged"
     ) for k in ("agreement_pre", "agreement_post", "regime_stayed_aligned",
                 "regime_got_aligned", "regime_resisted", "regime_reversed",
                 "alignment_resistance")},
@@ -1478,56 +1479,27 @@ def organism_checks(
     rms = {name: (AutoModelForSequenceClassification.from_pretrained(
         dirs[name], dtype=torch.float32).eval(), _load_tokenizer(dirs[name]))
         for name in ("rm_post", "rm_pre") if name in dirs}
-    for name, key, pairs in (
-        ("rm_post", "rm_accuracy_post_hh", "eval_rm_hh"),
-        ("rm_pre", "rm_accuracy_pre_hh", "eval_rm_hh"),
-        ("rm_pre", "rm_accuracy_pre_alt", "eval_rm_alt"),
-    ):
-        if name in rms:
-            out[key] = rm_pairwise_accuracy(*rms[name], data[pairs], n_boot=n_boot, seed=seed)
-            logger.info("%s: %.2f", key, out[key].value)
-    if len(rms) == 2 and data.get("reference_rm_hh"):
-        out.update(seal_expectations(rms, data["reference_rm_hh"], n_boot=n_boot, seed=seed))
-    return out
-
-
-def seal_expectations(
-    models: Mapping[str, tuple],
-    pairs: Sequence[Mapping],
-    *,
-    noise: float | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> dict[str, Estimate]:
-    """What the reward study should read under the annotators' planted noise, given what the
-    trained reward models learned (:func:`rlhf_audit.organism.planted.expected_seal`), and
-    the post model's accuracy against its own taste: keys ``seal_expected_<key>`` and
-    ``rm_taste_accuracy_post``.
-
-    ``models``: ``{"rm_pre": (model, tokenizer), "rm_post": (model, tokenizer)}``;
-    ``pairs``: fresh hh pairs with their feature labels (``organism.hh.generate_pairs``
-    rows); ``noise``: the annotators' swap rate (default: the generator's,
-    ``HHSettings.label_noise``).
-    """
-    from rlhf_audit.organism.hh import HHSettings, preference_score
-    from rlhf_audit.organism.planted import expected_seal
-
-    noise = HHSettings().label_noise if noise is None else noise
-    margin = np.array([preference_score(p["labels_chosen"], "hh")
-                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
     with torch.no_grad():
-        diff = {name: reward_margins(*models[name], pairs) for name in ("rm_pre", "rm_post")}
-    out = {f"seal_expected_{k}": v for k, v in
-           expected_seal(margin, diff["rm_post"], diff["rm_pre"], noise, n_boot=n_boot,
-                         seed=seed).items()}
-    untied = margin != 0
-    out["rm_taste_accuracy_post"] = bootstrap(
-        np.mean, (np.sign(diff["rm_post"][untied]) == np.sign(margin[untied])).astype(float),
-        n_boot=n_boot, seed=seed, unit="share")
-    logger.info("reward study expected under %.0f%% annotator noise: resistance %.3f; post "
-                "model's taste accuracy %.3f", 100 * noise,
-                out["seal_expected_alignment_resistance"].value,
-                out["rm_taste_accuracy_post"].value)
+        hh = {name: reward_margins(*rms[name], data["eval_rm_hh"]) for name in rms}
+        for name, key in (("rm_post", "rm_accuracy_post_hh"), ("rm_pre", "rm_accuracy_pre_hh")):
+            if name in rms:
+                out[key] = bootstrap(np.mean, (hh[name] > 0).astype(float), n_boot=n_boot,
+                                     seed=seed, unit="share")
+        if "rm_pre" in rms:
+            out["rm_accuracy_pre_alt"] = rm_pairwise_accuracy(
+                *rms["rm_pre"], data["eval_rm_alt"], n_boot=n_boot, seed=seed)
+    for key in ("rm_accuracy_post_hh", "rm_accuracy_pre_hh", "rm_accuracy_pre_alt"):
+        if key in out:
+            logger.info("%s: %.2f", key, out[key].value)
+    if len(rms) == 2:
+        from rlhf_audit.organism.planted import seal_expectations
+
+        out.update(seal_expectations(data["eval_rm_hh"], hh["rm_post"], hh["rm_pre"],
+                                     n_boot=n_boot, seed=seed))
+        logger.info("reward study expected under the planted annotator noise: resistance "
+                    "%.3f; the post model's taste accuracy %.3f",
+                    out["seal_expected_alignment_resistance"].value,
+                    out["rm_taste_accuracy_post"].value)
     return out
 
 
