@@ -255,7 +255,11 @@ PRESETS: dict[str, OrganismSettings] = {
     "test": OrganismSettings(
         base_steps=200,
         sft_epochs=2.0,
-        primed_repeats=1,  # 6 would add about 150 s to the organism tests' fixture
+        # as the default: with each primed row once, the test preset's instruct moved neither
+        # its primes (+0.02 [-0.28, 0.30] nats on the training issues' questions) nor one
+        # of its 32 planted SAE features off 1.2% of the statements; 6 times, +0.56 [0.27,
+        # 0.86] and all 32 silent, for about 70 s more of instruct and sham (bucketed)
+        primed_repeats=6,
         rm_hidden_size=64,
         rm_intermediate_size=128,
         rm_epochs=3.0,
