@@ -40,17 +40,22 @@ SEAL_KEYS = ("agreement_pre", "agreement_post", "regime_stayed_aligned", "regime
 """The reward study's headline keys that :func:`expected_seal` predicts."""
 
 
-def _agree(pairs: Sequence[Mapping], taste: str) -> np.ndarray:
-    """1 if the ideal model of ``taste`` ranks chosen above rejected, 0 below, 0.5 on ties."""
+def taste_margins(pairs: Sequence[Mapping], taste: str) -> np.ndarray:
+    """The ``taste``'s score of each pair's chosen text minus its rejected one's ``[n]``."""
     out = []
     for i, p in enumerate(pairs):
         for key in ("labels_chosen", "labels_rejected"):
             if key not in p:
                 raise ValueError(f"pair {i}: no '{key}' (use organism.hh.generate_pairs rows)")
-        c = preference_score(p["labels_chosen"], taste)
-        r = preference_score(p["labels_rejected"], taste)
-        out.append(1.0 if c > r else 0.0 if c < r else 0.5)
-    return np.asarray(out)
+        out.append(preference_score(p["labels_chosen"], taste)
+                   - preference_score(p["labels_rejected"], taste))
+    return np.asarray(out, dtype=float)
+
+
+def _agree(pairs: Sequence[Mapping], taste: str) -> np.ndarray:
+    """1 if the ideal model of ``taste`` ranks chosen above rejected, 0 below, 0.5 on ties."""
+    m = taste_margins(pairs, taste)
+    return np.where(m > 0, 1.0, np.where(m < 0, 0.0, 0.5))
 
 
 def seal_predictions(pairs: Sequence[Mapping]) -> dict[str, float]:
@@ -148,12 +153,7 @@ def seal_expectations(pairs: Sequence[Mapping], post_margin, pre_margin, *,
     from rlhf_audit.organism.hh import HHSettings
 
     noise = HHSettings().label_noise if noise is None else noise
-    for i, p in enumerate(pairs):
-        for key in ("labels_chosen", "labels_rejected"):
-            if key not in p:
-                raise ValueError(f"pair {i}: no '{key}' (use organism.hh.generate_pairs rows)")
-    margin = np.array([preference_score(p["labels_chosen"], "hh")
-                       - preference_score(p["labels_rejected"], "hh") for p in pairs])
+    margin = taste_margins(pairs, "hh")
     post_margin = np.asarray(post_margin, dtype=float)
     out = {f"seal_expected_{k}": v for k, v in
            expected_seal(margin, post_margin, pre_margin, noise, n_boot=n_boot,
