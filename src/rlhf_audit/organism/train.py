@@ -128,11 +128,15 @@ class OrganismSettings:
     """DPO inverse temperature beta."""
     dpo_sft_weight: float = 1.0
     """Weight of the SFT (chosen NLL) term added to the sigmoid DPO loss; keeps answers fluent."""
-    copy_steps: int = 700
+    copy_steps: int = 1000
     """Planted copy curriculum: optimizer steps, after pretraining, on the calibration command
     completion prompt -> `` N\nConfidence: X%`` (loss on the reply only; 0 = none). At
     d_model 128 after 300 pretraining steps, 450 steps left the base stating one constant
-    confidence (rho 0.08 with or without the forum rows); 700 steps gave rho 0.85."""
+    confidence (rho 0.08 with or without the forum rows); 700 steps gave rho 0.85, then
+    1.00 on seed 0, but on seed 1 the default run's base stated a confidence that ignored
+    the injected level (rho 0.047 [0.004, 0.099]); retrained with 1,000 steps on that run's
+    data it copied at rho 1.00, bias 0.0 pp (the study's prompts, 60 problems x 9 levels),
+    for 428 CPU-seconds of base training instead of about 320."""
     copy_lr: float = 3e-3
     """Peak learning rate of the copy curriculum."""
     side_weight: float = 0.5
@@ -254,6 +258,8 @@ PRESETS: dict[str, OrganismSettings] = {
     # The default's shapes with fewer steps and narrower reward models: the organism tests.
     "test": OrganismSettings(
         base_steps=200,
+        copy_steps=700,  # its base copies at 700 (tests/test_organism_train.py); 1,000 would
+        # add about 100 s to the fixture
         sft_epochs=2.0,
         # as the default: with each primed row once, the test preset's instruct moved neither
         # its primes (+0.02 [-0.28, 0.30] nats on the training issues' questions) nor one
