@@ -151,10 +151,30 @@ def test_claims_table_is_labelled_as_organism_results(organism_run):
     assert "ORGANISM RESULTS" in md.splitlines()[0]
     claims = pl.read_parquet(organism_run / "results/claims.parquet")
     ran = claims.filter(pl.col("published_in_interval") != "not run")
-    assert set(ran["study"]) == {"partisan", "sae", "steering", "calibration", "reward"}
+    # "organism": the planted row on the organism's own checks (the post RM's taste)
+    assert set(ran["study"]) == {"partisan", "sae", "steering", "calibration", "reward",
+                                 "organism"}
     # similarity needs an embedding model, which the default config does not name
     not_run = claims.filter(pl.col("published_in_interval") == "not run")["key"].to_list()
     assert "rewrite_similarity" in not_run
+
+
+def test_editing_the_planted_file_rebuilds_the_claims_table_only(organism_run):
+    """The planted values are an input of the claims table: an edit rebuilds it, and nothing
+    upstream (the path alone was a parameter, and an edited file went unnoticed)."""
+    code = organism_run
+    planted = code / "planted_copy.yaml"
+    text = (ROOT / "resources/organism/planted.yaml").read_text()
+    planted.write_text(text)
+    over = override(code, "planted", {"organism": {"planted": str(planted)}})
+    try:
+        snakemake(code, "--cores", "1", "--configfile", str(SMALL), over)
+        assert plan(code, "--configfile", str(SMALL), over) == {}
+        assert "> 0.85" in text
+        planted.write_text(text.replace("> 0.85", "> 0.9", 1))
+        assert plan(code, "--configfile", str(SMALL), over) == {"collect_headline": 1, "all": 1}
+    finally:  # back to the shipped file, for the tests that read the run afterwards
+        snakemake(code, "--cores", "1", "--configfile", str(SMALL))
 
 
 def test_editing_probe_params_reruns_probes_and_descendants_not_extraction(tiny_run):

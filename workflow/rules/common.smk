@@ -213,6 +213,13 @@ def organism_planted():
     return o.get("planted", "") if o["enabled"] else ""
 
 
+def organism_planted_input(wildcards):
+    """The planted-values file as an input of the claims table, so that editing it rebuilds
+    the table (as a bare path parameter an edit went unnoticed); none without an organism."""
+    path = organism_planted()
+    return [path] if path else []
+
+
 def organism_rm_pairs(wildcards):
     return organism_data(f"rm_{wildcards.which}")
 

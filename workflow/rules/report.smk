@@ -5,6 +5,7 @@
 rule collect_headline:
     input:
         unpack(headline_fragments),
+        planted=organism_planted_input,
     output:
         headline="results/headline.json",
         claims_md="results/claims.md",
