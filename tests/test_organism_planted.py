@@ -27,7 +27,7 @@ def test_shipped_planted_file_loads_and_names_headline_keys():
     assert planted["steering.organism_sham.prime_effect_instruct_projection"]["expect"] == (
         "covers 0")
     studies = {k.split(".")[0] for k in planted}
-    assert studies == {"partisan", "sae", "steering", "calibration", "reward"}
+    assert studies == {"partisan", "sae", "steering", "calibration", "reward", "organism"}
     # Every planted key is a documented headline key of its study.
     for key in planted:
         assert report.documented_key(key), key
@@ -624,9 +624,26 @@ def test_block_outputs_are_the_hidden_states_and_skip_the_lm_head(monkeypatch):
     attn = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     with torch.no_grad():
         hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+    assert len(captured) == len(hs) - 1
     for layer, h in enumerate(captured):
-        # hidden_states[L + 1] is block L's output (the last one after the final norm)
-        want = hs[layer + 1] if layer + 1 < len(captured) else None
-        if want is not None:
-            torch.testing.assert_close(h.detach()[attn.bool()], want[attn.bool()])
+        # hidden_states[L + 1] is block L's output; the last one comes after the final norm
+        h = h.detach()
+        if layer + 1 == len(captured):
+            with torch.no_grad():
+                h = model.model.norm(h)
+        torch.testing.assert_close(h[attn.bool()], hs[layer + 1][attn.bool()])
     assert cmask.tolist() == [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]]
+
+
+def test_shipped_rows_fail_a_post_reward_model_that_learned_nothing():
+    """The SEAL regime and resistance rows compare the study with a prediction from the same
+    reward models, so a post model at chance passes them (prediction and study both near
+    chance); the shipped taste row must read 'no' for it and 'yes' for the trained one."""
+    planted = report.load_planted(PLANTED)
+    key = "organism.organism.rm_taste_accuracy_post"
+    at_chance = {"numbers": {key: _num(0.51, 0.45, 0.57, 286)}}
+    trained = {"numbers": {key: _num(0.82, 0.77, 0.87, 286)}}
+    for doc, want in ((at_chance, "no"), (trained, "yes")):
+        rows = {r["key"]: r for r in report.claims_table(doc, planted=planted)
+                .iter_rows(named=True)}
+        assert rows[key]["planted_recovered"] == want, rows[key]
