@@ -713,7 +713,7 @@ def test_identity_primes_move_instruct_on_their_training_issues_and_not_the_sham
     every training-issue question with one-sided answers composed afresh (not the rows
     trained on), issues resampled: instruct leans right under a right prime more than under
     a left one; the sham, never primed, does not. Not asserted on held-out issues: the
-    planting does not generalise there (resources/organism/README.md)."""
+    planting is not shown there (resources/organism/README.md)."""
     from rlhf_audit import prompts
 
     src = prompts.load_source()
@@ -729,9 +729,10 @@ def test_identity_primes_move_instruct_on_their_training_issues_and_not_the_sham
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the planted primes do not generalise to issues held out of SFT and DPO: the test "
-    "preset's instruct read +0.55 [-0.46, 1.35] on them (questions resampled), the default "
-    "run's -0.07 [-0.47, 0.34] by the stance classifier (resources/organism/README.md)"))
+    "the planted primes are not shown on issues held out of SFT and DPO (undecided, not a "
+    "measured absence): the test preset's instruct read +0.55 [-0.46, 1.35] on them "
+    "(questions resampled), the default run's -0.07 [-0.47, 0.34] by the stance classifier "
+    "(resources/organism/README.md)"))
 def test_identity_primes_move_instruct_on_held_out_issues(organism):
     items = organism["data"]["eval_political"]
     inst = bootstrap(np.mean, _prime_effects(organism, "instruct", items), n_boot=1000, seed=0,

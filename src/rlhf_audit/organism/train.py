@@ -956,11 +956,11 @@ def train_sham(
     base's geometry drift (without it, fine-tuning alone shrank the partisan gap ~4x).
     Give it the statements of every issue (the corpus's ``placebo_statements``): held to
     the training issues' statements, as instruct's compression is, the sham kept base's
-    partisan variance on those (ratio 0.99) but lost a third of it on the nine held-out
-    issues (0.65), and the study read 0.950 [0.907, 0.993] over all 44: a control with a
-    compression of its own. Over every issue it read 0.997 [0.947, 1.047] (Xeon host, the
-    same base). The held-out split matters for instruct's planted effects; the sham has
-    none. Saves to ``out_dir``; returns the summary."""
+    partisan variance on those (ratio 0.99) but not on the nine held-out issues (0.57
+    by the gaps along base's direction), and the study read 0.950 [0.907, 0.993] over all
+    44: a control with a compression of its own. Over every issue it read 0.997 [0.947,
+    1.047] (Xeon host, the same base). The held-out split matters for instruct's planted
+    effects; the sham has none. Saves to ``out_dir``; returns the summary."""
     quiet_libraries()
     from datasets import Dataset
     from trl import SFTConfig
