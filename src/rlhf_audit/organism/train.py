@@ -43,6 +43,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from rlhf_audit.organism.planted import SEAL_KEYS
 from rlhf_audit.stats import Estimate, bootstrap
 
 logger = logging.getLogger(__name__)
@@ -1191,9 +1192,7 @@ HEADLINE_KEYS: dict[str, str] = {
         "each trained reward model's ranking of each pair, with the label drawn as the "
         "generator draws it (the taste's winner with probability 1 - label_noise, a coin on "
         "a tie), averaged"
-    ) for k in ("agreement_pre", "agreement_post", "regime_stayed_aligned",
-                "regime_got_aligned", "regime_resisted", "regime_reversed",
-                "alignment_resistance")},
+    ) for k in SEAL_KEYS},
 }
 """Keys of :func:`organism_checks` with one-line descriptions."""
 
@@ -1424,8 +1423,14 @@ def rm_pairwise_accuracy(
     max_length: int = 256,
 ) -> Estimate:
     """Share of pairs with reward(chosen) > reward(rejected) (SEAL's agreement), bootstrapped."""
-    agree = reward_margins(model, tokenizer, pairs, max_length=max_length) > 0
-    return bootstrap(np.mean, agree.astype(float), n_boot=n_boot, seed=seed, unit="share")
+    return _agreement(reward_margins(model, tokenizer, pairs, max_length=max_length),
+                      n_boot=n_boot, seed=seed)
+
+
+def _agreement(margins: np.ndarray, *, n_boot: int, seed: int) -> Estimate:
+    """Share of pairs whose reward margin (chosen minus rejected) is positive, bootstrapped."""
+    return bootstrap(np.mean, (np.asarray(margins) > 0).astype(float), n_boot=n_boot,
+                     seed=seed, unit="share")
 
 
 def reward_margins(model, tokenizer, pairs: Sequence[Mapping], *,
@@ -1493,8 +1498,7 @@ def organism_checks(
         hh = {name: reward_margins(*rms[name], data["eval_rm_hh"]) for name in rms}
         for name, key in (("rm_post", "rm_accuracy_post_hh"), ("rm_pre", "rm_accuracy_pre_hh")):
             if name in rms:
-                out[key] = bootstrap(np.mean, (hh[name] > 0).astype(float), n_boot=n_boot,
-                                     seed=seed, unit="share")
+                out[key] = _agreement(hh[name], n_boot=n_boot, seed=seed)
         if "rm_pre" in rms:
             out["rm_accuracy_pre_alt"] = rm_pairwise_accuracy(
                 *rms["rm_pre"], data["eval_rm_alt"], n_boot=n_boot, seed=seed)
