@@ -144,3 +144,50 @@ def test_model_shape_reads_a_local_config(tmp_path):
         model_shape({"path": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="no config.json"):
         model_shape({"path": str(tmp_path / "missing")})
+
+
+def _common_functions(config, names):
+    """Plain functions of workflow/rules/common.smk (functions of the config only), run on
+    ``config``."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "workflow/rules/common.smk").read_text()
+    ns = {"config": config, "study_chosen": lambda study: True,
+          "diffing_token_layers": lambda: set()}
+    for name in names:
+        m = re.search(rf"^def {name}\(.*?(?=^\S)", text, re.M | re.S)
+        assert m, f"common.smk has no function {name}"
+        exec(m.group(0), ns)
+    return ns
+
+
+def test_a_model_in_both_roles_is_read_with_one_template_in_every_study():
+    """An SFT checkpoint that is the instruct model of (base, sft) and the base of (sft,
+    rlhf): extraction, the SAE scan, steering and diffing generation must all wrap its
+    prompts alike (before, the scan and the generations followed the pair's role and
+    extraction the model's, so one model was read two ways)."""
+    from types import SimpleNamespace as W
+
+    cfg = {"models": {m: {"path": m} for m in ("base", "sft", "rlhf")},
+           "model_pairs": {"sft_step": {"base": "base", "instruct": "sft"},
+                           "rl_step": {"base": "sft", "instruct": "rlhf"}},
+           "extract": {"chat_template": {"base": False, "instruct": True}, "layers": "all",
+                       "positions": ["mean"], "dtype": "float32", "max_length": 32,
+                       "batch_size": 4, "pool_over": "content"},
+           "sae": {"saes": {}, "spliced_loss": True}, "device": "cpu", "dtype": "float32"}
+    ns = _common_functions(cfg, ["model_spec", "pair_models", "model_role", "model_chat",
+                                 "extract_settings", "sae_scan_model",
+                                 "steering_model_params", "diffing_steering_models"])
+    for pair, role, model in [("rl_step", "base", "sft"), ("sft_step", "instruct", "sft"),
+                              ("sft_step", "base", "base"), ("rl_step", "instruct", "rlhf")]:
+        want = model != "base"
+        w = W(pair=pair, role=role, model=model)
+        assert ns["extract_settings"](w)["chat_template"] is want, (pair, role)
+        assert ns["sae_scan_model"](w)["chat_template"] is want, (pair, role)
+        assert ns["steering_model_params"](w)["chat"] is want, (pair, role)
+        assert ns["diffing_steering_models"](w)[role]["chat"] is want, (pair, role)
+    # A config that turns templates off for instruct models turns them off everywhere.
+    cfg["extract"]["chat_template"]["instruct"] = False
+    assert not ns["sae_scan_model"](W(pair="rl_step", role="instruct", model="rlhf"))[
+        "chat_template"]

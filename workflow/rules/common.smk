@@ -140,6 +140,15 @@ def model_role(model):
     return "base"
 
 
+def model_chat(model):
+    """Whether a model's prompts are wrapped in its chat template (extract.chat_template
+    of its model_role): a property of the model, the same in every pair and study, so a
+    model that is the instruct of one pair and the base of another (an SFT checkpoint
+    between base and RLHF; the organism's sham in instruct_vs_sham) is extracted,
+    scanned and prompted alike."""
+    return bool(config["extract"]["chat_template"][model_role(model)])
+
+
 def extract_model_params(wildcards):
     return {"name": wildcards.model, "spec": model_spec(wildcards.model),
             "device": config["device"], "dtype": config["dtype"]}
@@ -152,7 +161,7 @@ def extract_settings(wildcards):
     return {"layers": e["layers"], "positions": list(e["positions"]),
             "token_layers": token_layers, "dtype": e["dtype"],
             "max_length": e["max_length"], "batch_size": e["batch_size"],
-            "chat_template": bool(e["chat_template"][model_role(wildcards.model)]),
+            "chat_template": model_chat(wildcards.model),
             "pool_over": e["pool_over"], "compute_dtype": config["dtype"]}
 
 
@@ -428,7 +437,7 @@ def sae_scan_model(wildcards):
     model = pair_models(wildcards.pair)[wildcards.role]
     return {"name": model, "spec": model_spec(model), "dtype": config["dtype"],
             "splice": bool(config["sae"]["spliced_loss"]),
-            "chat_template": bool(config["extract"]["chat_template"][wildcards.role]),
+            "chat_template": model_chat(model),
             "max_length": config["extract"]["max_length"]}
 
 
@@ -494,7 +503,7 @@ def steering_model_params(wildcards):
     model = pair_models(wildcards.pair)[wildcards.role]
     return {"name": model, "role": wildcards.role, "spec": model_spec(model),
             "device": config["device"], "dtype": config["dtype"],
-            "chat": bool(config["extract"]["chat_template"][wildcards.role])}
+            "chat": model_chat(model)}
 
 
 def steering_settings(wildcards):
@@ -793,7 +802,7 @@ def diffing_steering_inputs(wildcards):
 def diffing_steering_models(wildcards):
     return {role: {"name": model, "spec": model_spec(model), "device": config["device"],
                    "dtype": config["dtype"],
-                   "chat": bool(config["extract"]["chat_template"][role])}
+                   "chat": model_chat(model)}
             for role, model in pair_models(wildcards.pair).items()}
 
 
