@@ -33,6 +33,29 @@ def test_shipped_planted_file_loads_and_names_headline_keys():
         assert report.documented_key(key), key
 
 
+def test_every_planted_row_names_a_pair_the_default_run_studies():
+    """A planted key whose pair the study does not run would read 'not run' in every
+    default run: the file and config.yaml must agree (e.g. instruct_vs_sham is a
+    partisan-only pair)."""
+    import yaml
+
+    from rlhf_audit.config import load_schema, study_pairs, validate_config
+
+    cfg = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                          load_schema(ROOT / "workflow/schemas/config.schema.yaml"))
+    for key in report.load_planted(PLANTED):
+        study, pair = key.split(".")[:2]
+        if study == "organism":
+            assert pair in cfg["model_pairs"], key
+        elif study == "sae":
+            assert pair in study_pairs(cfg, "sae"), key
+            assert key.split(".")[2] in cfg["sae"]["saes"], key
+        else:
+            assert pair in study_pairs(cfg, study), key
+    assert "instruct_vs_sham" not in study_pairs(cfg, "steering")
+    assert study_pairs(cfg, "partisan")[-1] == "instruct_vs_sham"
+
+
 @pytest.mark.parametrize(
     ("expect", "lo", "hi", "verdict"),
     [
