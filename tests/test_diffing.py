@@ -148,6 +148,44 @@ def test_latent_scaling_flags_false_model_specific_latents(tmp_path, seed):
     assert by[0]["scaling_flag"] is None  # shared latents are not scaled-classified
 
 
+def test_latent_scaling_uses_the_anchors_targets(tmp_path):
+    """The other model's reconstruction target is its full reconstruction, latent j's own
+    small decoder there included (as the anchor's compute_scalers.py computes it): latent
+    0's base decoder is 0.15 x its instruct one, so the base reconstruction holds 0.15 of it
+    and nu_recon is 0.15 (it was 0 when that contribution was taken out). Latent 1's
+    instruct decoder points against what its firing reads: its own error beta is -1, so it
+    explains nothing of its own model and is flagged (nu +inf), not passed as nu = -0."""
+    rng = np.random.default_rng(0)
+    d, n = 64, 4000
+    q, _ = np.linalg.qr(rng.standard_normal((d, 2)))
+    v, y = q.T
+    c = (rng.random((n, 2)) < 0.2) * rng.exponential(1.0, (n, 2))
+    Xb = rng.standard_normal((n, d)) * 1e-3
+    Xi = np.outer(c[:, 0], v) + np.outer(c[:, 1], y) + rng.standard_normal((n, d)) * 1e-3
+    path = tmp_path / "p.parquet"
+    write_paired(Xb, Xi, [f"s{i // 10}" for i in range(n)], path)
+    cc = BatchTopKCrossCoder(d, 2, 2)
+    with torch.no_grad():
+        for p_ in (cc.W_enc, cc.W_dec, cc.b_enc, cc.b_dec):
+            p_.zero_()
+        cc.W_enc[1, :, 0] = torch.tensor(v, dtype=torch.float32)
+        cc.W_enc[1, :, 1] = torch.tensor(y, dtype=torch.float32)
+        cc.W_dec[1, 0] = torch.tensor(v, dtype=torch.float32)
+        cc.W_dec[0, 0] = torch.tensor(0.15 * v, dtype=torch.float32)
+        cc.W_dec[1, 1] = torch.tensor(-y, dtype=torch.float32)
+        cc.threshold.fill_(1e-3)
+    settings = DiffingSettings(n_latents=4, k=1)
+    ev = evaluate(cc, path, settings, candidates=np.arange(2), own=np.array([1, 1]), top=False)
+    t = latent_table(cc, ev, settings)
+    by = {r["latent"]: r for r in t.iter_rows(named=True)}
+    assert by[0]["class"] == "instruct_only"  # relative norm 1 / 1.15 = 0.87
+    assert by[0]["nu_recon"] == pytest.approx(0.15, abs=0.01)
+    assert not by[0]["scaling_flag"]
+    assert by[1]["beta_error_instruct"] == pytest.approx(-1.0, abs=0.02)
+    assert by[1]["nu_error"] == np.inf and by[1]["scaling_flag"]
+    assert by[1]["class_scaled"] == "shared"
+
+
 def test_align_tokens_takes_the_longest_common_block():
     base = [11, 12, 13, 14]
     inst = [1, 5, 2, 11, 12, 13, 14, 3, 6]
@@ -325,20 +363,143 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
     spec = {"spec": {"path": str(tiny_models)}, "device": "cpu", "dtype": "float32"}
     models = {"base": {**spec, "chat": False}, "instruct": {**spec, "chat": True}}
     steer = {"layer": 1, "alphas": [1.0], "n_questions": 2, "max_new_tokens": 4, "seed": 0,
-             "method": "diffmean"}
+             "method": "diffmean", "n_random": 2}
     t = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
                    questions=tmp_path / "q.jsonl", directions=tmp_path / "dir.parquet",
                    models=models, steer=steer, out=tmp_path / "steer.parquet")
     assert set(t["model"]) == {"base", "instruct"}
-    assert set(t["vector"]) == {"instruct_only", "base_only", "random"}
-    assert t.height == 2 * 3 * 3 * 2  # models x vectors x alphas (-1, 0, 1) x questions
+    vectors = {"instruct_only", "base_only", "random_1", "random_2"}
+    assert set(t["vector"]) - {"none"} == vectors
+    assert t.height == 2 * 4 * 3 * 2  # models x vectors x alphas (-1, 0, 1) x questions
     assert t["projection"].null_count() < t.height
     got = dict(zip(t["vector"], t["latent"], strict=False))
-    assert got == {"instruct_only": 0, "base_only": 1, "random": -1}
+    assert got == {"instruct_only": 0, "base_only": 1, "random_1": -1, "random_2": -1}
     none = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
                       questions=tmp_path / "q.jsonl", directions=None, models=models,
                       steer=steer, out=tmp_path / "steer2.parquet")
     assert none["projection"].null_count() == none.height  # no partisan study: null scores
+
+
+def _latents_with_cos(cos_shared, cos_specific, rate_shared, rate_specific, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    n_s, n_i = len(cos_shared), len(cos_specific)
+    dec = rng.standard_normal((n_s + n_i, d)).astype(np.float32)
+    return pl.DataFrame({
+        "latent": np.arange(n_s + n_i, dtype=np.int32),
+        "class": ["shared"] * n_s + ["instruct_only"] * n_i,
+        "class_scaled": ["shared"] * n_s + ["instruct_only"] * n_i,
+        "firing_rate": list(rate_shared) + list(rate_specific),
+        "cos_partisan": list(cos_shared) + list(cos_specific),
+        "decoder_base": pl.Series(dec.tolist(), dtype=pl.Array(pl.Float32, d)),
+        "decoder_instruct": pl.Series((dec * 1.1).tolist(), dtype=pl.Array(pl.Float32, d))})
+
+
+def test_nulls_come_from_shared_latents_matched_on_firing_rate():
+    """Where every learned latent leans on the partisan direction (anisotropic activations:
+    shared latents' |cos| 0.45-0.6, as on the organism), three instruct-only latents at the
+    shared latents' level must not beat the null, which isotropic random vectors (the
+    former null: 97.5th percentile of the largest of 3 |cos| 0.24 at d = 128, 0.04 at
+    d = 4096) would let them do at real widths; one at 0.95 must beat it. Matching: the draws take the shared
+    latents of the instruct-only latents' firing rate, not the frequent ones."""
+    from rlhf_audit.diffing.analysis import matched_shared, shared_nulls
+
+    rng = np.random.default_rng(0)
+    n_s = 400
+    rate = np.where(np.arange(n_s) < 200, 0.001, 0.2)  # rare half, frequent half
+    cos_s = np.where(rate < 0.01, rng.uniform(0.45, 0.6, n_s), rng.uniform(0.0, 0.1, n_s))
+    level = _latents_with_cos(cos_s, [0.55, 0.5, 0.58], rate, [0.001] * 3)
+    nulls, match = shared_nulls(level, np.eye(16), has_direction=True, seed=1)
+    lo, hi = np.quantile(nulls["instruct_only"], [0.025, 0.975])
+    assert lo <= 0.58 <= hi  # the statistic on these latents: inside the null
+    assert "base_only" not in nulls and match is not None and len(match) == 1000
+    planted = _latents_with_cos(cos_s, [0.55, 0.95, 0.5], rate, [0.001] * 3)
+    nulls2, _ = shared_nulls(planted, None, has_direction=True, seed=1)
+    assert np.quantile(nulls2["instruct_only"], 0.975) < 0.95
+    draws = matched_shared(level, "instruct_only", seed=1)
+    assert draws.shape == (1000, 3) and (draws < 200).all()  # the rare shared latents only
+    assert matched_shared(level.filter(pl.col("class") == "shared"), "instruct_only") is None
+
+
+def test_fve_interval_resamples_issues_not_framings():
+    """Eight framings of each statement and several statements per issue: the FVE interval
+    counts issues (n) and is wider than a bootstrap over prompt ids would make it."""
+    from rlhf_audit.diffing.analysis import cluster_of
+    from rlhf_audit.diffing.summary import headline
+
+    assert cluster_of("tax-left-3-plain", "tax") == "issue:tax"
+    assert cluster_of("tax-left-3-plain", None) == "statement:tax-left-3"
+    assert cluster_of("p17", None) == "statement:p17"
+    rng = np.random.default_rng(0)
+    ids, clusters, sse, sst = [], [], [], []
+    for i in range(12):
+        issue_err = rng.uniform(0.1, 0.5)  # issues differ; framings of an issue agree
+        for k in range(5):
+            for f in range(8):
+                ids.append(f"i{i}-left-{k}-f{f}")
+                clusters.append(cluster_of(ids[-1], f"i{i}"))
+                sse.append([issue_err, issue_err])
+                sst.append([1.0, 1.0])
+    errs = {"statements": ids, "clusters": clusters, "sse": sse, "sst": sst}
+    per_seed = [{"n_instruct_only": 1, "n_base_only": 0, "n_shared": 5, "n_dead": 0,
+                 "n_instruct_only_scaled": 1, "n_base_only_scaled": 0, "dead_share": 0.0}]
+    h = headline(per_seed, errs, None, None, n_boot=400)
+    flat = headline(per_seed, {**errs, "clusters": None}, None, None, n_boot=400)
+    assert h["fve_base"].n == 12 and flat["fve_base"].n == len(ids)
+    assert (h["fve_base"].hi - h["fve_base"].lo) > 3 * (flat["fve_base"].hi - flat["fve_base"].lo)
+    assert "not a confidence interval" in h["n_instruct_only"].method
+
+
+def test_random_controls_are_oriented_like_the_latents():
+    """Every steering vector, the random controls included, points toward the partisan
+    direction: flipping only the latents would hand them a head start over the control."""
+    from rlhf_audit.diffing.behaviour import steering_vectors
+
+    d = 64
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(d)
+    dec = rng.standard_normal((2, d))
+    dec[0] *= np.sign(dec[0] @ p) * -1  # the latent's decoder points away from p
+    lat = pl.DataFrame({
+        "latent": [0, 1], "relative_norm": [0.95, 0.05], "firing_rate": [0.1, 0.1],
+        "class_scaled": ["instruct_only", "base_only"],
+        "decoder_base": pl.Series([np.zeros(d).tolist(), dec[1].tolist()],
+                                  dtype=pl.Array(pl.Float32, d)),
+        "decoder_instruct": pl.Series([dec[0].tolist(), np.zeros(d).tolist()],
+                                      dtype=pl.Array(pl.Float32, d))})
+    signs = []
+    for seed in range(20):
+        v = steering_vectors(lat, 1, 3.0, p, seed=seed, n_random=3)["vectors"]
+        assert set(v) == {"instruct_only", "base_only", "random_1", "random_2", "random_3"}
+        assert all(float(x @ p) >= 0 for _, x in v.values())
+        assert all(np.linalg.norm(x) == pytest.approx(3.0, rel=1e-5) for _, x in v.values())
+        signs.append(float(v["random_1"][1] @ p))
+    assert min(signs) >= 0 and len(set(np.round(signs, 6))) == 20  # fresh draws, flipped
+    with pytest.raises(ValueError, match="n_random"):
+        steering_vectors(lat, 1, 3.0, p, n_random=0)
+
+
+def test_latent_slopes_are_read_against_the_random_controls():
+    """Planted slopes: the latent moves the score 1.5 per alpha, the two random directions
+    0.5 and 0.3; the test number is 1.5 - 0.4 = 1.1, its interval from one bootstrap over
+    questions."""
+    from rlhf_audit.diffing.summary import _steering_slopes
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for qi in range(12):
+        for vec, b in (("instruct_only", 1.5), ("random_1", 0.5), ("random_2", 0.3)):
+            for a in (-1.0, 1.0):
+                rows.append({"model": "base", "vector": vec, "alpha": a, "question_id": f"q{qi}",
+                             "projection": b * a + rng.normal(0, 0.05)})
+        rows.append({"model": "base", "vector": "none", "alpha": 0.0, "question_id": f"q{qi}",
+                     "projection": 9.0})
+    h = _steering_slopes(pl.DataFrame(rows), n_boot=300, seed=0)
+    assert h["steer_slope_base_instruct_only"].value == pytest.approx(1.5, abs=0.03)
+    assert h["steer_slope_base_random"].value == pytest.approx(0.4, abs=0.03)
+    e = h["steer_slope_base_instruct_only_minus_random"]
+    assert e.value == pytest.approx(1.1, abs=0.03) and e.lo > 1.0 and e.hi < 1.2
+    assert e.n == 12  # questions, not rows
+    assert "steer_slope_base_random_1" not in h
 
 
 def test_training_rules_hold_no_figure_analysis_or_steering_code():

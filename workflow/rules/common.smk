@@ -810,7 +810,8 @@ def diffing_steering_settings(wildcards):
     s = config["diffing"]["steer"]
     return {"layer": config["diffing"]["layer"], "alphas": list(s["alphas"]),
             "n_questions": s["n_questions"], "max_new_tokens": s["max_new_tokens"],
-            "seed": config["diffing"]["seed"], "method": config["partisan"]["methods"][0]}
+            "n_random": s["n_random"], "seed": config["diffing"]["seed"],
+            "method": config["partisan"]["methods"][0]}
 
 
 def diffing_summary_settings(wildcards):

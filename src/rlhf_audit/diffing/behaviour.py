@@ -2,10 +2,12 @@
 
 The strongest instruct_only and base_only latents after Latent Scaling (highest
 relative-norm distance from 0.5, then firing rate) give steering vectors: the
-instruct decoder of the first, the base decoder of the second, plus a seeded random
-direction as the control, each scaled to the model's mean residual norm at the layer
-(so alpha is in units of one typical activation, as in the steering study) and, when
-a partisan direction exists, oriented toward it (+ = right). Both models are
+instruct decoder of the first, the base decoder of the second, plus ``n_random`` seeded
+random directions as the control, each scaled to the model's mean residual norm at the
+layer (so alpha is in units of one typical activation, as in the steering study) and,
+when a partisan direction exists, oriented toward it (+ = right): the random ones too,
+or flipping only the latents would give them a head start the control lacks (the
+summary reports each latent's slope minus the random directions' mean slope). Both models are
 steered with the same vectors through :func:`rlhf_audit.steering.generate.sweep` and every
 generation is scored with the steering study's projection scorer (the base model
 reads the text; its pooled activation is projected on the partisan direction).
@@ -40,19 +42,22 @@ def pick_latents(latents: pl.DataFrame) -> dict[str, tuple[int, np.ndarray]]:
 
 
 def steering_vectors(latents: pl.DataFrame, layer: int, norm: float,
-                     direction: np.ndarray | None, seed: int = 0) -> dict:
-    """name -> (layer, vector) for :func:`rlhf_audit.steering.generate.sweep`, and
-    name -> latent."""
-    picked = pick_latents(latents)
+                     direction: np.ndarray | None, seed: int = 0, n_random: int = 5) -> dict:
+    """name -> (layer, vector) for :func:`rlhf_audit.steering.generate.sweep` (the picked
+    latents and ``random_1`` .. ``random_{n_random}``), and name -> latent (-1: random)."""
+    if n_random < 1:
+        raise ValueError(f"diffing.steer.n_random={n_random}: the latents need at least one "
+                         "random direction as their control")
+    picked = [(name, j, v) for name, (j, v) in pick_latents(latents).items()]
+    d = latents.schema["decoder_base"].size
+    picked += [(f"random_{r + 1}", -1, random_vector(d, 1.0, seed + r))
+               for r in range(n_random)]
     vecs, ids = {}, {}
-    for name, (j, v) in picked.items():
+    for name, j, v in picked:
         if direction is not None and float(v @ direction) < 0:
             v = -v
         vecs[name] = (layer, scaled(v, norm))
         ids[name] = j
-    d = latents.schema["decoder_base"].size
-    vecs["random"] = (layer, random_vector(d, norm, seed))
-    ids["random"] = -1
     return {"vectors": vecs, "latents": ids}
 
 
@@ -97,7 +102,8 @@ def steer_pair(*, latents, paired, questions, directions, models: dict, steer: d
         loaded[role] = (model, tok, m["chat"])
     rows = []
     for role in ("base", "instruct"):
-        v = steering_vectors(lat, layer, info[f"mean_norm_{role}"], direction, steer["seed"])
+        v = steering_vectors(lat, layer, info[f"mean_norm_{role}"], direction, steer["seed"],
+                             steer.get("n_random", 5))
         model, tok, chat = loaded[role]
         g = steer_and_score(model, tok, chat, role, loaded["base"][:2], qs, v["vectors"],
                             list(steer["alphas"]), layer, direction, settings)

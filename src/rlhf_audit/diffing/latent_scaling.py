@@ -6,15 +6,19 @@ squares scale of ``f_j u`` against a target ``y`` over the paired tokens is
 
     beta = <u, sum_t f_j(t) y_t> / (|u|^2 sum_t f_j(t)^2)
 
-with targets per model m: the reconstruction (own model: the full one; other model:
-without latent j's own contribution) and the error with latent j put back
-(``x_m - xhat_m + f_j d_j^m``). A truly instruct-only latent explains the instruct
-error/reconstruction (beta ~ 1) and not the base model's (beta ~ 0). The ratios
-``nu = beta_other / beta_own`` for error and reconstruction say how much the other
-model holds the same thing: a high error ratio means the other model has the
-direction but the dictionary failed to reconstruct it there (complete shrinkage); a
-high reconstruction ratio means other latents already rebuild it there (latent
-decoupling). Either flags the latent as not model-specific.
+with targets per model m, as the anchor's code computes them
+(science-of-finetuning/sparsity-artifacts-crosscoders, ``compute_scalers.py``): the
+full reconstruction ``xhat_m`` (latent j's own small decoder in the other model
+included: a latent whose other-model decoder is a quarter of its own already puts a
+quarter of it there) and the error with latent j put back (``x_m - xhat_m + f_j
+d_j^m``). A truly instruct-only latent explains the instruct error/reconstruction (beta
+~ 1) and not the base model's (beta ~ 0). The ratios ``nu = beta_other / beta_own`` for
+error and reconstruction say how much the other model holds the same thing: a high
+error ratio means the other model has the direction but the dictionary failed to
+reconstruct it there (complete shrinkage); a high reconstruction ratio means other
+latents already rebuild it there (latent decoupling). Either flags the latent as not
+model-specific. A latent whose own-model beta is not positive does not explain its own
+model at all: its ratio is +inf (flagged), not a sign-flipped number that passes.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class ScalingSums:
             ru = recon[:, m] @ self.U.T
             own_part = F * self.s[m]
             err = xu - ru + own_part
-            rec = ru - (self.own != m).to(F.dtype) * own_part
+            rec = ru
             self.num["error"][m] += (F * err).sum(0).double()
             self.num["recon"][m] += (F * rec).sum(0).double()
         self.den += (F * F).sum(0).double()
@@ -71,7 +75,8 @@ class ScalingSums:
             b_own = beta[own, np.arange(len(own))]
             b_other = beta[1 - own, np.arange(len(own))]
             with np.errstate(all="ignore"):
-                out[f"nu_{t}"] = b_other / b_own
+                out[f"nu_{t}"] = np.where(b_own > 0, b_other / b_own,
+                                          np.where(np.isnan(b_own), np.nan, np.inf))
         return out
 
 

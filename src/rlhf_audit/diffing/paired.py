@@ -295,7 +295,7 @@ def iter_paired(
     """Stream ``(meta, X_base, X_instruct)`` batches ([batch_rows, d_model] float32 each).
 
     ``seed`` given: row groups in a seeded random order and rows shuffled within each
-    (one pass = one epoch); None: file order. ``meta`` adds the prompt_id/label/token
+    (one pass = one epoch); None: file order. ``meta`` adds the prompt_id/label/issue/token
     columns (else None). Memory: one row group plus one batch.
     """
     pf = pq.ParquetFile(path)
@@ -303,7 +303,7 @@ def iter_paired(
     rng = np.random.default_rng(seed) if seed is not None else None
     if rng is not None:
         order = rng.permutation(order)
-    cols = ["base", "instruct"] + (["prompt_id", "label", "token_id"] if meta else [])
+    cols = ["base", "instruct"] + (["prompt_id", "label", "issue", "token_id"] if meta else [])
     for g in order:
         t = pf.read_row_group(int(g), columns=cols)
         if rng is not None:

@@ -26,14 +26,15 @@ class DiffingSettings:
     """Adam learning rate (constant, linear decay over the last 20% of steps)."""
     n_seeds: int = 2
     """Crosscoders trained with seeds seed..seed+n_seeds-1; the first is the one analysed
-    latent by latent, all give the class counts' interval."""
+    latent by latent, all give the class counts' range (min-max, not a confidence interval)."""
     seed: int = 0
     """Seed of initialisation and batch order."""
     base_only_max: float = 0.2
     """A latent with relative norm <= this is base_only."""
     instruct_only_min: float = 0.8
-    """A latent with relative norm >= this is instruct_only (0.2/0.8 = one decoder norm at
-    most a quarter of the other, about Minder et al.'s delta-norm 0.1 cut)."""
+    """A latent with relative norm >= this is instruct_only (0.2/0.8: one decoder norm at
+    most a quarter of the other; Minder et al.'s cut, one at most a fifth, is 1/6 and 5/6
+    in this parameterisation: looser here, so more latents count as model-specific)."""
     max_scaling_ratio: float = 0.5
     """Latent Scaling: a model-specific latent stays so only if the other model's beta is
     below this fraction of its own model's, for both the error and the reconstruction."""
@@ -46,7 +47,7 @@ class DiffingSettings:
     top_statements: int = 5
     """Top-activating statements listed per latent."""
     n_boot: int = 1000
-    """Bootstrap replicates (statements resampled)."""
+    """Bootstrap replicates (issues, latents or questions resampled)."""
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "k", "training_tokens", "batch_size", "n_seeds",

@@ -9,7 +9,10 @@ import polars as pl
 
 from rlhf_audit.stats import Estimate, bootstrap
 
-SEEDS = "min-max over crosscoder training seeds (value: the first seed)"
+SEEDS = ("range (min-max) over the crosscoder training seeds, not a confidence interval "
+         "(value: the first seed; n: the seeds)")
+MATCHED = ("shared latents of the same crosscoder, each model-specific latent matched to one "
+           "of the 10 shared latents nearest it in firing rate")
 
 HEADLINE_KEYS = {
     "n_instruct_only": "Crosscoder latents classed instruct_only by relative decoder norm (count); "
@@ -26,9 +29,11 @@ HEADLINE_KEYS = {
     "dead_share": "Share of crosscoder latents that never fire on the paired tokens; interval: "
                   + SEEDS,
     "fve_base": "Fraction of variance of the base model's (normalised) paired activations "
-                "explained by the crosscoder; interval: bootstrap over statements",
+                "explained by the crosscoder (on its training tokens); interval: bootstrap "
+                "over issues (statements without one: their framings together)",
     "fve_instruct": "Fraction of variance of the instruct model's paired activations explained "
-                    "by the crosscoder; interval: bootstrap over statements",
+                    "by the crosscoder (on its training tokens); interval: bootstrap over "
+                    "issues, as fve_base",
     "max_abs_cos_partisan_instruct_only": "Strongest |cosine| between an instruct_only latent's "
                                           "instruct decoder (after Latent Scaling) and the base "
                                           "partisan direction; interval: " + SEEDS,
@@ -36,26 +41,30 @@ HEADLINE_KEYS = {
                                       "decoder (after Latent Scaling) and the partisan direction; "
                                       "interval: " + SEEDS,
     "null_max_abs_cos_instruct_only": "Null for max_abs_cos_partisan_instruct_only: the same "
-                                      "maximum over as many random directions (median; interval: "
+                                      "maximum over as many " + MATCHED + " (median; interval: "
                                       "2.5-97.5 percentiles of 1000 draws)",
-    "null_max_abs_cos_base_only": "Null for max_abs_cos_partisan_base_only (random directions, "
-                                  "as above)",
+    "null_max_abs_cos_base_only": "Null for max_abs_cos_partisan_base_only (matched shared "
+                                  "latents, as above)",
     "diff_sae_fve": "Fraction of variance of the instruct-minus-base differences explained by "
                     "the diff-SAE (no interval: one trained SAE on all paired tokens)",
     "diff_sae_match_instruct_only": "Mean over instruct_only latents (after Latent Scaling) of "
                                     "the best |cosine| between the latent's instruct-minus-base "
                                     "decoder and a diff-SAE latent; interval: bootstrap over "
                                     "those latents",
-    "null_diff_sae_match": "Null for diff_sae_match_instruct_only: mean best |cosine| of a random "
-                           "direction with the diff-SAE's latents (interval: 2.5-97.5 "
-                           "percentiles over 1000 random directions)",
+    "null_diff_sae_match": "Null for diff_sae_match_instruct_only: the same mean over as many "
+                           + MATCHED + ", each read along its instruct-minus-base decoder "
+                           "(median; interval: 2.5-97.5 percentiles of 1000 draws)",
     "diff_sae_max_abs_cos_partisan": "Strongest |cosine| between a diff-SAE latent and the base "
-                                     "partisan direction (no interval)",
+                                     "partisan direction (no interval, no null)",
     "steer_slope_{feature}": "Steering by a crosscoder latent's decoder ({feature} = "
-                             "model_vector: model base/instruct steered, vector instruct_only/"
-                             "base_only/random): slope of the projection score (base model's "
-                             "partisan direction, + = right) per unit alpha; interval: bootstrap "
-                             "over questions",
+                             "model_vector: model base/instruct steered; vector instruct_only/"
+                             "base_only, random (the mean over diffing.steer.n_random random "
+                             "directions, oriented toward the partisan direction as the latents "
+                             "are) or instruct_only/base_only_minus_random (the latent's slope "
+                             "minus that mean, the test)): slope of the projection score (base "
+                             "model's partisan direction, + = right) per unit alpha; interval: "
+                             "bootstrap over questions (every vector's rows of a question "
+                             "together)",
 }
 
 
@@ -71,10 +80,10 @@ def _null(draws: np.ndarray) -> Estimate:
     d = np.asarray(draws, float)
     d = d[np.isfinite(d)]
     if not len(d):
-        return Estimate(math.nan, math.nan, math.nan, 0, "|cos|", "random directions")
+        return Estimate(math.nan, math.nan, math.nan, 0, "|cos|", MATCHED)
     lo, mid, hi = np.quantile(d, [0.025, 0.5, 0.975])
     return Estimate(float(mid), float(lo), float(hi), len(d), "|cos|",
-                    "random directions, 2.5-97.5 percentiles")
+                    MATCHED + "; median and 2.5-97.5 percentiles of the draws")
 
 
 def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None,
@@ -88,9 +97,10 @@ def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None
         out[f"n_{c}_scaled"] = _over_seeds([r[f"n_{c}_scaled"] for r in per_seed], "latents")
     out["dead_share"] = _over_seeds([r["dead_share"] for r in per_seed], "share")
     sse, sst = np.asarray(statement_errors["sse"]), np.asarray(statement_errors["sst"])
+    groups = np.asarray(statement_errors.get("clusters") or statement_errors["statements"])
     for m, name in enumerate(("base", "instruct")):
         out[f"fve_{name}"] = bootstrap(lambda e, t: 1 - e.sum() / t.sum(), sse[:, m], sst[:, m],
-                                       n_boot=n_boot, seed=seed, unit="FVE")
+                                       groups=groups, n_boot=n_boot, seed=seed, unit="FVE")
     for c in ("instruct_only", "base_only"):
         key = f"max_abs_cos_partisan_{c}"
         if key in per_seed[0]:
@@ -111,16 +121,44 @@ def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None
                 diff_sae["max_abs_cos_partisan"], math.nan, math.nan,
                 diff_sae["n_latents"], "|cos|", "no interval")
     if steering is not None and steering.height and "projection" in steering.columns:
-        for (model, vec), g in steering.group_by(["model", "vector"], maintain_order=True):
-            if vec == "none":
-                continue
-            g = g.filter(pl.col("projection").is_finite())
-            if g.height < 3:
-                continue
-            out[f"steer_slope_{model}_{vec}"] = bootstrap(
-                _slope, g["alpha"].to_numpy(), g["projection"].to_numpy(),
-                groups=g["question_id"].to_numpy(), n_boot=n_boot, seed=seed,
-                unit="projection per alpha")
+        out |= _steering_slopes(steering, n_boot=n_boot, seed=seed)
+    return out
+
+
+def _steering_slopes(steering: pl.DataFrame, *, n_boot: int, seed: int) -> dict[str, Estimate]:
+    """Per steered model: each latent's slope, the random directions' mean slope and each
+    latent's slope minus it, all from one bootstrap over questions."""
+    out = {}
+    st = steering.filter((pl.col("vector") != "none") & pl.col("projection").is_finite())
+    for (model,), g in st.group_by(["model"], maintain_order=True):
+        out |= _model_slopes(model, g, n_boot=n_boot, seed=seed)
+    return out
+
+
+def _model_slopes(model: str, g: pl.DataFrame, *, n_boot: int, seed: int) -> dict:
+    a, y = g["alpha"].to_numpy(), g["projection"].to_numpy()
+    v, q = g["vector"].to_numpy().astype(str), g["question_id"].to_numpy()
+    names = [n for n in dict.fromkeys(v) if (v == n).sum() >= 3]
+    randoms = [n for n in names if n == "random" or n.startswith("random_")]
+    latents = [n for n in names if n not in randoms]
+
+    def one(name):
+        return lambda a_, y_, v_: _slope(a_[v_ == name], y_[v_ == name])
+
+    def rand_mean(a_, y_, v_):
+        return float(np.nanmean([_slope(a_[v_ == r], y_[v_ == r]) for r in randoms]))
+
+    def est(stat):
+        return bootstrap(stat, a, y, v, groups=q, n_boot=n_boot, seed=seed,
+                         unit="projection per alpha")
+
+    out = {f"steer_slope_{model}_{name}": est(one(name)) for name in latents}
+    if randoms:
+        out[f"steer_slope_{model}_random"] = est(rand_mean)
+        for name in latents:
+            f = one(name)
+            out[f"steer_slope_{model}_{name}_minus_random"] = est(
+                lambda a_, y_, v_, f=f: f(a_, y_, v_) - rand_mean(a_, y_, v_))
     return out
 
 
