@@ -427,8 +427,7 @@ def test_fve_interval_resamples_issues_not_framings():
     from rlhf_audit.diffing.summary import headline
 
     assert cluster_of("tax-left-3-plain", "tax") == "issue:tax"
-    assert cluster_of("tax-left-3-plain", None) == "statement:tax-left-3"
-    assert cluster_of("p17", None) == "statement:p17"
+    assert cluster_of("tax-left-3-plain", None) == "prompt:tax-left-3-plain"
     rng = np.random.default_rng(0)
     ids, clusters, sse, sst = [], [], [], []
     for i in range(12):

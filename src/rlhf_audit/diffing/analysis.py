@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,8 @@ from rlhf_audit.diffing.inputs import partisan_direction
 from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
 from rlhf_audit.diffing.paired import iter_paired, paired_info
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
-from rlhf_audit.sae.select import DEFAULT_STATEMENT_PATTERN
 
 log = logging.getLogger(__name__)
-
-_STATEMENT = re.compile(DEFAULT_STATEMENT_PATTERN)
 
 N_SHARED_REFERENCE = 256
 """Shared latents (random sample) given Latent Scaling ratios as a reference."""
@@ -119,13 +115,10 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
 
 
 def cluster_of(prompt_id: str, issue: str | None) -> str:
-    """The resampling unit of a paired statement: its issue (the probes' unit); without one,
-    its statement, so that the framings of one claim (``{issue}-{label}-{k}-{framing}``,
-    :data:`rlhf_audit.sae.select.DEFAULT_STATEMENT_PATTERN`) stay together; else itself."""
-    if issue:
-        return f"issue:{issue}"
-    m = _STATEMENT.match(prompt_id)
-    return f"statement:{m.group('statement') if m else prompt_id}"
+    """The resampling unit of a paired statement: its issue, as for the partisan probes (the
+    shipped statements' framings share an issue and most of their tokens); a prompt without
+    an issue is its own cluster, as there."""
+    return f"issue:{issue}" if issue else f"prompt:{prompt_id}"
 
 
 def fve(sse: np.ndarray, sst: np.ndarray) -> float:

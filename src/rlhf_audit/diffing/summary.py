@@ -30,7 +30,7 @@ HEADLINE_KEYS = {
                   + SEEDS,
     "fve_base": "Fraction of variance of the base model's (normalised) paired activations "
                 "explained by the crosscoder (on its training tokens); interval: bootstrap "
-                "over issues (statements without one: their framings together)",
+                "over issues (a prompt without one: its own cluster)",
     "fve_instruct": "Fraction of variance of the instruct model's paired activations explained "
                     "by the crosscoder (on its training tokens); interval: bootstrap over "
                     "issues, as fve_base",
