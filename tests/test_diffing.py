@@ -338,19 +338,25 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     assert (tmp_path / "rel.png").stat().st_size > 0 and (tmp_path / "ls.pdf").exists()
 
 
-def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
-    from rlhf_audit.diffing.behaviour import steer_pair
-
-    d = 32
-    rng = np.random.default_rng(0)
-    dec = rng.standard_normal((2, d)).astype(np.float32)
-    lat = pl.DataFrame({
+def _two_latents(dec: np.ndarray) -> pl.DataFrame:
+    """An instruct_only latent (instruct decoder dec[0]) and a base_only one (base dec[1])."""
+    d = dec.shape[1]
+    return pl.DataFrame({
         "latent": [0, 1], "relative_norm": [0.95, 0.05], "firing_rate": [0.1, 0.1],
         "class_scaled": ["instruct_only", "base_only"],
         "decoder_base": pl.Series([np.zeros(d).tolist(), dec[1].tolist()],
                                   dtype=pl.Array(pl.Float32, d)),
         "decoder_instruct": pl.Series([dec[0].tolist(), np.zeros(d).tolist()],
                                       dtype=pl.Array(pl.Float32, d))})
+
+
+def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
+    from rlhf_audit.diffing.behaviour import steer_pair
+
+    d = 32
+    rng = np.random.default_rng(0)
+    dec = rng.standard_normal((2, d)).astype(np.float32)
+    lat = _two_latents(dec)
     lat.write_parquet(tmp_path / "latents.parquet")
     X = rng.standard_normal((50, d))
     write_paired(X, X, [f"s{i}" for i in range(50)], tmp_path / "paired.parquet", layer=1)
@@ -458,13 +464,7 @@ def test_random_controls_are_oriented_like_the_latents():
     p = rng.standard_normal(d)
     dec = rng.standard_normal((2, d))
     dec[0] *= np.sign(dec[0] @ p) * -1  # the latent's decoder points away from p
-    lat = pl.DataFrame({
-        "latent": [0, 1], "relative_norm": [0.95, 0.05], "firing_rate": [0.1, 0.1],
-        "class_scaled": ["instruct_only", "base_only"],
-        "decoder_base": pl.Series([np.zeros(d).tolist(), dec[1].tolist()],
-                                  dtype=pl.Array(pl.Float32, d)),
-        "decoder_instruct": pl.Series([dec[0].tolist(), np.zeros(d).tolist()],
-                                      dtype=pl.Array(pl.Float32, d))})
+    lat = _two_latents(dec)
     signs = []
     for seed in range(20):
         v = steering_vectors(lat, 1, 3.0, p, seed=seed, n_random=3)["vectors"]
