@@ -103,7 +103,7 @@ def steer_pair(*, latents, paired, questions, directions, models: dict, steer: d
     rows = []
     for role in ("base", "instruct"):
         v = steering_vectors(lat, layer, info[f"mean_norm_{role}"], direction, steer["seed"],
-                             steer.get("n_random", 5))
+                             steer["n_random"])
         model, tok, chat = loaded[role]
         g = steer_and_score(model, tok, chat, role, loaded["base"][:2], qs, v["vectors"],
                             list(steer["alphas"]), layer, direction, settings)
