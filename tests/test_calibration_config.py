@@ -2,7 +2,6 @@
 only the rule whose code reads them (rlhf_audit.calibration.CalibrationSettings)."""
 
 import copy
-import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,11 +24,10 @@ def _section(cfg=None):
 
 def _smk_functions(config):
     """The calibration_* settings functions of common.smk, run on ``config``."""
-    text = (ROOT / "workflow/rules/common.smk").read_text()
-    ns = {"config": config}
-    for name in ("calibration_generation_settings", "calibration_analysis_settings"):
-        m = re.search(rf"^def {name}\(.*?(?=^\S)", text, re.M | re.S)
-        exec(m.group(0), ns)  # plain Python functions of the config only
+    from common_smk import smk_functions
+
+    ns = smk_functions(config, ("calibration_generation_settings",
+                                "calibration_analysis_settings"))
     return ns["calibration_generation_settings"](None), ns["calibration_analysis_settings"](None)
 
 

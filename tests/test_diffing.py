@@ -405,8 +405,9 @@ def test_nulls_come_from_shared_latents_matched_on_firing_rate():
     shared latents' |cos| 0.45-0.6, as on the organism), three instruct-only latents at the
     shared latents' level must not beat the null, which isotropic random vectors (the
     former null: 97.5th percentile of the largest of 3 |cos| 0.24 at d = 128, 0.04 at
-    d = 4096) would let them do at real widths; one at 0.95 must beat it. Matching: the draws take the shared
-    latents of the instruct-only latents' firing rate, not the frequent ones."""
+    d = 4096) would let them do at real widths; one at 0.95 must beat it. Matching: the
+    draws take the shared latents of the instruct-only latents' firing rate, not the
+    frequent ones."""
     from rlhf_audit.diffing.analysis import matched_shared, shared_nulls
 
     rng = np.random.default_rng(0)

@@ -146,22 +146,6 @@ def test_model_shape_reads_a_local_config(tmp_path):
         model_shape({"path": str(tmp_path / "missing")})
 
 
-def _common_functions(config, names):
-    """Plain functions of workflow/rules/common.smk (functions of the config only), run on
-    ``config``."""
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "workflow/rules/common.smk").read_text()
-    ns = {"config": config, "study_chosen": lambda study: True,
-          "diffing_token_layers": lambda: set()}
-    for name in names:
-        m = re.search(rf"^def {name}\(.*?(?=^\S)", text, re.M | re.S)
-        assert m, f"common.smk has no function {name}"
-        exec(m.group(0), ns)
-    return ns
-
-
 def test_a_model_in_both_roles_is_read_with_one_template_in_every_study():
     """An SFT checkpoint that is the instruct model of (base, sft) and the base of (sft,
     rlhf): extraction, the SAE scan, steering and diffing generation must all wrap its
@@ -176,9 +160,12 @@ def test_a_model_in_both_roles_is_read_with_one_template_in_every_study():
                        "positions": ["mean"], "dtype": "float32", "max_length": 32,
                        "batch_size": 4, "pool_over": "content"},
            "sae": {"saes": {}, "spliced_loss": True}, "device": "cpu", "dtype": "float32"}
-    ns = _common_functions(cfg, ["model_spec", "pair_models", "model_role", "model_chat",
-                                 "extract_settings", "sae_scan_model",
-                                 "steering_model_params", "diffing_steering_models"])
+    from common_smk import smk_functions
+
+    ns = smk_functions(cfg, ["model_spec", "pair_models", "model_role", "model_chat",
+                             "extract_settings", "sae_scan_model", "steering_model_params",
+                             "diffing_steering_models"],
+                       study_chosen=lambda study: True, diffing_token_layers=set)
     for pair, role, model in [("rl_step", "base", "sft"), ("sft_step", "instruct", "sft"),
                               ("sft_step", "base", "base"), ("rl_step", "instruct", "rlhf")]:
         want = model != "base"

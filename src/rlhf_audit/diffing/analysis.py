@@ -108,8 +108,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
         n_tok += len(xb)
     ids = list(stmt_index)
     return {"n_tokens": n_tok, "fired": fired, "statements": ids, "clusters": clusters,
-            "sse": np.array(sse),
-            "sst": np.array(sst), "scaling": sums.table() if sums is not None else None,
+            "sse": np.array(sse), "sst": np.array(sst),
+            "scaling": sums.table() if sums is not None else None,
             "top": best if best is not None else pl.DataFrame(
                 schema={"latent": pl.Int32, "stmt": pl.Int32, "activation": pl.Float32})}
 
