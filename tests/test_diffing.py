@@ -253,7 +253,8 @@ def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models,
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, rng.integers(4, 9))) for _ in range(60)]
     prompts = pl.DataFrame({"id": [f"p{i:03d}" for i in range(60)], "text": texts,
-                            "label": ["left", "right"] * 30})
+                            "label": ["left", "right"] * 30,
+                            "issue": [f"issue{i % 6}" for i in range(60)]})
     tok = _extract(tiny_models, prompts.head(30), tmp_path / "b" / "shard-00000.parquet", False)
     _extract(tiny_models, prompts.tail(30), tmp_path / "b" / "shard-00001.parquet", False)
     _extract(tiny_models, prompts, tmp_path / "i" / "shard-00000.parquet", True)
@@ -267,6 +268,19 @@ def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models,
     assert (t["token_index_instruct"] - t["token_index_base"]).unique().to_list() == [1]
     first = t.filter(pl.col("prompt_id") == "p000").sort("token_index_base")
     assert first["token_id"].to_list() == tok(texts[0], add_special_tokens=False)["input_ids"]
+    # Whole issues are held out (3 of 6 at eval_share 0.5), and the normalisation comes
+    # from the train tokens alone.
+    t = pl.read_parquet(tmp_path / "paired.parquet", columns=["issue", "split", "base"])
+    assert t.group_by("issue").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert info["n_clusters_eval"] == info["n_clusters_train"] == 3
+    assert t["split"].value_counts().sort("split")["count"].to_list() == [
+        info["n_tokens_eval"], info["n_tokens_train"]]
+    Xtr = np.stack(t.filter(pl.col("split") == "train")["base"].to_numpy())
+    assert info["mean_norm_base"] == pytest.approx(np.linalg.norm(Xtr, axis=1).mean(), rel=1e-5)
+    for split in ("train", "eval"):
+        got = sum(len(xb) for _, xb, _ in iter_paired(tmp_path / "paired.parquet", 50, seed=3,
+                                                      split=split))
+        assert got == info[f"n_tokens_{split}"]
     # The same model without a template on both sides: identical paired activations.
     _extract(tiny_models, prompts, tmp_path / "j" / "shard-00000.parquet", False)
     pair_token_rows(tmp_path / "b", tmp_path / "j", 1, tmp_path / "same.parquet")
@@ -284,6 +298,54 @@ def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models,
         pair_token_rows(tmp_path / "b", tmp_path / "i", 0, tmp_path / "x.parquet")
 
 
+def test_split_holds_out_seeded_clusters_and_refuses_what_it_cannot_split(tmp_path):
+    from rlhf_audit.diffing.paired import assign_split, cluster_of
+
+    clusters = [cluster_of(f"p{i}", f"issue{i % 10}") for i in range(100)]
+    a = assign_split(clusters, 0.3, seed=1)
+    assert a == assign_split(list(reversed(clusters)), 0.3, seed=1)  # order-free, seeded
+    assert sorted(a.values()).count("eval") == 3 and len(a) == 10
+    assert a != assign_split(clusters, 0.3, seed=2)
+    assert list(assign_split(["x", "y"], 0.01, 0).values()).count("eval") == 1
+    with pytest.raises(ValueError, match="at least two clusters"):
+        assign_split(["issue:a"] * 5, 0.5, 0)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        assign_split(clusters, 1.0, 0)
+    # A paired file from before the split names the fix instead of training on everything.
+    import pyarrow.parquet as pq
+
+    X = np.ones((40, 4), np.float32)
+    write_paired(X, X, [f"s{i // 4}" for i in range(40)], tmp_path / "p.parquet")
+    t = pq.read_table(tmp_path / "p.parquet")
+    pq.write_table(t.drop_columns(["split"]), tmp_path / "old.parquet")
+    with pytest.raises(ValueError, match="re-run pair_diffing_activations"):
+        next(iter_paired(tmp_path / "old.parquet", 10, split="train"))
+
+
+def test_held_out_numbers_expose_a_crosscoder_that_memorises(tmp_path, caplog):
+    """More latents than training tokens and no structure at all (independent noise): the
+    crosscoder reconstructs its own training tokens perfectly and new ones poorly. The study
+    reports the held-out FVE, and warns when it trains such a dictionary."""
+    rng = np.random.default_rng(0)
+    n, d = 800, 32
+    Xb, Xi = rng.standard_normal((2, n, d)).astype(np.float32)
+    path = tmp_path / "noise.parquet"
+    write_paired(Xb, Xi, [f"s{i // 4:04d}" for i in range(n)], path)
+    s = DiffingSettings(n_latents=512, k=8, training_tokens=400 * 400, batch_size=400, lr=1e-2,
+                        n_seeds=1, layer=0)
+    with caplog.at_level("WARNING"):
+        train_crosscoders(path, tmp_path / "cc", s)
+    assert "can memorise" in caplog.text
+    from rlhf_audit.diffing.analysis import fve
+
+    cc = load_crosscoder(tmp_path / "cc" / "seed-0")
+    seen = evaluate(cc, path, s, top=False, split="train")
+    assert fve(seen["sse"][:, 1], seen["sst"][:, 1]) > 0.95  # in-sample: memorised
+    rec = analyse_crosscoders(path, tmp_path / "cc", s)["per_seed"][0]
+    assert rec["n_tokens_eval"] == 400 and rec["fve_instruct"] < 0.7  # what the study reports
+    assert rec["fve_base"] < 0.7
+
+
 def test_rule_functions_analyse_summarise_plot(tmp_path):
     """analyse_pair -> summarise_pair -> figures on a planted pair with a partisan direction
     equal to the planted instruct-only direction."""
@@ -295,10 +357,12 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     from rlhf_audit.diffing.summary import summarise_pair
     from rlhf_audit.report import documented_key
 
-    Xb, Xi, ids, vb, vi = synthetic_pair(n=20000, seed=6)
+    # 40,000 tokens: the crosscoders train on the 20,000 of the train split
+    Xb, Xi, ids, vb, vi = synthetic_pair(n=40000, seed=6)
     paired = tmp_path / "paired.parquet"
     write_paired(Xb, Xi, ids, paired)
-    s = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 300, batch_size=256, lr=1e-2,
+    # 600 steps: at 300 one crosscoder seed in six split the planted latent in two
+    s = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 600, batch_size=256, lr=1e-2,
                         n_seeds=2, diff_sae_latents=64, diff_sae_k=4, diff_sae_tokens=256 * 100,
                         layer=3)
     train_crosscoders(paired, tmp_path / "cc", s)

@@ -765,7 +765,8 @@ def diffing_settings(wildcards):
 
 
 def diffing_pair_settings(wildcards):
-    return {"layer": config["diffing"]["layer"], "seed": config["diffing"]["seed"]}
+    d = config["diffing"]
+    return {"layer": d["layer"], "seed": d["seed"], "eval_share": d["eval_share"]}
 
 
 def diffing_pair_inputs(wildcards):

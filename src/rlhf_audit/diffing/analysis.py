@@ -4,11 +4,13 @@ Per latent: decoder norm per model (normalised units: each model's activations a
 mean norm sqrt(d_model)), ``relative_norm = norm_instruct / (norm_base +
 norm_instruct)``, a class (``base_only`` if relative_norm <= base_only_max,
 ``instruct_only`` if >= instruct_only_min, else ``shared``; ``dead`` if it never fires
-on the paired tokens), Latent Scaling betas and ratios with ``class_scaled`` (a
+on the held-out tokens), Latent Scaling betas and ratios with ``class_scaled`` (a
 model-specific latent flagged by Latent Scaling becomes ``shared``), firing rate
-(share of paired tokens), cosine of its dominant decoder (the model with the larger
+(share of held-out tokens), cosine of its dominant decoder (the model with the larger
 norm) with the base model's partisan direction (null without one), and its
-top-activating statements. One streaming pass over the paired file per crosscoder.
+top-activating statements. One streaming pass over the paired file's held-out (eval)
+split per crosscoder: the crosscoders trained on the train split, and variance explained,
+firing, Latent Scaling and top statements are all read on statements they never saw.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from rlhf_audit.diffing.crosscoder import BatchTopKCrossCoder, load_crosscoder
 from rlhf_audit.diffing.inputs import partisan_direction
 from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
-from rlhf_audit.diffing.paired import iter_paired, paired_info
+from rlhf_audit.diffing.paired import cluster_of, iter_paired, paired_info, train_tokens
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: DiffingSettings,
              *, candidates: np.ndarray | None = None, own: np.ndarray | None = None,
-             top: bool = True, batch_rows: int = 4096) -> dict:
-    """One pass: firing counts, per-statement squared error and total variance per model,
-    Latent Scaling sums for ``candidates`` and (``top``) per-latent top statements."""
+             top: bool = True, batch_rows: int = 4096, split: str | None = "eval") -> dict:
+    """One pass over the ``split`` tokens (default the held-out ones; None: all): firing
+    counts, per-statement squared error and total variance per model, Latent Scaling sums
+    for ``candidates`` and (``top``) per-latent top statements."""
     info = paired_info(paired_path)
     # [batch, n_latents] activations stay under ~256 MiB whatever the dictionary size
     batch_rows = min(batch_rows, max(128, 2**26 // cc.n_latents))
@@ -70,7 +73,7 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
     best = None
     m = settings.top_statements
     n_tok = 0
-    for meta, xb, xi in iter_paired(paired_path, batch_rows, meta=True):
+    for meta, xb, xi in iter_paired(paired_path, batch_rows, meta=True, split=split):
         x = cc.normalise(torch.from_numpy(xb).to(dev), torch.from_numpy(xi).to(dev))
         recon, f = cc(x)
         pid = meta["prompt_id"].to_list()
@@ -112,13 +115,6 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
             "scaling": sums.table() if sums is not None else None,
             "top": best if best is not None else pl.DataFrame(
                 schema={"latent": pl.Int32, "stmt": pl.Int32, "activation": pl.Float32})}
-
-
-def cluster_of(prompt_id: str, issue: str | None) -> str:
-    """The resampling unit of a paired statement: its issue, as for the partisan probes (the
-    shipped statements' framings share an issue and most of their tokens); a prompt without
-    an issue is its own cluster, as there."""
-    return f"issue:{issue}" if issue else f"prompt:{prompt_id}"
 
 
 def fve(sse: np.ndarray, sst: np.ndarray) -> float:
@@ -206,8 +202,9 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
     """Every seed's crosscoder evaluated; the primary one's latent and top-statement tables.
 
     Returns {"latents", "top_statements" (frames), "per_seed" (one dict per seed: class
-    counts before/after Latent Scaling, FVE per model, dead share), "statement_errors"
-    (primary seed: per-statement sse/sst per model, for the FVE bootstrap)}.
+    counts before/after Latent Scaling, FVE per model, dead share, held-out tokens read),
+    "statement_errors" (primary seed: per held-out statement sse/sst per model, for the FVE
+    bootstrap)}.
     """
     import json
 
@@ -227,7 +224,7 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
         rec = {"seed": run["seed"], **counts,
                "fve_base": fve(ev["sse"][:, 0], ev["sst"][:, 0]),
                "fve_instruct": fve(ev["sse"][:, 1], ev["sst"][:, 1]),
-               "dead_share": counts["n_dead"] / cc.n_latents}
+               "dead_share": counts["n_dead"] / cc.n_latents, "n_tokens_eval": ev["n_tokens"]}
         if partisan_direction is not None:
             for c in ("instruct_only", "base_only"):
                 sel = table.filter(pl.col("class_scaled") == c)["cos_partisan"].abs()
@@ -347,6 +344,8 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
     from rlhf_audit.diffing.diff_sae import load_diff_sae_decoder
     from rlhf_audit.io import write_json, write_table
 
+    info = paired_info(paired)
+    train_tokens(info, paired)  # a file from before the split: say so before any work
     direction = partisan_direction(directions, settings.layer, method)
     texts = dict(zip(prompts["id"].cast(pl.String), prompts["text"], strict=True))
     res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts, device)
@@ -370,6 +369,8 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
             "sse": res["statement_errors"]["sse"].tolist(),
             "sst": res["statement_errors"]["sst"].tolist()},
         "nulls": nulls,
+        "split": {k: info[k] for k in ("eval_share", "split_seed", "n_clusters_train",
+                                       "n_clusters_eval", "n_tokens_train", "n_tokens_eval")},
         "diff_sae": {"fve": dsum["fve"], "n_tokens": dsum["n_tokens"], "n_latents": W.shape[0],
                      "best_cos_instruct_only": best, "null_match": null_match,
                      "max_abs_cos_partisan": float(cos_p.max()) if len(cos_p) else None},

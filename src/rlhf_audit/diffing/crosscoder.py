@@ -33,7 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_audit.diffing.paired import iter_paired, paired_info
+from rlhf_audit.diffing.paired import (
+    iter_paired,
+    paired_info,
+    train_tokens,
+    warn_if_overparameterised,
+)
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
 from rlhf_audit.io import write_json
 
@@ -111,7 +116,8 @@ def _fixed_batches(path, batch_size: int, seed: int):
     buf_i: list[np.ndarray] = []
     n = 0
     while True:
-        for _, xb, xi in iter_paired(path, batch_size, seed=seed * 100_003 + epoch):
+        for _, xb, xi in iter_paired(path, batch_size, seed=seed * 100_003 + epoch,
+                                     split="train"):
             buf_b.append(xb)
             buf_i.append(xi)
             n += len(xb)
@@ -131,7 +137,9 @@ def train_crosscoder(paired_path: str | os.PathLike, settings: DiffingSettings,
     if min(info["mean_norm_base"], info["mean_norm_instruct"]) <= 0:
         raise ValueError(f"{paired_path}: a model's paired activations are all zero")
     scale = (math.sqrt(d) / info["mean_norm_base"], math.sqrt(d) / info["mean_norm_instruct"])
-    batch = min(settings.batch_size, info["n_tokens"])
+    n_train = train_tokens(info, paired_path)
+    per_latent = warn_if_overparameterised(settings.n_latents, n_train, f"crosscoder seed {seed}")
+    batch = min(settings.batch_size, n_train)
     n_steps = max(1, settings.training_tokens // batch)
     torch.manual_seed(seed)
     cc = BatchTopKCrossCoder(d, settings.n_latents, settings.k, scale, seed).to(device)
@@ -166,7 +174,8 @@ def train_crosscoder(paired_path: str | os.PathLike, settings: DiffingSettings,
         loss_v = float(loss.detach())
     with torch.no_grad():
         cc.threshold.fill_(thr_sum / max(thr_n, 1))
-    summary = {"seed": seed, "steps": n_steps, "batch_size": batch, "seconds":
+    summary = {"seed": seed, "steps": n_steps, "batch_size": batch, "n_tokens_train": n_train,
+               "train_tokens_per_latent": per_latent, "seconds":
                time.perf_counter() - t0, "final_loss": loss_v, "threshold": float(cc.threshold),
                "latents_unfired_last_quarter": int((last_fired < n_steps * 3 // 4).sum())}
     log.info("crosscoder seed %d: %d steps of %d tokens in %.1f s, loss %.3f", seed, n_steps,

@@ -3,9 +3,10 @@
 The input is ``x_instruct * s_instruct - x_base * s_base`` per paired token, each model
 normalised as for the crosscoder (mean norm sqrt(d_model)), so directions compare
 with the crosscoder's decoders and scales do not favour either model. Training
-streams batches from the paired file (sae-lens ``SAETrainer`` with a data provider,
+streams batches from the paired file's train split (sae-lens ``SAETrainer`` with a data provider,
 as :func:`rlhf_audit.sae.train_sae` does for the organism's SAE); one more streaming
-pass measures variance explained and per-latent firing rates.
+pass over the held-out (eval) tokens measures variance explained and per-latent firing
+rates.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_audit.diffing.paired import iter_paired, paired_info
+from rlhf_audit.diffing.paired import (
+    iter_paired,
+    paired_info,
+    train_tokens,
+    warn_if_overparameterised,
+)
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
 from rlhf_audit.io import write_json
 
@@ -37,7 +43,7 @@ def _diff_batches(path, batch: int, scales, seed: int):
     buf: list[np.ndarray] = []
     n = 0
     while True:
-        for _, xb, xi in iter_paired(path, batch, seed=seed * 7919 + epoch):
+        for _, xb, xi in iter_paired(path, batch, seed=seed * 7919 + epoch, split="train"):
             buf.append(xi * scales[1] - xb * scales[0])
             n += len(xb)
             while n >= batch:
@@ -51,8 +57,9 @@ def train_diff_sae(paired_path: str | os.PathLike, out_dir: str | os.PathLike,
                    settings: DiffingSettings, device: str = "cpu") -> dict:
     """Train, save (sae-lens inference format in ``out_dir``) and summarise the diff-SAE.
 
-    ``out_dir/training_summary.json``: settings, scales, steps, seconds, FVE of the
-    differences, mean L0 and per-latent firing rates (share of paired tokens).
+    Trains on the paired file's train split. ``out_dir/training_summary.json``: settings,
+    scales, steps, seconds, and on the held-out (eval) tokens the FVE of the differences,
+    mean L0 and per-latent firing rates (``n_tokens``: eval tokens read).
     """
     import torch
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -65,7 +72,9 @@ def train_diff_sae(paired_path: str | os.PathLike, out_dir: str | os.PathLike,
     info = paired_info(paired_path)
     scales = _scales(info)
     d = info["d_model"]
-    batch = min(settings.batch_size, info["n_tokens"])
+    n_train = train_tokens(info, paired_path)
+    per_latent = warn_if_overparameterised(settings.diff_sae_latents, n_train, "diff-SAE")
+    batch = min(settings.batch_size, n_train)
     n_steps = max(1, settings.diff_sae_tokens // batch)
     mean_diff = (np.asarray(info["mean_instruct"]) * scales[1]
                  - np.asarray(info["mean_base"]) * scales[0])
@@ -94,13 +103,14 @@ def train_diff_sae(paired_path: str | os.PathLike, out_dir: str | os.PathLike,
         trainer.fit()
     out_dir = Path(out_dir)
     sae.save_inference_model(str(out_dir))
-    # Variance explained and firing rates, streamed, with the saved weights' forward pass.
+    # Variance explained and firing rates on the held-out tokens, streamed, with the saved
+    # weights' forward pass.
     sse = sst = 0.0
     fired = np.zeros(settings.diff_sae_latents, np.int64)
     n = 0
     with torch.no_grad():
         mu = torch.tensor(mean_diff, dtype=torch.float32)
-        for _, xb, xi in iter_paired(paired_path, 4096):
+        for _, xb, xi in iter_paired(paired_path, 4096, split="eval"):
             x = torch.from_numpy(xi * scales[1] - xb * scales[0])
             f = sae.encode(x.to(device)).cpu()
             xh = sae.decode(f.to(device)).cpu()
@@ -111,10 +121,11 @@ def train_diff_sae(paired_path: str | os.PathLike, out_dir: str | os.PathLike,
     summary = {"settings": settings.to_dict(), "scales": list(scales), "steps": n_steps,
                "batch_size": batch, "seconds": time.perf_counter() - t0,
                "fve": 1 - sse / sst if sst > 0 else float("nan"),
-               "l0": float(fired.sum() / max(n, 1)), "n_tokens": n,
+               "l0": float(fired.sum() / max(n, 1)), "n_tokens": n, "n_tokens_train": n_train,
+               "train_tokens_per_latent": per_latent,
                "firing_rate": (fired / max(n, 1)).tolist()}
     write_json(summary, out_dir / "training_summary.json")
-    log.info("diff-SAE: %d steps in %.1f s, FVE %.3f of the differences", n_steps,
+    log.info("diff-SAE: %d steps in %.1f s, held-out FVE %.3f of the differences", n_steps,
              summary["seconds"], summary["fve"])
     return summary
 

@@ -9,8 +9,16 @@ only they are paired (template tokens never enter). If extraction already keeps 
 content tokens, the block is the whole sequence.
 
 The paired file (Parquet) has one row per paired token: ``prompt_id``, ``label``,
-``issue``, ``token_id``, ``token_index_base``, ``token_index_instruct`` and the two
-vectors ``base`` and ``instruct`` (fixed_size_list<float32>[d_model]). Rows are in a
+``issue``, ``token_id``, ``token_index_base``, ``token_index_instruct``, ``split`` and the
+two vectors ``base`` and ``instruct`` (fixed_size_list<float32>[d_model]).
+
+``split`` holds statements out: every statement's cluster (its issue, as for the probes'
+bootstrap; a statement without an issue is its own cluster, :func:`cluster_of`) is
+``train`` or ``eval`` (:func:`assign_split`). The crosscoder and the diff-SAE train on the
+``train`` tokens, and every number read off them (variance explained, firing, Latent
+Scaling, top statements) comes from the ``eval`` tokens: a dictionary with as many
+latents as training tokens reconstructs its own training tokens almost perfectly and
+says nothing about new text. The normalising means and norms are the train tokens'. Rows are in a
 seeded random order (statements shuffled, then tokens within a chunk), in row groups
 of at most ``row_group_rows``, so a reader that takes row groups in random order sees
 mixed statements. Memory while pairing stays at about ``max_rows`` paired tokens plus
@@ -40,6 +48,43 @@ log = logging.getLogger(__name__)
 PAIRED_META_KEY = b"rlhf_audit.diffing.paired"
 """Schema-metadata key of the paired file: layer, d_model, counts, mean norms, means."""
 META = ["prompt_id", "label", "issue", "token_index", "token_id"]
+SPLITS = ("train", "eval")
+"""Values of the paired file's ``split`` column."""
+
+
+def cluster_of(prompt_id: str, issue: str | None) -> str:
+    """The unit a paired statement is held out and resampled by: its issue, as for the
+    partisan probes (the shipped statements' framings share an issue and most of their
+    tokens); a prompt without an issue is its own cluster, as there."""
+    return f"issue:{issue}" if issue else f"prompt:{prompt_id}"
+
+
+def assign_split(clusters: Sequence[str], eval_share: float, seed: int) -> dict[str, str]:
+    """Each distinct cluster to ``"train"`` or ``"eval"``: a seeded permutation of the sorted
+    clusters, the first ``round(eval_share * n)`` held out (at least one in each split)."""
+    if not 0 < eval_share < 1:
+        raise ValueError(f"eval_share={eval_share}: the share of clusters held out for "
+                         "evaluation must lie strictly between 0 and 1")
+    uniq = sorted(set(clusters))
+    if len(uniq) < 2:
+        raise ValueError(
+            f"held-out evaluation needs at least two clusters (issues, or statements without "
+            f"an issue), got {uniq}: give the diffing dataset statements of several issues")
+    n_eval = min(len(uniq) - 1, max(1, round(eval_share * len(uniq))))
+    held = set(np.random.default_rng(seed).permutation(len(uniq))[:n_eval].tolist())
+    return {c: "eval" if i in held else "train" for i, c in enumerate(uniq)}
+
+
+def _with_split(frame: pl.DataFrame, eval_share: float, seed: int) -> tuple[pl.DataFrame, dict]:
+    """``frame`` (prompt_id, issue columns) with its ``split`` column, and split counts."""
+    cl = [cluster_of(p, i) for p, i in zip(frame["prompt_id"].to_list(),
+                                            frame["issue"].to_list(), strict=True)]
+    which = assign_split(cl, eval_share, seed)
+    split = pl.Series("split", [which[c] for c in cl], dtype=pl.String)
+    stats = {"eval_share": float(eval_share), "split_seed": int(seed),
+             **{f"n_clusters_{k}": sum(v == k for v in which.values()) for k in SPLITS},
+             **{f"n_tokens_{k}": int((split == k).sum()) for k in SPLITS}}
+    return frame.with_columns(split), stats
 
 
 def align_tokens(ids_base: Sequence[int], ids_instruct: Sequence[int]) -> tuple[np.ndarray,
@@ -169,7 +214,8 @@ def _schema(d_model: int, metadata: dict[bytes, bytes]) -> pa.Schema:
     vec = pa.list_(pa.float32(), d_model)
     return pa.schema([("prompt_id", pa.string()), ("label", pa.string()), ("issue", pa.string()),
                       ("token_id", pa.int32()), ("token_index_base", pa.int32()),
-                      ("token_index_instruct", pa.int32()), ("base", vec), ("instruct", vec)],
+                      ("token_index_instruct", pa.int32()), ("split", pa.string()),
+                      ("base", vec), ("instruct", vec)],
                      metadata=metadata)
 
 
@@ -185,20 +231,25 @@ def pair_token_rows(
     out_path: str | os.PathLike,
     *,
     seed: int = 0,
+    eval_share: float = 0.5,
     max_rows: int = 65536,
     row_group_rows: int = 8192,
     provenance: dict | None = None,
 ) -> dict:
     """Pair the two models' token rows at ``layer`` and write the paired file atomically.
 
-    Returns (and stores in the file's metadata) the counts, the mean L2 norm of each
-    model's paired activations and each model's mean vector (for variance explained).
+    ``eval_share`` of the clusters (issues) are held out as the ``eval`` split (module
+    docstring). Returns (and stores in the file's metadata) the counts, the mean L2 norm
+    of each model's train tokens and each model's mean train vector (the normalisation,
+    and the centre of variance explained).
     """
     fb, fi = _files(base_shards), _files(instruct_shards)
     pairs, stats = _pair_meta(_token_meta(fb, layer, "base"), _token_meta(fi, layer, "instruct"))
     if pairs.height == 0:
         raise ValueError("no token is shared between the base and instruct statements: "
                          "are the two models' tokenizers the same?")
+    pairs, split_stats = _with_split(pairs, eval_share, seed)
+    stats |= split_stats
     rng = np.random.default_rng(seed)
     stmts = pairs.group_by("prompt_id", maintain_order=True).agg(
         pl.col("file_base").first(), pl.col("file_instruct").first(), pl.len().alias("n"))
@@ -236,32 +287,38 @@ def pair_token_rows(
                 if Xb.shape[1] != d_model or Xi.shape[1] != d_model:
                     raise ValueError(f"the two models' residual widths differ ({Xb.shape[1]} vs "
                                      f"{Xi.shape[1]}): a crosscoder needs one d_model")
-                norm_sum += [np.linalg.norm(Xb, axis=1).sum(), np.linalg.norm(Xi, axis=1).sum()]
-                vec_sum += np.stack([Xb.sum(0, dtype=np.float64), Xi.sum(0, dtype=np.float64)])
+                tr = (keys["split"] == "train").to_numpy()
+                norm_sum += [np.linalg.norm(Xb[tr], axis=1).sum(),
+                             np.linalg.norm(Xi[tr], axis=1).sum()]
+                vec_sum += np.stack([Xb[tr].sum(0, dtype=np.float64),
+                                     Xi[tr].sum(0, dtype=np.float64)])
                 n_rows += len(Xb)
                 for s in range(0, keys.height, row_group_rows):
                     k = keys.slice(s, row_group_rows)
                     arrays = [pa.array(k[c].to_list(), t) for c, t in (
                         ("prompt_id", pa.string()), ("label", pa.string()),
                         ("issue", pa.string()), ("token_id", pa.int32()),
-                        ("token_index_base", pa.int32()), ("token_index_instruct", pa.int32()))]
+                        ("token_index_base", pa.int32()), ("token_index_instruct", pa.int32()),
+                        ("split", pa.string()))]
                     arrays += [_fsl(Xb[s:s + row_group_rows]), _fsl(Xi[s:s + row_group_rows])]
                     writer.write_table(pa.Table.from_arrays(arrays, schema=writer.schema))
         finally:
             if writer is not None:
                 writer.close()
+        n_train = stats["n_tokens_train"]
         info = {"layer": int(layer), "d_model": int(d_model), "n_tokens": int(n_rows),
-                "mean_norm_base": float(norm_sum[0] / n_rows),
-                "mean_norm_instruct": float(norm_sum[1] / n_rows),
-                "mean_base": (vec_sum[0] / n_rows).tolist(),
-                "mean_instruct": (vec_sum[1] / n_rows).tolist(), **stats}
+                "mean_norm_base": float(norm_sum[0] / n_train),
+                "mean_norm_instruct": float(norm_sum[1] / n_train),
+                "mean_base": (vec_sum[0] / n_train).tolist(),
+                "mean_instruct": (vec_sum[1] / n_train).tolist(), **stats}
         # Rewrite the footer metadata: ParquetWriter fixes it at open, so copy once.
         meta = {PAIRED_META_KEY: json.dumps(info).encode()}
         if provenance is not None:
             meta[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, default=str).encode()
         _set_metadata(tmp, meta)
-    log.info("paired %d tokens of %d statements at layer %d", n_rows, stats["n_statements"],
-             layer)
+    log.info("paired %d tokens of %d statements at layer %d (train %d tokens of %d clusters, "
+             "eval %d of %d)", n_rows, stats["n_statements"], layer, stats["n_tokens_train"],
+             stats["n_clusters_train"], stats["n_tokens_eval"], stats["n_clusters_eval"])
     return {k: v for k, v in info.items() if not k.startswith("mean_") or "norm" in k}
 
 
@@ -285,27 +342,58 @@ def paired_info(path: str | os.PathLike) -> dict:
     return json.loads(meta[PAIRED_META_KEY])
 
 
+def train_tokens(info: dict, path: str | os.PathLike) -> int:
+    """Tokens of the paired file's train split (what the dictionaries are trained on)."""
+    if "n_tokens_train" not in info:
+        raise ValueError(f"{path} has no train/eval split (written before held-out "
+                         "evaluation): re-run pair_diffing_activations")
+    return int(info["n_tokens_train"])
+
+
+def warn_if_overparameterised(n_latents: int, n_train: int, what: str) -> float:
+    """Training tokens per latent; logs a warning below 1 (more latents than tokens: the
+    dictionary can memorise its training tokens, which only the held-out numbers show)."""
+    ratio = n_train / max(n_latents, 1)
+    if ratio < 1:
+        log.warning("%s: %d latents for %d training tokens (%.2f tokens a latent): it can "
+                    "memorise them; read its held-out numbers, and give it more statements",
+                    what, n_latents, n_train, ratio)
+    return ratio
+
+
 def iter_paired(
     path: str | os.PathLike,
     batch_rows: int,
     *,
     seed: int | None = None,
     meta: bool = False,
+    split: str | None = None,
 ) -> Iterator[tuple[pl.DataFrame | None, np.ndarray, np.ndarray]]:
     """Stream ``(meta, X_base, X_instruct)`` batches ([batch_rows, d_model] float32 each).
 
     ``seed`` given: row groups in a seeded random order and rows shuffled within each
     (one pass = one epoch); None: file order. ``meta`` adds the prompt_id/label/issue/token
-    columns (else None). Memory: one row group plus one batch.
+    columns (else None). ``split`` ("train" or "eval"): only that split's rows; None: all.
+    Memory: one row group plus one batch.
     """
     pf = pq.ParquetFile(path)
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; use one of {SPLITS} or None")
+        if "split" not in pf.schema_arrow.names:
+            raise ValueError(f"{path} has no 'split' column (written before held-out "
+                             "evaluation): re-run pair_diffing_activations")
     order = np.arange(pf.num_row_groups)
     rng = np.random.default_rng(seed) if seed is not None else None
     if rng is not None:
         order = rng.permutation(order)
     cols = ["base", "instruct"] + (["prompt_id", "label", "issue", "token_id"] if meta else [])
     for g in order:
-        t = pf.read_row_group(int(g), columns=cols)
+        t = pf.read_row_group(int(g), columns=cols + (["split"] if split else []))
+        if split is not None:
+            t = t.filter(pc.equal(t.column("split"), split)).drop_columns(["split"])
+            if t.num_rows == 0:
+                continue
         if rng is not None:
             t = t.take(pa.array(rng.permutation(t.num_rows)))
         Xb, Xi = _vectors(t.column("base")), _vectors(t.column("instruct"))
@@ -323,29 +411,41 @@ def write_paired(
     *,
     layer: int = 0,
     labels: Sequence[str | None] | None = None,
+    issues: Sequence[str | None] | None = None,
+    eval_share: float = 0.5,
+    seed: int = 0,
     row_group_rows: int = 8192,
 ) -> dict:
-    """Write already-paired arrays [n, d_model] x 2 as a paired file (tests, synthetic data)."""
+    """Write already-paired arrays [n, d_model] x 2 as a paired file (tests, synthetic
+    data), split as :func:`pair_token_rows` splits (by ``issues`` when given, else each
+    prompt id its own cluster)."""
     Xb, Xi = np.asarray(X_base, np.float32), np.asarray(X_instruct, np.float32)
     if Xb.shape != Xi.shape or Xb.ndim != 2:
         raise ValueError(f"paired arrays must share a [n, d_model] shape: {Xb.shape} {Xi.shape}")
     n, d = Xb.shape
+    issues = list(issues) if issues is not None else [None] * n
+    keys, split_stats = _with_split(
+        pl.DataFrame({"prompt_id": list(prompt_ids), "issue": issues},
+                     schema={"prompt_id": pl.String, "issue": pl.String}), eval_share, seed)
+    tr = (keys["split"] == "train").to_numpy()
     stats = {"n_statements": len(set(prompt_ids)), "token_rows_base": n,
-             "token_rows_instruct": n, "statements_mostly_unpaired": 0}
+             "token_rows_instruct": n, "statements_mostly_unpaired": 0, **split_stats}
     info = {"layer": int(layer), "d_model": int(d), "n_tokens": int(n),
-            "mean_norm_base": float(np.linalg.norm(Xb, axis=1).mean()),
-            "mean_norm_instruct": float(np.linalg.norm(Xi, axis=1).mean()),
-            "mean_base": Xb.mean(0, dtype=np.float64).tolist(),
-            "mean_instruct": Xi.mean(0, dtype=np.float64).tolist(), **stats}
+            "mean_norm_base": float(np.linalg.norm(Xb[tr], axis=1).mean()),
+            "mean_norm_instruct": float(np.linalg.norm(Xi[tr], axis=1).mean()),
+            "mean_base": Xb[tr].mean(0, dtype=np.float64).tolist(),
+            "mean_instruct": Xi[tr].mean(0, dtype=np.float64).tolist(), **stats}
     schema = _schema(d, {PAIRED_META_KEY: json.dumps(info).encode()})
     labels = list(labels) if labels is not None else [None] * n
     with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as w:
         for s in range(0, n, row_group_rows):
             e = min(n, s + row_group_rows)
             arrays = [pa.array(list(prompt_ids[s:e]), pa.string()),
-                      pa.array(labels[s:e], pa.string()), pa.nulls(e - s, pa.string()),
+                      pa.array(labels[s:e], pa.string()), pa.array(issues[s:e], pa.string()),
                       pa.array(np.zeros(e - s, np.int32)),
                       pa.array(np.arange(s, e, dtype=np.int32)),
-                      pa.array(np.arange(s, e, dtype=np.int32)), _fsl(Xb[s:e]), _fsl(Xi[s:e])]
+                      pa.array(np.arange(s, e, dtype=np.int32)),
+                      pa.array(keys["split"][s:e].to_list(), pa.string()),
+                      _fsl(Xb[s:e]), _fsl(Xi[s:e])]
             w.write_table(pa.Table.from_arrays(arrays, schema=schema))
     return info

@@ -20,20 +20,22 @@ HEADLINE_KEYS = {
     "n_base_only": "Crosscoder latents classed base_only by relative decoder norm (count); "
                    "interval: " + SEEDS,
     "n_shared": "Crosscoder latents classed shared (count); interval: " + SEEDS,
-    "n_dead": "Crosscoder latents that never fire on the paired tokens (count); interval: " + SEEDS,
+    "n_dead": "Crosscoder latents that never fire on the held-out paired tokens (count); "
+              "interval: " + SEEDS,
     "n_instruct_only_scaled": "instruct_only latents that Latent Scaling does not explain by the "
                               "base model (both ratios below diffing.max_scaling_ratio; count); "
                               "interval: " + SEEDS,
     "n_base_only_scaled": "base_only latents that Latent Scaling does not explain by the instruct "
                           "model (count); interval: " + SEEDS,
-    "dead_share": "Share of crosscoder latents that never fire on the paired tokens; interval: "
-                  + SEEDS,
+    "dead_share": "Share of crosscoder latents that never fire on the held-out paired tokens; "
+                  "interval: " + SEEDS,
     "fve_base": "Fraction of variance of the base model's (normalised) paired activations "
-                "explained by the crosscoder (on its training tokens); interval: bootstrap "
-                "over issues (a prompt without one: its own cluster)",
+                "explained by the crosscoder, on held-out statements (issues it was not trained "
+                "on, diffing.eval_share of them); interval: bootstrap over those issues (a "
+                "prompt without one: its own cluster)",
     "fve_instruct": "Fraction of variance of the instruct model's paired activations explained "
-                    "by the crosscoder (on its training tokens); interval: bootstrap over "
-                    "issues, as fve_base",
+                    "by the crosscoder, on held-out statements; interval: bootstrap over the "
+                    "held-out issues, as fve_base",
     "max_abs_cos_partisan_instruct_only": "Strongest |cosine| between an instruct_only latent's "
                                           "instruct decoder (after Latent Scaling) and the base "
                                           "partisan direction; interval: " + SEEDS,
@@ -46,7 +48,8 @@ HEADLINE_KEYS = {
     "null_max_abs_cos_base_only": "Null for max_abs_cos_partisan_base_only (matched shared "
                                   "latents, as above)",
     "diff_sae_fve": "Fraction of variance of the instruct-minus-base differences explained by "
-                    "the diff-SAE (no interval: one trained SAE on all paired tokens)",
+                    "the diff-SAE on the held-out paired tokens (no interval: one trained SAE; "
+                    "n: held-out tokens)",
     "diff_sae_match_instruct_only": "Mean over instruct_only latents (after Latent Scaling) of "
                                     "the best |cosine| between the latent's instruct-minus-base "
                                     "decoder and a diff-SAE latent; interval: bootstrap over "
