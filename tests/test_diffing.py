@@ -346,6 +346,51 @@ def test_held_out_numbers_expose_a_crosscoder_that_memorises(tmp_path, caplog):
     assert rec["fve_base"] < 0.7
 
 
+def _scaled_pair(c, n=40000, d=D, n_shared=96, seed=0):
+    """Shared features in both models, and one more (the "partisan" direction p) that the
+    instruct model writes ``c`` times as strongly as the base model."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((n_shared + 1, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    C = (rng.random((n, n_shared + 1)) < 0.04) * rng.exponential(1.0, (n, n_shared + 1))
+    spec = 0.05 * np.arange(1, d + 1) ** -0.5
+    shared = C[:, :n_shared] @ dirs[:n_shared]
+    p = C[:, [n_shared]] * dirs[n_shared] * 2
+    Xb = shared + rng.standard_normal((n, d)) * spec + p
+    Xi = shared + rng.standard_normal((n, d)) * spec + c * p
+    return Xb, Xi, [f"s{i // 20:05d}" for i in range(n)], dirs[n_shared]
+
+
+@pytest.mark.parametrize(("c", "planted"), [(0.5, 1 / 3), (1.0, 0.5)])
+def test_a_compressed_shared_direction_shows_in_the_partisan_latents_relative_norm(
+        tmp_path, c, planted):
+    """The organism's planted compression in miniature: instruct writes the partisan
+    direction at half strength. Its latent stays 'shared' by the class cuts (relative
+    norm 1/3 > 0.2), so the class counts miss it; partisan_relative_norm reads c/(1+c)
+    and its difference from the matched shared latents lies below 0. Written alike
+    (c = 1), both read 0.5 and no difference."""
+    from rlhf_audit.diffing.summary import headline
+
+    Xb, Xi, ids, p = _scaled_pair(c)
+    path = tmp_path / "paired.parquet"
+    write_paired(Xb, Xi, ids, path)
+    s = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 300, batch_size=256,
+                        lr=1e-2, n_seeds=2, partisan_latents=1)
+    train_crosscoders(path, tmp_path / "cc", s)
+    res = analyse_crosscoders(path, tmp_path / "cc", s, partisan_direction=p)
+    for r in res["per_seed"]:
+        assert r["partisan_relative_norm"]["cos"][0] > 0.95  # it found p
+        assert r["n_instruct_only"] == r["n_base_only"] == 0  # the class counts see nothing
+    h = headline(res["per_seed"], res["statement_errors"], None, None, n_boot=200)
+    rn, diff = h["partisan_relative_norm"], h["partisan_relative_norm_minus_null"]
+    assert rn.n == diff.n == 2 and abs(rn.value - planted) < 0.03
+    assert abs(h["null_partisan_relative_norm"].value - 0.5) < 0.02  # ordinary shared latents
+    if c < 1:
+        assert diff.hi < -0.1
+    else:
+        assert abs(diff.lo) < 0.03 and abs(diff.hi) < 0.03
+
+
 def test_rule_functions_analyse_summarise_plot(tmp_path):
     """analyse_pair -> summarise_pair -> figures on a planted pair with a partisan direction
     equal to the planted instruct-only direction."""

@@ -27,7 +27,8 @@ def test_shipped_planted_file_loads_and_names_headline_keys():
     assert planted["steering.organism_sham.prime_effect_instruct_projection"]["expect"] == (
         "covers 0")
     studies = {k.split(".")[0] for k in planted}
-    assert studies == {"partisan", "sae", "steering", "calibration", "reward", "organism"}
+    assert studies == {"partisan", "sae", "steering", "calibration", "reward", "organism",
+                       "diffing"}
     # Every planted key is a documented headline key of its study.
     for key in planted:
         assert report.documented_key(key), key

@@ -757,7 +757,7 @@ def diffing_settings(wildcards):
     d = config["diffing"]
     keys = ("layer", "n_latents", "k", "training_tokens", "batch_size", "lr", "n_seeds", "seed",
             "base_only_max", "instruct_only_min", "max_scaling_ratio", "top_statements",
-            "n_boot")
+            "partisan_latents", "n_boot")
     out = {k: d[k] for k in keys}
     out.update(diff_sae_latents=d["diff_sae"]["n_latents"], diff_sae_k=d["diff_sae"]["k"],
                diff_sae_tokens=d["diff_sae"]["training_tokens"])

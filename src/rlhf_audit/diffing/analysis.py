@@ -230,6 +230,8 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
                 sel = table.filter(pl.col("class_scaled") == c)["cos_partisan"].abs()
                 rec[f"max_abs_cos_partisan_{c}"] = float(sel.max()) if len(sel) else None
                 rec[f"n_for_cos_{c}"] = len(sel)
+            rec["partisan_relative_norm"] = partisan_relative_norm(
+                table, settings.partisan_latents, seed=run["seed"])
         per_seed.append(rec)
         if primary:
             out["latents"] = table
@@ -287,17 +289,50 @@ def matched_shared(latents: pl.DataFrame, cls: str, *, n_draws: int = N_NULL_DRA
     vectors (the former null) sit far lower than learned latents do (the largest of 3
     |cos|: 97.5th percentile 0.24 at d = 128, 0.04 at d = 4096) and any latent beat them."""
     cls_pos = np.flatnonzero((latents["class_scaled"] == cls).to_numpy())
+    return _matched(latents, cls_pos, n_draws=n_draws, pool=pool, seed=seed)
+
+
+def _matched(latents: pl.DataFrame, positions: np.ndarray, *, n_draws: int, pool: int,
+             seed: int) -> np.ndarray | None:
+    """``[n_draws, len(positions)]`` row positions of live shared latents (shared by decoder
+    norm and after Latent Scaling, ``positions`` themselves left out), each position matched
+    to one of the ``pool`` nearest it in log firing rate, drawn anew in every draw."""
     shared = np.flatnonzero(((latents["class"] == "shared")
                              & (latents["class_scaled"] == "shared")).to_numpy())
-    if not len(cls_pos) or not len(shared):
+    shared = np.setdiff1d(shared, positions)
+    if not len(positions) or not len(shared):
         return None
     rate = np.log(np.maximum(latents["firing_rate"].to_numpy().astype(float), 1e-12))
     k = min(pool, len(shared))
-    # each model-specific latent's k nearest shared latents by log firing rate
-    near = np.argsort(np.abs(rate[shared][None, :] - rate[cls_pos][:, None]), axis=1,
+    # each latent's k nearest shared latents by log firing rate
+    near = np.argsort(np.abs(rate[shared][None, :] - rate[positions][:, None]), axis=1,
                       kind="stable")[:, :k]
-    pick = np.random.default_rng(seed).integers(0, k, (n_draws, len(cls_pos)))
-    return shared[near[np.arange(len(cls_pos))[None, :], pick]]
+    pick = np.random.default_rng(seed).integers(0, k, (n_draws, len(positions)))
+    return shared[near[np.arange(len(positions))[None, :], pick]]
+
+
+def partisan_relative_norm(latents: pl.DataFrame, m: int, *, n_draws: int = N_NULL_DRAWS,
+                           pool: int = MATCH_POOL, seed: int = 0) -> dict | None:
+    """How the two models write the partisan direction, read off the crosscoder.
+
+    The ``m`` live latents whose dominant decoder is most aligned with the base partisan
+    direction (largest |cos_partisan|), and their mean relative norm: 0.5 when both
+    models write them alike; a compression of the partisan geometry in instruct by a
+    factor c (its decoders c times base's) gives c / (1 + c), 1/3 at c = 0.5. Such
+    latents stay ``shared`` by the class cuts, so the class counts miss it. The null: the
+    same mean over ``m`` shared latents matched on firing rate (:func:`_matched`), in
+    ``n_draws`` draws. Returns {"value", "latents" (ids), "cos" (their |cos|), "null"
+    (the draws)}, or None without a partisan direction or live latents."""
+    cos = latents["cos_partisan"].to_numpy().astype(float)
+    live = np.flatnonzero((latents["class"] != "dead").to_numpy() & np.isfinite(cos))
+    if m < 1 or not len(live):
+        return None
+    top = live[np.argsort(-np.abs(cos[live]), kind="stable")[:m]]
+    rel = latents["relative_norm"].to_numpy().astype(float)
+    draws = _matched(latents, top, n_draws=n_draws, pool=pool, seed=seed)
+    return {"value": float(rel[top].mean()), "latents": latents["latent"].to_numpy()[top].tolist(),
+            "cos": np.abs(cos[top]).tolist(),
+            "null": None if draws is None else rel[draws].mean(1).tolist()}
 
 
 def best_abs_cos(D: np.ndarray, W: np.ndarray) -> np.ndarray:

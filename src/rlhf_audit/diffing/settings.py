@@ -46,12 +46,16 @@ class DiffingSettings:
     """Tokens seen by the diff-SAE in training."""
     top_statements: int = 5
     """Top-activating statements listed per latent."""
+    partisan_latents: int = 2
+    """Live latents most aligned with the base partisan direction whose mean relative norm
+    the headline reads (``partisan_relative_norm``): on the organism, one latent per side."""
     n_boot: int = 1000
     """Bootstrap replicates (issues, latents or questions resampled)."""
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "k", "training_tokens", "batch_size", "n_seeds",
-                     "diff_sae_latents", "diff_sae_k", "diff_sae_tokens", "top_statements"):
+                     "diff_sae_latents", "diff_sae_k", "diff_sae_tokens", "top_statements",
+                     "partisan_latents"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"diffing settings: {name} must be a positive int, got {v!r}")

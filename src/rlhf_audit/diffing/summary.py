@@ -47,6 +47,23 @@ HEADLINE_KEYS = {
                                       "2.5-97.5 percentiles of 1000 draws)",
     "null_max_abs_cos_base_only": "Null for max_abs_cos_partisan_base_only (matched shared "
                                   "latents, as above)",
+    "partisan_relative_norm": "Mean relative decoder norm |d_instruct|/(|d_base|+|d_instruct|) "
+                              "of the diffing.partisan_latents live latents most aligned with "
+                              "the base partisan direction: 0.5 when both models write it "
+                              "alike, c/(1+c) when instruct writes it c times as strongly "
+                              "(1/3 at c = 0.5); interval: " + SEEDS,
+    "null_partisan_relative_norm": "Null for partisan_relative_norm: the same mean over as many "
+                                   + MATCHED + " (first seed; median; interval: 2.5-97.5 "
+                                   "percentiles of 1000 draws)",
+    "partisan_relative_norm_minus_null": "partisan_relative_norm minus its null's median (the "
+                                         "test: below 0, instruct writes the partisan "
+                                         "direction more weakly than base, beyond what "
+                                         "ordinary shared latents show); interval: from the "
+                                         "lowest seed's value minus its null's 97.5th "
+                                         "percentile to the highest seed's value minus its "
+                                         "null's 2.5th percentile (the null's spread widened "
+                                         "by the seeds' range, not a bootstrap); value: the "
+                                         "first seed",
     "diff_sae_fve": "Fraction of variance of the instruct-minus-base differences explained by "
                     "the diff-SAE on the held-out paired tokens (no interval: one trained SAE; "
                     "n: held-out tokens)",
@@ -79,14 +96,34 @@ def _over_seeds(vals: list, unit: str) -> Estimate:
     return Estimate(first, min(v), max(v), len(v), unit, SEEDS)
 
 
-def _null(draws: np.ndarray) -> Estimate:
+def _null(draws: np.ndarray, unit: str = "|cos|") -> Estimate:
     d = np.asarray(draws, float)
     d = d[np.isfinite(d)]
     if not len(d):
-        return Estimate(math.nan, math.nan, math.nan, 0, "|cos|", MATCHED)
+        return Estimate(math.nan, math.nan, math.nan, 0, unit, MATCHED)
     lo, mid, hi = np.quantile(d, [0.025, 0.5, 0.975])
-    return Estimate(float(mid), float(lo), float(hi), len(d), "|cos|",
+    return Estimate(float(mid), float(lo), float(hi), len(d), unit,
                     MATCHED + "; median and 2.5-97.5 percentiles of the draws")
+
+
+def _partisan_relative_norm(per_seed: list[dict]) -> dict[str, Estimate]:
+    """partisan_relative_norm, its null and their difference (see :data:`HEADLINE_KEYS`)."""
+    recs = [r.get("partisan_relative_norm") for r in per_seed]
+    if not recs or recs[0] is None:
+        return {}
+    out = {"partisan_relative_norm": _over_seeds([r and r["value"] for r in recs],
+                                                 "relative norm")}
+    with_null = [r for r in recs if r is not None and r.get("null")]
+    if recs[0].get("null") and with_null:
+        out["null_partisan_relative_norm"] = _null(recs[0]["null"], "relative norm")
+        q = [(r["value"], *np.quantile(r["null"], [0.025, 0.5, 0.975])) for r in with_null]
+        first = q[0][0] - q[0][2]
+        out["partisan_relative_norm_minus_null"] = Estimate(
+            float(first), float(min(v - hi for v, _, _, hi in q)),
+            float(max(v - lo for v, lo, _, _ in q)), len(q), "relative norm",
+            "value minus the matched null's median (first seed); interval: each seed's "
+            "value against its null's 2.5-97.5 percentiles, widened over the seeds")
+    return out
 
 
 def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None,
@@ -110,6 +147,7 @@ def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None
             out[key] = _over_seeds([r[key] for r in per_seed], "|cos|")
             if nulls and c in nulls:
                 out[f"null_max_abs_cos_{c}"] = _null(nulls[c])
+    out |= _partisan_relative_norm(per_seed)
     if diff_sae is not None:
         out["diff_sae_fve"] = Estimate(diff_sae["fve"], math.nan, math.nan, diff_sae["n_tokens"],
                                        "FVE", "no interval")
