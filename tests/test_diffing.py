@@ -298,6 +298,52 @@ def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models,
         pair_token_rows(tmp_path / "b", tmp_path / "i", 0, tmp_path / "x.parquet")
 
 
+def test_auxk_revives_latents_that_lose_every_top_k_and_touches_only_them():
+    """Latents whose encoder and decoder start 20x weaker than the rest never win a batch's
+    top-k, so the reconstruction loss never reaches them: without AuxK all 32 stay dead;
+    fitted to the reconstruction's error they come back and the reconstruction improves.
+    The AuxK gradient reaches the dead latents only, and the loss is 0 with none dead."""
+    Xb, Xi, _, _, _ = synthetic_pair(n=8000, d=64, n_shared=48, seed=1)
+    X = torch.tensor(np.stack([Xb, Xi], 1), dtype=torch.float32)
+    weak = torch.zeros(64, dtype=torch.bool)
+    weak[32:] = True
+
+    def train(alpha):
+        torch.manual_seed(0)
+        cc = BatchTopKCrossCoder(64, 64, 4, seed=0)
+        with torch.no_grad():
+            cc.W_enc[:, :, weak] *= 0.05
+            cc.W_dec[:, weak] *= 0.05
+        opt = torch.optim.Adam(cc.parameters(), lr=1e-2)
+        for _ in range(300):
+            x = X[torch.randint(0, len(X), (256,))]
+            pre = cc.pre_acts(x)
+            recon = cc.decode(cc.encode(x, batch_topk=True, pre=pre))
+            loss = (recon - x).pow(2).sum((-1, -2)).mean()
+            if alpha:
+                loss = loss + alpha * cc.aux_loss(x, recon, pre, weak, k_aux=32)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            f = cc.encode(X[:4000], batch_topk=True)
+            err = (cc.decode(f) - X[:4000]).pow(2).sum()
+            return int((f[:, weak] > 0).any(0).sum()), float(
+                1 - err / (X[:4000] - X[:4000].mean(0)).pow(2).sum())
+
+    (alive_off, fve_off), (alive_on, fve_on) = train(0.0), train(1 / 32)
+    assert alive_off == 0 and alive_on >= 24 and fve_on > fve_off + 0.05
+    cc = BatchTopKCrossCoder(64, 64, 4, seed=0)
+    x = X[:256]
+    pre = cc.pre_acts(x)
+    recon = cc.decode(cc.encode(x, batch_topk=True, pre=pre))
+    assert float(cc.aux_loss(x, recon, pre, torch.zeros(64, dtype=torch.bool), 32)) == 0.0
+    cc.zero_grad()
+    cc.aux_loss(x, recon.detach(), pre, weak, 32).backward()
+    assert cc.W_dec.grad[:, ~weak].abs().max() == 0 and cc.W_dec.grad[:, weak].abs().max() > 0
+    assert cc.W_enc.grad[:, :, ~weak].abs().max() == 0 and cc.b_enc.grad[~weak].abs().max() == 0
+
+
 def test_split_holds_out_seeded_clusters_and_refuses_what_it_cannot_split(tmp_path):
     from rlhf_audit.diffing.paired import assign_split, cluster_of
 

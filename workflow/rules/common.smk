@@ -755,7 +755,8 @@ def diffing_device():
 
 def diffing_settings(wildcards):
     d = config["diffing"]
-    keys = ("layer", "n_latents", "k", "training_tokens", "batch_size", "lr", "n_seeds", "seed",
+    keys = ("layer", "n_latents", "k", "training_tokens", "batch_size", "lr", "auxk_alpha",
+            "dead_tokens", "n_seeds", "seed",
             "base_only_max", "instruct_only_min", "max_scaling_ratio", "top_statements",
             "partisan_latents", "n_boot")
     out = {k: d[k] for k in keys}

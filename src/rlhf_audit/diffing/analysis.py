@@ -202,7 +202,8 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
     """Every seed's crosscoder evaluated; the primary one's latent and top-statement tables.
 
     Returns {"latents", "top_statements" (frames), "per_seed" (one dict per seed: class
-    counts before/after Latent Scaling, FVE per model, dead share, held-out tokens read),
+    counts before/after Latent Scaling, FVE per model, dead share, held-out tokens read,
+    mean latents firing per held-out token at the inference threshold),
     "statement_errors" (primary seed: per held-out statement sse/sst per model, for the FVE
     bootstrap)}.
     """
@@ -224,7 +225,9 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
         rec = {"seed": run["seed"], **counts,
                "fve_base": fve(ev["sse"][:, 0], ev["sst"][:, 0]),
                "fve_instruct": fve(ev["sse"][:, 1], ev["sst"][:, 1]),
-               "dead_share": counts["n_dead"] / cc.n_latents, "n_tokens_eval": ev["n_tokens"]}
+               "dead_share": counts["n_dead"] / cc.n_latents, "n_tokens_eval": ev["n_tokens"],
+               # latents firing per held-out token at the learned threshold (training: k)
+               "l0_eval": float(ev["fired"].sum() / max(ev["n_tokens"], 1))}
         if partisan_direction is not None:
             for c in ("instruct_only", "base_only"):
                 sel = table.filter(pl.col("class_scaled") == c)["cos_partisan"].abs()

@@ -78,13 +78,15 @@ class BatchTopKCrossCoder(nn.Module):
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(torch.einsum("bmd,mdl->bl", x, self.W_enc) + self.b_enc)
 
-    def encode(self, x: torch.Tensor, batch_topk: bool = False) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, batch_topk: bool = False,
+               pre: torch.Tensor | None = None) -> torch.Tensor:
         """Latent activations [B, n_latents] of normalised ``x`` [B, 2, d_model].
 
         ``batch_topk``: keep the k x B largest weighted values of the batch (training);
-        else keep those above the learned threshold (inference, per token).
+        else keep those above the learned threshold (inference, per token). ``pre``: the
+        pre-activations of ``x`` when already computed.
         """
-        pre = self.pre_acts(x)
+        pre = self.pre_acts(x) if pre is None else pre
         value = pre * self.decoder_norms().sum(0)
         if batch_topk:
             n_keep = min(self.k * x.shape[0], value.numel())
@@ -101,6 +103,25 @@ class BatchTopKCrossCoder(nn.Module):
     def forward(self, x: torch.Tensor, batch_topk: bool = False):
         f = self.encode(x, batch_topk)
         return self.decode(f), f
+
+    def aux_loss(self, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor,
+                 dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+        """AuxK (Gao et al. 2024; the anchors' BatchTopK trainers): the ``dead`` latents'
+        ``k_aux`` largest weighted pre-activations per token, decoded without the bias,
+        fitted to the main reconstruction's error (held fixed), divided by that error's
+        variance over the batch. Its gradient reaches only the dead latents, and pulls
+        them toward what the live ones miss. 0 when no latent is dead."""
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return x.new_zeros(())
+        err = (x - recon).detach()
+        value = torch.where(dead[None, :], pre * self.decoder_norms().sum(0), -torch.inf)
+        idx = value.topk(min(k_aux, n_dead), dim=-1, sorted=False).indices
+        f_aux = torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx))
+        err_hat = torch.einsum("bl,mld->bmd", f_aux, self.W_dec)
+        num = (err - err_hat).pow(2).sum((-1, -2)).mean()
+        den = (err - err.mean(0, keepdim=True)).pow(2).sum((-1, -2)).mean()
+        return torch.nan_to_num(num / den, nan=0.0, posinf=0.0)
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,9 @@ def train_crosscoder(paired_path: str | os.PathLike, settings: DiffingSettings,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 1.0 if s < decay_from else max(0.0, (n_steps - s) / (n_steps - decay_from)))
     last_fired = torch.zeros(settings.n_latents, dtype=torch.long, device=device)
+    dead_steps = max(1, math.ceil(settings.dead_tokens / batch))
+    k_aux = max(1, d // 2)
+    n_dead_seen: list[int] = []
     thr_sum, thr_n = 0.0, 0
     t0 = time.perf_counter()
     data = _fixed_batches(paired_path, batch, seed)
@@ -158,8 +182,14 @@ def train_crosscoder(paired_path: str | os.PathLike, settings: DiffingSettings,
     for step in range(n_steps):
         xb, xi = next(data)
         x = cc.normalise(torch.from_numpy(xb).to(device), torch.from_numpy(xi).to(device))
-        recon, f = cc(x, batch_topk=True)
+        pre = cc.pre_acts(x)
+        f = cc.encode(x, batch_topk=True, pre=pre)
+        recon = cc.decode(f)
         loss = (recon - x).pow(2).sum(-1).sum(-1).mean()
+        if settings.auxk_alpha > 0:
+            dead = (step - last_fired) >= dead_steps
+            n_dead_seen.append(int(dead.sum()))
+            loss = loss + settings.auxk_alpha * cc.aux_loss(x, recon, pre, dead, k_aux)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -177,7 +207,9 @@ def train_crosscoder(paired_path: str | os.PathLike, settings: DiffingSettings,
     summary = {"seed": seed, "steps": n_steps, "batch_size": batch, "n_tokens_train": n_train,
                "train_tokens_per_latent": per_latent, "seconds":
                time.perf_counter() - t0, "final_loss": loss_v, "threshold": float(cc.threshold),
-               "latents_unfired_last_quarter": int((last_fired < n_steps * 3 // 4).sum())}
+               "latents_unfired_last_quarter": int((last_fired < n_steps * 3 // 4).sum()),
+               "auxk_alpha": settings.auxk_alpha, "dead_steps": dead_steps,
+               "dead_at_end": n_dead_seen[-1] if n_dead_seen else None}
     log.info("crosscoder seed %d: %d steps of %d tokens in %.1f s, loss %.3f", seed, n_steps,
              batch, summary["seconds"], loss_v)
     return TrainResult(cc.cpu(), summary)

@@ -24,6 +24,12 @@ class DiffingSettings:
     """Paired tokens per optimiser step."""
     lr: float = 1e-3
     """Adam learning rate (constant, linear decay over the last 20% of steps)."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the crosscoder's AuxK loss (dead latents fitted to the reconstruction's
+    error; 0 = none), as in the anchors' BatchTopK trainers."""
+    dead_tokens: int = 10_000_000
+    """Training tokens without firing after which a crosscoder latent counts as dead for
+    AuxK (the anchors' 10M; the organism's config sets a smaller one)."""
     n_seeds: int = 2
     """Crosscoders trained with seeds seed..seed+n_seeds-1; the first is the one analysed
     latent by latent, all give the class counts' range (min-max, not a confidence interval)."""
@@ -55,7 +61,7 @@ class DiffingSettings:
     def __post_init__(self) -> None:
         for name in ("n_latents", "k", "training_tokens", "batch_size", "n_seeds",
                      "diff_sae_latents", "diff_sae_k", "diff_sae_tokens", "top_statements",
-                     "partisan_latents"):
+                     "partisan_latents", "dead_tokens"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"diffing settings: {name} must be a positive int, got {v!r}")
@@ -69,6 +75,8 @@ class DiffingSettings:
                 f"{self.base_only_max}, {self.instruct_only_min}")
         if not self.lr > 0 or not 0 < self.max_scaling_ratio <= 1:
             raise ValueError("diffing settings: lr must be > 0 and max_scaling_ratio in (0, 1]")
+        if not self.auxk_alpha >= 0:
+            raise ValueError(f"diffing settings: auxk_alpha={self.auxk_alpha} must be >= 0")
 
     @classmethod
     def from_params(cls, params: dict) -> DiffingSettings:

@@ -29,6 +29,8 @@ HEADLINE_KEYS = {
                           "model (count); interval: " + SEEDS,
     "dead_share": "Share of crosscoder latents that never fire on the held-out paired tokens; "
                   "interval: " + SEEDS,
+    "l0": "Crosscoder latents firing per held-out token at the inference threshold (training "
+          "keeps diffing.k a token on average over each batch); interval: " + SEEDS,
     "fve_base": "Fraction of variance of the base model's (normalised) paired activations "
                 "explained by the crosscoder, on held-out statements (issues it was not trained "
                 "on, diffing.eval_share of them); interval: bootstrap over those issues (a "
@@ -136,6 +138,8 @@ def headline(per_seed: list[dict], statement_errors: dict, diff_sae: dict | None
     for c in ("instruct_only", "base_only"):
         out[f"n_{c}_scaled"] = _over_seeds([r[f"n_{c}_scaled"] for r in per_seed], "latents")
     out["dead_share"] = _over_seeds([r["dead_share"] for r in per_seed], "share")
+    if all("l0_eval" in r for r in per_seed):
+        out["l0"] = _over_seeds([r["l0_eval"] for r in per_seed], "latents a token")
     sse, sst = np.asarray(statement_errors["sse"]), np.asarray(statement_errors["sst"])
     groups = np.asarray(statement_errors.get("clusters") or statement_errors["statements"])
     for m, name in enumerate(("base", "instruct")):
