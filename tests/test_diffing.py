@@ -464,7 +464,7 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
                                                              sorted(set(ids))]})
     outs = {k: str(tmp_path / f"{k}.{e}") for k, e in (
         ("latents", "parquet"), ("top_statements", "parquet"), ("diff_sae_latents", "parquet"),
-        ("summary", "json"))}
+        ("summary", "json"), ("statement_vectors", "parquet"))}
     analyse_pair(paired=paired, crosscoder_dir=tmp_path / "cc", diff_sae_dir=tmp_path / "dsae",
                  prompts=prompts, directions=tmp_path / "dir.parquet", method="diffmean",
                  settings=s, outputs=outs)
@@ -479,7 +479,7 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
                              "projection": [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]})
     steering.write_parquet(tmp_path / "steer.parquet")
     summarise_pair(outs["summary"], tmp_path / "steer.parquet", tmp_path / "headline.json",
-                   n_boot=200)
+                   n_boot=200, statements_path=outs["statement_vectors"])
     h = json.loads((tmp_path / "headline.json").read_text())
     assert h["n_instruct_only"]["n"] == 2 and h["n_instruct_only"]["value"] >= 1
     assert h["max_abs_cos_partisan_instruct_only"]["value"] >= 0.9
@@ -676,3 +676,85 @@ def test_training_rules_hold_no_figure_analysis_or_steering_code():
         assert not {m for m in got if m.startswith("steering/")}, got
     assert "diffing/crosscoder.py" not in modules("train_diffing_sae.py")
     assert "diffing/crosscoder.py" not in modules("steer_diffing_latents.py")
+
+
+def _statement_table(ratio, *, d=256, n_issues=20, per_side=6, noise=1.0, seed=0):
+    """Per-statement token means of two models: a right-minus-left difference along one
+    direction (base 2 units, instruct sqrt(ratio) x 2: partisan variance ratio ``ratio``),
+    issue offsets, and isotropic noise in ``d`` dimensions (|noise|^2 >> |difference|^2)."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    rows = []
+    for i in range(n_issues):
+        off = rng.standard_normal(d) * 2
+        for side in ("left", "right"):
+            for k in range(per_side):
+                s = 1.0 if side == "right" else -1.0
+                xb = off + s * u + rng.standard_normal(d) * noise
+                xi = off + s * np.sqrt(ratio) * u + rng.standard_normal(d) * noise
+                rows.append({"prompt_id": f"i{i}-{side}-{k}", "label": side, "issue": f"i{i}",
+                             "n_tokens": 10, "data_base": xb, "data_instruct": xi,
+                             "recon_base": xb, "recon_instruct": xi})
+    df = pl.DataFrame([{k: v for k, v in r.items() if not k.startswith(("data", "recon"))}
+                       for r in rows])
+    for c in ("data_base", "data_instruct", "recon_base", "recon_instruct"):
+        df = df.with_columns(pl.Series(c, np.stack([r[c] for r in rows]).astype(np.float32),
+                                       dtype=pl.Array(pl.Float32, d)))
+    return df
+
+
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
+def test_partisan_variance_ratio_of_reconstructions_recovers_the_planted_ratio(ratio):
+    """In 256 dimensions with per-statement noise of 16 times base's squared partisan
+    difference (|noise|^2 = 64, |difference|^2 = 4), the naive |mean difference|^2 ratio
+    is pulled toward 1 (0.4 for a planted 0.25); the split-half estimator the summary
+    uses recovers 0.25 and 1, with n = issues, each on its side of 0.5."""
+    from rlhf_audit.diffing.summary import partisan_variance_ratios
+
+    t = _statement_table(ratio, noise=0.5)
+    est = partisan_variance_ratios(t, n_boot=200, seed=0)
+    r = est["variance_ratio_recon"]
+    assert r.n == 20 and r.lo <= ratio <= r.hi
+    assert (r.hi < 0.5) if ratio < 1 else (r.lo > 0.5)
+    right = (t["label"] == "right").to_numpy()
+    naive = [float(np.sum((t[c].to_numpy()[right].mean(0) - t[c].to_numpy()[~right].mean(0))
+                          ** 2)) for c in ("data_instruct", "data_base")]
+    if ratio < 1:
+        assert naive[0] / naive[1] > r.hi  # what the estimator is there for
+    assert partisan_variance_ratios(t.with_columns(pl.lit(None, pl.String).alias("label"))) == {}
+
+
+def test_partisan_latents_are_picked_on_the_base_decoder_so_rotation_alone_reads_no_change():
+    """No compression (c = 1), but instruct's partisan direction rotated from base's
+    (cosine 0.6): picking latents by the larger decoder's alignment with the base
+    direction favours base-heavy latents and reads below 0.5; picking on the base
+    decoder does not."""
+    from rlhf_audit.diffing.analysis import partisan_relative_norm
+
+    rng = np.random.default_rng(0)
+    d, n, n_part = 128, 300, 20
+    p_b = np.eye(d)[0]
+    p_i = 0.6 * p_b + 0.8 * np.eye(d)[1]
+    vals, dominant = [], []
+    for _ in range(40):
+        Wb = rng.standard_normal((n, d)) / np.sqrt(d)
+        Wi = Wb.copy()
+        a = rng.uniform(0.3, 1.0, n_part)
+        Wb[:n_part] = a[:, None] * p_b + 0.3 * rng.standard_normal((n_part, d)) / np.sqrt(d)
+        Wi[:n_part] = a[:, None] * p_i + 0.3 * rng.standard_normal((n_part, d)) / np.sqrt(d)
+        for W in (Wb, Wi):  # equal norms in expectation, +-8% noise each
+            W *= rng.normal(1.0, 0.08, n)[:, None]
+        nb, ni = np.linalg.norm(Wb, axis=1), np.linalg.norm(Wi, axis=1)
+        rel = ni / (nb + ni)
+        lat = pl.DataFrame({
+            "latent": np.arange(n), "class": ["shared"] * n, "class_scaled": ["shared"] * n,
+            "firing_rate": rng.uniform(0.01, 0.1, n), "relative_norm": rel,
+            "decoder_base": pl.Series(Wb.astype(np.float32), dtype=pl.Array(pl.Float32, d)),
+            "decoder_instruct": pl.Series(Wi.astype(np.float32), dtype=pl.Array(pl.Float32, d))})
+        vals.append(partisan_relative_norm(lat, 2, p_b)["value"])
+        dom = np.where((ni >= nb)[:, None], Wi, Wb)
+        cos = np.abs(dom @ p_b) / np.linalg.norm(dom, axis=1)
+        dominant.append(rel[np.argsort(-cos)[:2]].mean())
+    assert abs(np.mean(vals) - 0.5) < 0.01
+    assert np.mean(dominant) < np.mean(vals) - 0.01  # the former pick's bias, for contrast

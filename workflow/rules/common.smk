@@ -817,7 +817,8 @@ def diffing_steering_settings(wildcards):
 
 
 def diffing_summary_settings(wildcards):
-    return {"n_boot": config["diffing"]["n_boot"], "seed": config["diffing"]["seed"]}
+    return {"n_boot": config["diffing"]["n_boot"], "seed": config["diffing"]["seed"],
+            "n_splits": config["partisan"]["n_splits"]}
 
 
 STUDY_UNITS["diffing"] = lambda: [{"pair": pair} for pair in diffing_pairs()]

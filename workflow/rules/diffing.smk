@@ -69,6 +69,7 @@ rule analyse_diffing:
         top_statements="results/diffing/{pair}/top_statements.parquet",
         diff_sae_latents="results/diffing/{pair}/diff_sae_latents.parquet",
         summary="results/diffing/{pair}/summary.json",
+        statement_vectors="results/diffing/{pair}/statement_vectors.parquet",
     params:
         settings=diffing_settings,
         method=config["partisan"]["methods"][0],
@@ -108,6 +109,7 @@ rule steer_diffing_latents:
 rule summarise_diffing:
     input:
         summary=rules.analyse_diffing.output.summary,
+        statements=rules.analyse_diffing.output.statement_vectors,
         steering=rules.steer_diffing_latents.output.steering,
     output:
         headline="results/diffing/{pair}/headline.json",

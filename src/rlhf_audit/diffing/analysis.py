@@ -52,10 +52,14 @@ def _unit(v: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: DiffingSettings,
              *, candidates: np.ndarray | None = None, own: np.ndarray | None = None,
-             top: bool = True, batch_rows: int = 4096, split: str | None = "eval") -> dict:
+             top: bool = True, batch_rows: int = 4096, split: str | None = "eval",
+             statement_vectors: bool = False) -> dict:
     """One pass over the ``split`` tokens (default the held-out ones; None: all): firing
     counts, per-statement squared error and total variance per model, Latent Scaling sums
-    for ``candidates`` and (``top``) per-latent top statements."""
+    for ``candidates`` and (``top``) per-latent top statements. ``statement_vectors``:
+    also each statement's summed raw activations and raw reconstructions per model
+    (``"vectors"`` ``[n_statements, 4, d_model]``: data base, data instruct, recon base,
+    recon instruct), its token count, label and issue."""
     info = paired_info(paired_path)
     # [batch, n_latents] activations stay under ~256 MiB whatever the dictionary size
     batch_rows = min(batch_rows, max(128, 2**26 // cc.n_latents))
@@ -73,17 +77,34 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
     best = None
     m = settings.top_statements
     n_tok = 0
+    vec: list[np.ndarray] = []
+    stmt_meta: list[tuple] = []
     for meta, xb, xi in iter_paired(paired_path, batch_rows, meta=True, split=split):
         x = cc.normalise(torch.from_numpy(xb).to(dev), torch.from_numpy(xi).to(dev))
         recon, f = cc(x)
         pid = meta["prompt_id"].to_list()
-        for p, issue in zip(pid, meta["issue"].to_list(), strict=True):
+        for p, issue, label in zip(pid, meta["issue"].to_list(), meta["label"].to_list(),
+                                   strict=True):
             if p not in stmt_index:
                 stmt_index[p] = len(stmt_index)
                 clusters.append(cluster_of(p, issue))
                 sse.append(np.zeros(2))
                 sst.append(np.zeros(2))
+                if statement_vectors:
+                    vec.append(np.zeros((4, xb.shape[1])))
+                    stmt_meta.append((p, label, issue, 0))
         si = np.fromiter((stmt_index[p] for p in pid), np.int64, len(pid))
+        if statement_vectors:
+            raw = (recon / cc.scale[None, :, None]).cpu().numpy()  # back to activation units
+            rows = np.concatenate([xb[:, None], xi[:, None], raw], axis=1)
+            uniq, inv = np.unique(si, return_inverse=True)
+            acc = np.zeros((len(uniq), 4, xb.shape[1]))
+            np.add.at(acc, inv, rows)
+            cnt = np.bincount(inv, minlength=len(uniq))
+            for k, u in enumerate(uniq):
+                vec[u] += acc[k]
+                p, lab, iss, c = stmt_meta[u]
+                stmt_meta[u] = (p, lab, iss, c + int(cnt[k]))
         e = (x - recon).pow(2).sum(-1).double().cpu().numpy()  # [B, 2]
         t = (x - mu).pow(2).sum(-1).double().cpu().numpy()
         acc_e = np.zeros((len(stmt_index), 2))
@@ -110,11 +131,33 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
                 "latent", maintain_order=True).head(m)
         n_tok += len(xb)
     ids = list(stmt_index)
-    return {"n_tokens": n_tok, "fired": fired, "statements": ids, "clusters": clusters,
+    extra = {"vectors": np.array(vec) if vec else np.zeros((0, 4, 0)),
+             "statement_meta": stmt_meta} if statement_vectors else {}
+    return {**extra, "n_tokens": n_tok, "fired": fired, "statements": ids, "clusters": clusters,
             "sse": np.array(sse), "sst": np.array(sst),
             "scaling": sums.table() if sums is not None else None,
             "top": best if best is not None else pl.DataFrame(
                 schema={"latent": pl.Int32, "stmt": pl.Int32, "activation": pl.Float32})}
+
+
+def statement_vector_table(ev: dict) -> pl.DataFrame:
+    """Per held-out statement: prompt_id, label, issue, n_tokens and its token-mean raw
+    activations and crosscoder reconstructions per model (``data_base``, ``data_instruct``,
+    ``recon_base``, ``recon_instruct``, [d_model] each): what the partisan contrast of the
+    data and of the reconstruction is computed from (:func:`rlhf_audit.diffing.summary`)."""
+    meta = ev["statement_meta"]
+    n = np.array([c for *_, c in meta], dtype=np.int64)
+    mean = (ev["vectors"] / np.maximum(n, 1)[:, None, None]).astype(np.float32)
+    cols = {"prompt_id": [p for p, *_ in meta], "label": [lab for _, lab, _, _ in meta],
+            "issue": [iss for _, _, iss, _ in meta]}
+    df = pl.DataFrame(cols, schema={"prompt_id": pl.String, "label": pl.String,
+                                    "issue": pl.String}).with_columns(
+        pl.Series("n_tokens", n))
+    d = mean.shape[2] if mean.ndim == 3 else 0
+    for j, name in enumerate(("data_base", "data_instruct", "recon_base", "recon_instruct")):
+        df = df.with_columns(pl.Series(name, np.ascontiguousarray(mean[:, j]),
+                                       dtype=pl.Array(pl.Float32, d)))
+    return df
 
 
 def fve(sse: np.ndarray, sst: np.ndarray) -> float:
@@ -216,7 +259,8 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
         cc = load_crosscoder(crosscoder_dir / run["dir"]).to(resolve_device(device))
         primary = run["dir"] == index["primary"]
         cand, own = scaling_candidates(cc, settings, run["seed"])
-        ev = evaluate(cc, paired_path, settings, candidates=cand, own=own, top=primary)
+        ev = evaluate(cc, paired_path, settings, candidates=cand, own=own, top=primary,
+                      statement_vectors=primary)
         table = latent_table(cc, ev, settings, partisan_direction)
         counts = {f"n_{c}": int((table["class"] == c).sum()) for c in
                   ("base_only", "shared", "instruct_only", "dead")}
@@ -234,7 +278,7 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
                 rec[f"max_abs_cos_partisan_{c}"] = float(sel.max()) if len(sel) else None
                 rec[f"n_for_cos_{c}"] = len(sel)
             rec["partisan_relative_norm"] = partisan_relative_norm(
-                table, settings.partisan_latents, seed=run["seed"])
+                table, settings.partisan_latents, partisan_direction, seed=run["seed"])
         per_seed.append(rec)
         if primary:
             out["latents"] = table
@@ -242,6 +286,7 @@ def analyse_crosscoders(paired_path: str | os.PathLike, crosscoder_dir: str | os
             out["statement_errors"] = {"statements": ev["statements"],
                                        "clusters": ev["clusters"], "sse": ev["sse"],
                                        "sst": ev["sst"]}
+            out["statement_vectors"] = statement_vector_table(ev)
         log.info("crosscoder %s: %s", run["dir"], rec)
     out["per_seed"] = per_seed
     return out
@@ -296,13 +341,15 @@ def matched_shared(latents: pl.DataFrame, cls: str, *, n_draws: int = N_NULL_DRA
 
 
 def _matched(latents: pl.DataFrame, positions: np.ndarray, *, n_draws: int, pool: int,
-             seed: int) -> np.ndarray | None:
-    """``[n_draws, len(positions)]`` row positions of live shared latents (shared by decoder
-    norm and after Latent Scaling, ``positions`` themselves left out), each position matched
-    to one of the ``pool`` nearest it in log firing rate, drawn anew in every draw."""
+             seed: int, targets: np.ndarray | None = None) -> np.ndarray | None:
+    """``[n_draws, len(targets)]`` row positions of live shared latents (shared by decoder
+    norm and after Latent Scaling, ``positions`` left out), each of ``targets`` (default
+    ``positions``) matched to one of the ``pool`` nearest it in log firing rate, drawn
+    anew in every draw."""
     shared = np.flatnonzero(((latents["class"] == "shared")
                              & (latents["class_scaled"] == "shared")).to_numpy())
     shared = np.setdiff1d(shared, positions)
+    positions = positions if targets is None else targets
     if not len(positions) or not len(shared):
         return None
     rate = np.log(np.maximum(latents["firing_rate"].to_numpy().astype(float), 1e-12))
@@ -314,27 +361,45 @@ def _matched(latents: pl.DataFrame, positions: np.ndarray, *, n_draws: int, pool
     return shared[near[np.arange(len(positions))[None, :], pick]]
 
 
-def partisan_relative_norm(latents: pl.DataFrame, m: int, *, n_draws: int = N_NULL_DRAWS,
-                           pool: int = MATCH_POOL, seed: int = 0) -> dict | None:
-    """How the two models write the partisan direction, read off the crosscoder.
+PARTISAN_POOL = 50
+"""Shared latents nearest in firing rate each partisan latent is matched to in the null."""
+MIN_FIRING = 1e-3
+"""Smallest held-out firing rate of a latent that partisan_relative_norm may pick."""
 
-    The ``m`` live latents whose dominant decoder is most aligned with the base partisan
-    direction (largest |cos_partisan|), and their mean relative norm: 0.5 when both
-    models write them alike; a compression of the partisan geometry in instruct by a
-    factor c (its decoders c times base's) gives c / (1 + c), 1/3 at c = 0.5. Such
-    latents stay ``shared`` by the class cuts, so the class counts miss it. The null: the
-    same mean over ``m`` shared latents matched on firing rate (:func:`_matched`), in
-    ``n_draws`` draws. Returns {"value", "latents" (ids), "cos" (their |cos|), "null"
-    (the draws)}, or None without a partisan direction or live latents."""
-    cos = latents["cos_partisan"].to_numpy().astype(float)
-    live = np.flatnonzero((latents["class"] != "dead").to_numpy() & np.isfinite(cos))
-    if m < 1 or not len(live):
+
+def partisan_relative_norm(latents: pl.DataFrame, m: int, direction: np.ndarray, *,
+                           n_draws: int = N_NULL_DRAWS, pool: int = PARTISAN_POOL,
+                           min_firing: float = MIN_FIRING, seed: int = 0) -> dict | None:
+    """Which crosscoder latents carry the base partisan direction, and how the two models
+    write them: a descriptive, latent-level reading (the planted check is the partisan
+    variance ratio of the reconstructions, :mod:`rlhf_audit.diffing.summary`).
+
+    The ``m`` latents firing on at least ``min_firing`` of the held-out tokens whose
+    **base** decoder is most aligned with ``direction`` (picking on the larger decoder
+    would favour base-heavy latents whenever instruct's direction is rotated from
+    base's, with no compression at all), and their mean relative norm: 0.5 when both
+    models write them alike. For a latent that lies along the direction alone, a
+    compression by c in the crosscoder's units (each model scaled to one mean norm, so
+    relative to each model's typical latent, not raw) gives c / (1 + c); a direction
+    spread over several latents, each mixed with other directions, reads closer to 0.5.
+    The null: the same mean over ``m`` shared latents matched on firing rate, from the
+    ``pool`` nearest each, with latents in the top 1% of base-decoder alignment left out
+    of the pool, in ``n_draws`` draws. Returns {"value", "latents" (ids), "cos" (their
+    base-decoder |cos|), "null" (the draws)}, or None when no latent qualifies."""
+    p = np.asarray(direction, np.float64).ravel()
+    Wb = latents["decoder_base"].to_numpy().astype(np.float64)
+    cos = np.abs(_unit(Wb) @ (p / np.linalg.norm(p)))
+    firing = latents["firing_rate"].to_numpy().astype(float)
+    live = np.flatnonzero((latents["class"] != "dead").to_numpy() & (firing >= min_firing))
+    if m < 1 or len(live) < m:
         return None
-    top = live[np.argsort(-np.abs(cos[live]), kind="stable")[:m]]
+    top = live[np.argsort(-cos[live], kind="stable")[:m]]
+    aligned = live[cos[live] >= np.quantile(cos[live], 0.99)]
     rel = latents["relative_norm"].to_numpy().astype(float)
-    draws = _matched(latents, top, n_draws=n_draws, pool=pool, seed=seed)
+    draws = _matched(latents, np.union1d(top, aligned), n_draws=n_draws, pool=pool,
+                     seed=seed, targets=top)
     return {"value": float(rel[top].mean()), "latents": latents["latent"].to_numpy()[top].tolist(),
-            "cos": np.abs(cos[top]).tolist(),
+            "cos": cos[top].tolist(),
             "null": None if draws is None else rel[draws].mean(1).tolist()}
 
 
@@ -415,6 +480,7 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
         "settings": settings.to_dict(), "has_partisan_direction": direction is not None,
     }
     write_table(lat, outputs["latents"], provenance)
+    write_table(res["statement_vectors"], outputs["statement_vectors"], provenance)
     write_table(top, outputs["top_statements"], provenance)
     write_table(ds, outputs["diff_sae_latents"], provenance)
     write_json(summary, outputs["summary"])

@@ -49,23 +49,37 @@ HEADLINE_KEYS = {
                                       "2.5-97.5 percentiles of 1000 draws)",
     "null_max_abs_cos_base_only": "Null for max_abs_cos_partisan_base_only (matched shared "
                                   "latents, as above)",
-    "partisan_relative_norm": "Mean relative decoder norm |d_instruct|/(|d_base|+|d_instruct|) "
-                              "of the diffing.partisan_latents live latents most aligned with "
-                              "the base partisan direction: 0.5 when both models write it "
-                              "alike, c/(1+c) when instruct writes it c times as strongly "
-                              "(1/3 at c = 0.5); interval: " + SEEDS,
-    "null_partisan_relative_norm": "Null for partisan_relative_norm: the same mean over as many "
-                                   + MATCHED + " (first seed; median; interval: 2.5-97.5 "
-                                   "percentiles of 1000 draws)",
-    "partisan_relative_norm_minus_null": "partisan_relative_norm minus its null's median (the "
-                                         "test: below 0, instruct writes the partisan "
-                                         "direction more weakly than base, beyond what "
-                                         "ordinary shared latents show); interval: from the "
-                                         "lowest seed's value minus its null's 97.5th "
-                                         "percentile to the highest seed's value minus its "
-                                         "null's 2.5th percentile (the null's spread widened "
-                                         "by the seeds' range, not a bootstrap); value: the "
-                                         "first seed",
+    "partisan_relative_norm": "Descriptive, latent level: mean relative decoder norm "
+                              "|d_instruct|/(|d_base|+|d_instruct|) of the "
+                              "diffing.partisan_latents latents (firing on at least 0.1% of "
+                              "held-out tokens) whose base decoder is most aligned with the "
+                              "base partisan direction. In the crosscoder's units (each model "
+                              "scaled to one mean norm), so relative to each model's typical "
+                              "latent; a latent along that direction alone reads c/(1+c) when "
+                              "instruct writes it c times as strongly, a direction spread "
+                              "over mixed latents reads nearer 0.5 (the planted check is "
+                              "variance_ratio_recon); interval: " + SEEDS,
+    "null_partisan_relative_norm": "Null for partisan_relative_norm, first seed: the same mean "
+                                   "over as many shared latents, each matched to one of the 50 "
+                                   "nearest the picked latent in firing rate (the 1% most "
+                                   "aligned latents left out); median, and 2.5-97.5 "
+                                   "percentiles of 1000 draws",
+    "partisan_relative_norm_minus_null": "partisan_relative_norm minus its null's median (first "
+                                         "seed); lo/hi: a seed-wise null band, not a confidence "
+                                         "interval: from the lowest seed's value minus its own "
+                                         "null's 97.5th percentile to the highest seed's value "
+                                         "minus its own null's 2.5th percentile (hi < 0: every "
+                                         "seed's picked latents below 97.5% of matched ones)",
+    "variance_ratio_data": "Instruct/base partisan variance of the held-out statements' "
+                           "activations at the diffing layer (token means over the paired "
+                           "content tokens, raw units; the partisan study's split-half "
+                           "estimator: |right-minus-left mean difference|^2, every "
+                           "dimension); the reference for variance_ratio_recon; interval: "
+                           "bootstrap over the held-out issues, refitting",
+    "variance_ratio_recon": "The same partisan variance ratio read off the crosscoder's "
+                            "reconstructions of those statements (raw units): whether the "
+                            "dictionary carries what changed in the partisan geometry; "
+                            "interval: bootstrap over the held-out issues, refitting",
     "diff_sae_fve": "Fraction of variance of the instruct-minus-base differences explained by "
                     "the diff-SAE on the held-out paired tokens (no interval: one trained SAE; "
                     "n: held-out tokens)",
@@ -98,14 +112,14 @@ def _over_seeds(vals: list, unit: str) -> Estimate:
     return Estimate(first, min(v), max(v), len(v), unit, SEEDS)
 
 
-def _null(draws: np.ndarray, unit: str = "|cos|") -> Estimate:
+def _null(draws: np.ndarray, unit: str = "|cos|", method: str = MATCHED) -> Estimate:
     d = np.asarray(draws, float)
     d = d[np.isfinite(d)]
     if not len(d):
-        return Estimate(math.nan, math.nan, math.nan, 0, unit, MATCHED)
+        return Estimate(math.nan, math.nan, math.nan, 0, unit, method)
     lo, mid, hi = np.quantile(d, [0.025, 0.5, 0.975])
     return Estimate(float(mid), float(lo), float(hi), len(d), unit,
-                    MATCHED + "; median and 2.5-97.5 percentiles of the draws")
+                    method + "; median and 2.5-97.5 percentiles of the draws")
 
 
 def _partisan_relative_norm(per_seed: list[dict]) -> dict[str, Estimate]:
@@ -117,14 +131,18 @@ def _partisan_relative_norm(per_seed: list[dict]) -> dict[str, Estimate]:
                                                  "relative norm")}
     with_null = [r for r in recs if r is not None and r.get("null")]
     if recs[0].get("null") and with_null:
-        out["null_partisan_relative_norm"] = _null(recs[0]["null"], "relative norm")
+        out["null_partisan_relative_norm"] = _null(
+            recs[0]["null"], "relative norm",
+            "shared latents, each matched to one of the 50 nearest a picked latent in firing "
+            "rate (the 1% most aligned left out; first seed)")
         q = [(r["value"], *np.quantile(r["null"], [0.025, 0.5, 0.975])) for r in with_null]
         first = q[0][0] - q[0][2]
         out["partisan_relative_norm_minus_null"] = Estimate(
             float(first), float(min(v - hi for v, _, _, hi in q)),
             float(max(v - lo for v, lo, _, _ in q)), len(q), "relative norm",
-            "value minus the matched null's median (first seed); interval: each seed's "
-            "value against its null's 2.5-97.5 percentiles, widened over the seeds")
+            "value minus the matched null's median (first seed); lo/hi: a seed-wise null "
+            "band (each seed's value against its own null's 2.5-97.5 percentiles, widened "
+            "over the seeds), not a confidence interval")
     return out
 
 
@@ -214,9 +232,38 @@ def _slope(a: np.ndarray, y: np.ndarray) -> float:
     return float(np.cov(a, y, bias=True)[0, 1] / va) if va > 0 else math.nan
 
 
+def partisan_variance_ratios(statements: pl.DataFrame, *, n_boot: int = 1000, seed: int = 0,
+                             n_splits: int = 20) -> dict[str, Estimate]:
+    """``variance_ratio_data`` and ``variance_ratio_recon`` (see :data:`HEADLINE_KEYS`) from
+    the per-statement table of :func:`rlhf_audit.diffing.analysis.statement_vector_table`:
+    the partisan study's split-half estimator (unbiased for |Delta|^2 whatever the noise,
+    issue bootstrap that refits), on the left/right statements. Empty without both sides
+    or with fewer than 4 issues."""
+    from rlhf_audit.diffing.paired import cluster_of
+    from rlhf_audit.partisan import PartisanSettings, split_half_analysis
+
+    rows = statements.filter(pl.col("label").is_in(["left", "right"]))
+    if rows.height == 0 or rows["label"].n_unique() < 2:
+        return {}
+    clusters = np.array([cluster_of(p, i) for p, i in
+                         zip(rows["prompt_id"].to_list(), rows["issue"].to_list(), strict=True)])
+    if len(set(clusters)) < 4:
+        return {}
+    right = (rows["label"] == "right").to_numpy()
+    ps = PartisanSettings(n_boot=n_boot, seed=seed, n_splits=n_splits, n_perm=1)
+    out = {}
+    for name, (b, i) in {"data": ("data_base", "data_instruct"),
+                         "recon": ("recon_base", "recon_instruct")}.items():
+        sh = split_half_analysis(rows[b].to_numpy().astype(np.float64),
+                                 rows[i].to_numpy().astype(np.float64), right, clusters, ps)
+        out[f"variance_ratio_{name}"] = sh["variance_ratio"]
+    return out
+
+
 def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
-                   seed: int = 0) -> None:
-    """Rule summarise_diffing: the pair's headline fragment from summary.json + steering."""
+                   seed: int = 0, statements_path=None, n_splits: int = 20) -> None:
+    """Rule summarise_diffing: the pair's headline fragment from summary.json, the held-out
+    statements' vectors (``statements_path``) and steering."""
     import json
 
     from rlhf_audit.headline import write_fragment
@@ -226,6 +273,9 @@ def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
     steering = pl.read_parquet(steering_path) if steering_path else None
     est = headline(s["per_seed"], s["statement_errors"], s["diff_sae"], steering,
                    nulls=s["nulls"], n_boot=n_boot, seed=seed)
+    if statements_path:
+        est |= partisan_variance_ratios(pl.read_parquet(statements_path), n_boot=n_boot,
+                                        seed=seed, n_splits=n_splits)
     docs = {k: v for k, v in HEADLINE_KEYS.items() if "{" not in k}
     docs |= {k: HEADLINE_KEYS["steer_slope_{feature}"] for k in est if k.startswith("steer_")}
     write_fragment(est, docs, out_path)
