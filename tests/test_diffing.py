@@ -344,7 +344,7 @@ def test_auxk_revives_latents_that_lose_every_top_k_and_touches_only_them():
     assert cc.W_enc.grad[:, :, ~weak].abs().max() == 0 and cc.b_enc.grad[~weak].abs().max() == 0
 
 
-def test_split_holds_out_seeded_clusters_and_refuses_what_it_cannot_split(tmp_path):
+def test_split_holds_out_seeded_clusters_and_refuses_what_it_cannot_split(tmp_path, caplog):
     from rlhf_audit.diffing.paired import assign_split, cluster_of
 
     clusters = [cluster_of(f"p{i}", f"issue{i % 10}") for i in range(100)]
@@ -361,7 +361,10 @@ def test_split_holds_out_seeded_clusters_and_refuses_what_it_cannot_split(tmp_pa
     import pyarrow.parquet as pq
 
     X = np.ones((40, 4), np.float32)
-    write_paired(X, X, [f"s{i // 4}" for i in range(40)], tmp_path / "p.parquet")
+    with caplog.at_level("WARNING"):
+        write_paired(X, X, [f"s{i // 4}" for i in range(40)], tmp_path / "p.parquet",
+                     issues=[f"i{i % 6}" for i in range(40)])
+    assert "only 3 held-out clusters" in caplog.text  # bootstraps over 3 issues under-cover
     t = pq.read_table(tmp_path / "p.parquet")
     pq.write_table(t.drop_columns(["split"]), tmp_path / "old.parquet")
     with pytest.raises(ValueError, match="re-run pair_diffing_activations"):

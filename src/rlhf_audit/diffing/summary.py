@@ -34,7 +34,9 @@ HEADLINE_KEYS = {
     "fve_base": "Fraction of variance of the base model's (normalised) paired activations "
                 "explained by the crosscoder, on held-out statements (issues it was not trained "
                 "on, diffing.eval_share of them); interval: bootstrap over those issues (a "
-                "prompt without one: its own cluster)",
+                "prompt without one: its own cluster; n: held-out issues), for the first "
+                "crosscoder seed and this one split: the other seed and other splits move it "
+                "by about as much again",
     "fve_instruct": "Fraction of variance of the instruct model's paired activations explained "
                     "by the crosscoder, on held-out statements; interval: bootstrap over the "
                     "held-out issues, as fve_base",
