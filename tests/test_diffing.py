@@ -25,6 +25,15 @@ FAST = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 300, batch_size
                        n_seeds=1)
 
 
+def _sparse_features(rng, n, d, n_feat):
+    """Unit directions [n_feat, d], sparse exponential codes [n, n_feat] (each firing on 4%
+    of tokens) and the noise spectrum [d] the synthetic pairs share."""
+    dirs = rng.standard_normal((n_feat, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    C = (rng.random((n, n_feat)) < 0.04) * rng.exponential(1.0, (n, n_feat))
+    return dirs, C, 0.05 * np.arange(1, d + 1) ** -0.5
+
+
 def synthetic_pair(n=20000, d=D, n_shared=96, seed=0, plant=True, identical=False):
     """Paired activations built from sparse features plus decaying-spectrum noise.
 
@@ -32,10 +41,7 @@ def synthetic_pair(n=20000, d=D, n_shared=96, seed=0, plant=True, identical=Fals
     direction vb the instruct model lacks and the instruct model a direction vi the base
     lacks (each firing on 4% of tokens)."""
     rng = np.random.default_rng(seed)
-    Dirs = rng.standard_normal((n_shared + 2, d))
-    Dirs /= np.linalg.norm(Dirs, axis=1, keepdims=True)
-    C = (rng.random((n, n_shared + 2)) < 0.04) * rng.exponential(1.0, (n, n_shared + 2))
-    spec = 0.05 * np.arange(1, d + 1) ** -0.5
+    Dirs, C, spec = _sparse_features(rng, n, d, n_shared + 2)
     shared = C[:, :n_shared] @ Dirs[:n_shared]
     Xb = shared + rng.standard_normal((n, d)) * spec
     Xi = Xb.copy() if identical else shared + rng.standard_normal((n, d)) * spec
@@ -399,10 +405,7 @@ def _scaled_pair(c, n=40000, d=D, n_shared=96, seed=0):
     """Shared features in both models, and one more (the "partisan" direction p) that the
     instruct model writes ``c`` times as strongly as the base model."""
     rng = np.random.default_rng(seed)
-    dirs = rng.standard_normal((n_shared + 1, d))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    C = (rng.random((n, n_shared + 1)) < 0.04) * rng.exponential(1.0, (n, n_shared + 1))
-    spec = 0.05 * np.arange(1, d + 1) ** -0.5
+    dirs, C, spec = _sparse_features(rng, n, d, n_shared + 1)
     shared = C[:, :n_shared] @ dirs[:n_shared]
     p = C[:, [n_shared]] * dirs[n_shared] * 2
     Xb = shared + rng.standard_normal((n, d)) * spec + p
@@ -681,24 +684,31 @@ def test_training_rules_hold_no_figure_analysis_or_steering_code():
     assert "diffing/crosscoder.py" not in modules("steer_diffing_latents.py")
 
 
-def _statement_table(ratio, *, d=256, n_issues=20, per_side=6, noise=1.0, seed=0):
+def _statement_table(ratio, *, recon_ratio=None, d=512, n_issues=30, per_side=10,
+                     noise_sq=64.0, seed=0):
     """Per-statement token means of two models: a right-minus-left difference along one
-    direction (base 2 units, instruct sqrt(ratio) x 2: partisan variance ratio ``ratio``),
-    issue offsets, and isotropic noise in ``d`` dimensions (|noise|^2 >> |difference|^2)."""
+    direction (base 2 units, instruct sqrt(ratio) x 2: partisan variance ratio ``ratio``;
+    the reconstructions the same with ``recon_ratio``), issue offsets, and noise with a
+    decaying spectrum (variance of dimension k ~ 1/k) summing to ``noise_sq`` per
+    statement in ``d`` dimensions."""
     rng = np.random.default_rng(seed)
+    recon_ratio = ratio if recon_ratio is None else recon_ratio
     u = rng.standard_normal(d)
     u /= np.linalg.norm(u)
+    spec = 1.0 / np.arange(1, d + 1)
+    sd = np.sqrt(spec * noise_sq / spec.sum())
     rows = []
     for i in range(n_issues):
         off = rng.standard_normal(d) * 2
         for side in ("left", "right"):
             for k in range(per_side):
                 s = 1.0 if side == "right" else -1.0
-                xb = off + s * u + rng.standard_normal(d) * noise
-                xi = off + s * np.sqrt(ratio) * u + rng.standard_normal(d) * noise
+                nb, ni = rng.standard_normal((2, d)) * sd
                 rows.append({"prompt_id": f"i{i}-{side}-{k}", "label": side, "issue": f"i{i}",
-                             "n_tokens": 10, "data_base": xb, "data_instruct": xi,
-                             "recon_base": xb, "recon_instruct": xi})
+                             "n_tokens": 10, "data_base": off + s * u + nb,
+                             "data_instruct": off + s * np.sqrt(ratio) * u + ni,
+                             "recon_base": off + s * u + 0.5 * nb,
+                             "recon_instruct": off + s * np.sqrt(recon_ratio) * u + 0.5 * ni})
     df = pl.DataFrame([{k: v for k, v in r.items() if not k.startswith(("data", "recon"))}
                        for r in rows])
     for c in ("data_base", "data_instruct", "recon_base", "recon_instruct"):
@@ -707,24 +717,27 @@ def _statement_table(ratio, *, d=256, n_issues=20, per_side=6, noise=1.0, seed=0
     return df
 
 
-@pytest.mark.parametrize("ratio", [0.25, 1.0])
-def test_partisan_variance_ratio_of_reconstructions_recovers_the_planted_ratio(ratio):
-    """In 256 dimensions with per-statement noise of 16 times base's squared partisan
-    difference (|noise|^2 = 64, |difference|^2 = 4), the naive |mean difference|^2 ratio
-    is pulled toward 1 (0.4 for a planted 0.25); the split-half estimator the summary
-    uses recovers 0.25 and 1, with n = issues, each on its side of 0.5."""
+@pytest.mark.parametrize(("ratio", "recon_ratio"), [(0.25, 0.5), (1.0, 1.0)])
+def test_partisan_variance_ratio_of_reconstructions_recovers_the_planted_ratio(
+        ratio, recon_ratio):
+    """In 512 dimensions with a decaying noise spectrum and per-statement noise of 16 times
+    base's squared partisan difference (|noise|^2 = 64, |difference|^2 = 4), the naive
+    |mean difference|^2 ratio is pulled toward 1 (about 0.4 for a planted 0.25); the
+    split-half estimator the summary uses recovers each ratio from its own columns (data
+    0.25, reconstructions 0.5; or 1 and 1), with n = issues."""
     from rlhf_audit.diffing.summary import partisan_variance_ratios
 
-    t = _statement_table(ratio, noise=0.5)
+    t = _statement_table(ratio, recon_ratio=recon_ratio)
     est = partisan_variance_ratios(t, n_boot=200, seed=0)
-    r = est["variance_ratio_recon"]
-    assert r.n == 20 and r.lo <= ratio <= r.hi
-    assert (r.hi < 0.5) if ratio < 1 else (r.lo > 0.5)
+    d, r = est["variance_ratio_data"], est["variance_ratio_recon"]
+    assert r.n == d.n == 30 and d.lo <= ratio <= d.hi and r.lo <= recon_ratio <= r.hi
+    if ratio < 1:
+        assert d.hi < 0.5 and r.lo > 0.3  # each column read on its own
     right = (t["label"] == "right").to_numpy()
     naive = [float(np.sum((t[c].to_numpy()[right].mean(0) - t[c].to_numpy()[~right].mean(0))
                           ** 2)) for c in ("data_instruct", "data_base")]
-    if ratio < 1:
-        assert naive[0] / naive[1] > r.hi  # what the estimator is there for
+    if ratio < 1:  # what the estimator is there for
+        assert abs(naive[0] / naive[1] - ratio) > abs(d.value - ratio) + 0.03
     assert partisan_variance_ratios(t.with_columns(pl.lit(None, pl.String).alias("label"))) == {}
 
 
@@ -761,3 +774,51 @@ def test_partisan_latents_are_picked_on_the_base_decoder_so_rotation_alone_reads
         dominant.append(rel[np.argsort(-cos)[:2]].mean())
     assert abs(np.mean(vals) - 0.5) < 0.01
     assert np.mean(dominant) < np.mean(vals) - 0.01  # the former pick's bias, for contrast
+
+
+def test_statement_vectors_are_raw_token_means_and_tied_decoders_give_the_norm_ratio(tmp_path):
+    """evaluate(statement_vectors=True) against a direct computation, with unequal scales,
+    a decoder bias and batches that split every statement: the reconstructions come back
+    in raw units. With the two decoders tied, the reconstructions' partisan variance ratio
+    is exactly the squared ratio of the normalising mean norms (tied_ratios)."""
+    from rlhf_audit.diffing.analysis import statement_vector_table
+    from rlhf_audit.diffing.paired import paired_info
+    from rlhf_audit.diffing.summary import partisan_variance_ratios, tied_ratios
+
+    rng = np.random.default_rng(0)
+    n_stmt, per, d = 48, 6, 16
+    ids = [f"i{s % 8}-{'right' if s % 2 else 'left'}-{s}" for s in range(n_stmt)
+           for _ in range(per)]
+    side = np.array([1.0 if "right" in p else -1.0 for p in ids])[:, None]
+    Xb = rng.standard_normal((len(ids), d)) + side * np.eye(d)[0] * 2
+    Xi = 3.0 * (rng.standard_normal((len(ids), d)) + side * np.eye(d)[0])
+    path = tmp_path / "p.parquet"
+    write_paired(Xb, Xi, ids, path, labels=[p.split("-")[1] for p in ids],
+                 issues=[p.split("-")[0] for p in ids], row_group_rows=40)
+    info = paired_info(path)
+    scale = (np.sqrt(d) / info["mean_norm_base"], np.sqrt(d) / info["mean_norm_instruct"])
+    cc = BatchTopKCrossCoder(d, 32, 4, scale, seed=0)
+    with torch.no_grad():
+        cc.b_dec.copy_(torch.randn(2, d))
+    s = DiffingSettings(n_latents=32, k=4)
+    ev = evaluate(cc, path, s, top=False, batch_rows=7, split=None, statement_vectors=True)
+    got = statement_vector_table(ev).sort("prompt_id")
+    with torch.no_grad():
+        x = cc.normalise(torch.tensor(Xb, dtype=torch.float32),
+                         torch.tensor(Xi, dtype=torch.float32))
+        raw = (cc(x)[0] / cc.scale[None, :, None]).numpy()
+    order = sorted(set(ids))
+    pid = np.array(ids)
+    for col, vals in (("data_base", Xb), ("data_instruct", Xi), ("recon_base", raw[:, 0]),
+                      ("recon_instruct", raw[:, 1])):
+        want = np.stack([vals[pid == p].mean(0) for p in order])
+        assert np.allclose(got[col].to_numpy(), want, atol=1e-4), col
+    assert got["n_tokens"].to_list() == [per] * n_stmt
+    with torch.no_grad():
+        cc.W_dec[1] = cc.W_dec[0]
+    tied_ev = evaluate(cc, path, s, top=False, split=None, statement_vectors=True)
+    r = partisan_variance_ratios(statement_vector_table(tied_ev), n_boot=100)
+    t = tied_ratios(r["variance_ratio_recon"], info["mean_norm_base"], info["mean_norm_instruct"])
+    assert r["variance_ratio_recon"].value == pytest.approx(
+        t["variance_ratio_recon_tied"].value, rel=1e-4)
+    assert t["variance_ratio_recon_over_tied"].value == pytest.approx(1.0, rel=1e-4)

@@ -151,9 +151,10 @@ def test_claims_table_is_labelled_as_organism_results(organism_run):
     assert "ORGANISM RESULTS" in md.splitlines()[0]
     claims = pl.read_parquet(organism_run / "results/claims.parquet")
     ran = claims.filter(pl.col("published_in_interval") != "not run")
-    # "organism": the planted row on the organism's own checks (the post RM's taste)
+    # "organism": the planted row on the organism's own checks (the post RM's taste);
+    # "diffing": the planted rows on the crosscoder's reconstructions
     assert set(ran["study"]) == {"partisan", "sae", "steering", "calibration", "reward",
-                                 "organism"}
+                                 "organism", "diffing"}
     # similarity needs an embedding model, which the default config does not name
     not_run = claims.filter(pl.col("published_in_interval") == "not run")["key"].to_list()
     assert "rewrite_similarity" in not_run

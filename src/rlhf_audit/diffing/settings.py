@@ -54,7 +54,7 @@ class DiffingSettings:
     """Top-activating statements listed per latent."""
     partisan_latents: int = 2
     """Live latents most aligned with the base partisan direction whose mean relative norm
-    the headline reads (``partisan_relative_norm``): on the organism, one latent per side."""
+    the headline reads (``partisan_relative_norm``, descriptive)."""
     n_boot: int = 1000
     """Bootstrap replicates (issues, latents or questions resampled)."""
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import polars as pl
 
 from rlhf_audit.stats import Estimate, bootstrap
+
+log = logging.getLogger(__name__)
 
 SEEDS = ("range (min-max) over the crosscoder training seeds, not a confidence interval "
          "(value: the first seed; n: the seeds)")
@@ -78,10 +81,19 @@ HEADLINE_KEYS = {
                            "estimator: |right-minus-left mean difference|^2, every "
                            "dimension); the reference for variance_ratio_recon; interval: "
                            "bootstrap over the held-out issues, refitting",
-    "variance_ratio_recon": "The same partisan variance ratio read off the crosscoder's "
-                            "reconstructions of those statements (raw units): whether the "
-                            "dictionary carries what changed in the partisan geometry; "
+    "variance_ratio_recon": "The same partisan variance ratio read off the first crosscoder "
+                            "seed's reconstructions of those statements (raw units): whether "
+                            "the dictionary carries what changed in the partisan geometry; "
                             "interval: bootstrap over the held-out issues, refitting",
+    "variance_ratio_recon_tied": "What variance_ratio_recon would read if the crosscoder's two "
+                                 "decoders were equal: (instruct's mean activation norm / "
+                                 "base's)^2 on the train tokens, the models' overall scale "
+                                 "alone (exact; no interval)",
+    "variance_ratio_recon_over_tied": "variance_ratio_recon / variance_ratio_recon_tied: the "
+                                      "part of the reconstructions' partisan variance ratio "
+                                      "that the two decoders differing carries, beyond the "
+                                      "models' overall scale; interval: "
+                                      "variance_ratio_recon's, divided by the exact tied value",
     "diff_sae_fve": "Fraction of variance of the instruct-minus-base differences explained by "
                     "the diff-SAE on the held-out paired tokens (no interval: one trained SAE; "
                     "n: held-out tokens)",
@@ -246,12 +258,17 @@ def partisan_variance_ratios(statements: pl.DataFrame, *, n_boot: int = 1000, se
 
     rows = statements.filter(pl.col("label").is_in(["left", "right"]))
     if rows.height == 0 or rows["label"].n_unique() < 2:
+        log.warning("diffing: no partisan variance ratios: the held-out statements lack "
+                    "left and right labels (the diffing dataset needs format partisan)")
         return {}
     clusters = np.array([cluster_of(p, i) for p, i in
                          zip(rows["prompt_id"].to_list(), rows["issue"].to_list(), strict=True)])
     if len(set(clusters)) < 4:
+        log.warning("diffing: no partisan variance ratios: %d held-out issues, the split-half "
+                    "estimator needs 4", len(set(clusters)))
         return {}
     right = (rows["label"] == "right").to_numpy()
+    # n_perm 1: split_half_analysis also builds a permutation noise floor, unused here
     ps = PartisanSettings(n_boot=n_boot, seed=seed, n_splits=n_splits, n_perm=1)
     out = {}
     for name, (b, i) in {"data": ("data_base", "data_instruct"),
@@ -260,6 +277,19 @@ def partisan_variance_ratios(statements: pl.DataFrame, *, n_boot: int = 1000, se
                                  rows[i].to_numpy().astype(np.float64), right, clusters, ps)
         out[f"variance_ratio_{name}"] = sh["variance_ratio"]
     return out
+
+
+def tied_ratios(recon: Estimate, norm_base: float, norm_instruct: float) -> dict[str, Estimate]:
+    """``variance_ratio_recon_tied`` and ``..._over_tied`` (see :data:`HEADLINE_KEYS`). With
+    equal decoders the shared encoder gives both models one code per token, so each raw
+    reconstruction is the other times the ratio of the models' normalising mean norms:
+    the partisan variance ratio of the reconstructions is that ratio squared, exactly."""
+    tied = (norm_instruct / norm_base) ** 2
+    return {"variance_ratio_recon_tied": Estimate(tied, math.nan, math.nan, recon.n, "ratio",
+                                                  "exact: (mean norm instruct / base)^2"),
+            "variance_ratio_recon_over_tied": Estimate(
+                recon.value / tied, recon.lo / tied, recon.hi / tied, recon.n, "ratio",
+                recon.method + "; divided by the exact tied-decoder value")}
 
 
 def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
@@ -278,6 +308,8 @@ def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
     if statements_path:
         est |= partisan_variance_ratios(pl.read_parquet(statements_path), n_boot=n_boot,
                                         seed=seed, n_splits=n_splits)
+        if "variance_ratio_recon" in est and s.get("mean_norms"):
+            est |= tied_ratios(est["variance_ratio_recon"], *s["mean_norms"])
     docs = {k: v for k, v in HEADLINE_KEYS.items() if "{" not in k}
     docs |= {k: HEADLINE_KEYS["steer_slope_{feature}"] for k in est if k.startswith("steer_")}
     write_fragment(est, docs, out_path)
