@@ -78,7 +78,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
     m = settings.top_statements
     n_tok = 0
     vec: list[np.ndarray] = []
-    stmt_meta: list[tuple] = []
+    stmt_meta: list[tuple] = []  # (prompt_id, label, issue) per statement
+    stmt_tokens: list[int] = []
     for meta, xb, xi in iter_paired(paired_path, batch_rows, meta=True, split=split):
         x = cc.normalise(torch.from_numpy(xb).to(dev), torch.from_numpy(xi).to(dev))
         recon, f = cc(x)
@@ -92,7 +93,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
                 sst.append(np.zeros(2))
                 if statement_vectors:
                     vec.append(np.zeros((4, xb.shape[1])))
-                    stmt_meta.append((p, label, issue, 0))
+                    stmt_meta.append((p, label, issue))
+                    stmt_tokens.append(0)
         si = np.fromiter((stmt_index[p] for p in pid), np.int64, len(pid))
         if statement_vectors:
             raw = (recon / cc.scale[None, :, None]).cpu().numpy()  # back to activation units
@@ -103,8 +105,7 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
             cnt = np.bincount(inv, minlength=len(uniq))
             for k, u in enumerate(uniq):
                 vec[u] += acc[k]
-                p, lab, iss, c = stmt_meta[u]
-                stmt_meta[u] = (p, lab, iss, c + int(cnt[k]))
+                stmt_tokens[u] += int(cnt[k])
         e = (x - recon).pow(2).sum(-1).double().cpu().numpy()  # [B, 2]
         t = (x - mu).pow(2).sum(-1).double().cpu().numpy()
         acc_e = np.zeros((len(stmt_index), 2))
@@ -132,7 +133,8 @@ def evaluate(cc: BatchTopKCrossCoder, paired_path: str | os.PathLike, settings: 
         n_tok += len(xb)
     ids = list(stmt_index)
     extra = {"vectors": np.array(vec) if vec else np.zeros((0, 4, 0)),
-             "statement_meta": stmt_meta} if statement_vectors else {}
+             "statement_meta": stmt_meta, "statement_tokens": stmt_tokens,
+             } if statement_vectors else {}
     return {**extra, "n_tokens": n_tok, "fired": fired, "statements": ids, "clusters": clusters,
             "sse": np.array(sse), "sst": np.array(sst),
             "scaling": sums.table() if sums is not None else None,
@@ -146,10 +148,10 @@ def statement_vector_table(ev: dict) -> pl.DataFrame:
     ``recon_base``, ``recon_instruct``, [d_model] each): what the partisan contrast of the
     data and of the reconstruction is computed from (:func:`rlhf_audit.diffing.summary`)."""
     meta = ev["statement_meta"]
-    n = np.array([c for *_, c in meta], dtype=np.int64)
+    n = np.array(ev["statement_tokens"], dtype=np.int64)
     mean = (ev["vectors"] / np.maximum(n, 1)[:, None, None]).astype(np.float32)
-    cols = {"prompt_id": [p for p, *_ in meta], "label": [lab for _, lab, _, _ in meta],
-            "issue": [iss for _, _, iss, _ in meta]}
+    cols = {"prompt_id": [p for p, _, _ in meta], "label": [lab for _, lab, _ in meta],
+            "issue": [iss for _, _, iss in meta]}
     df = pl.DataFrame(cols, schema={"prompt_id": pl.String, "label": pl.String,
                                     "issue": pl.String}).with_columns(
         pl.Series("n_tokens", n))
@@ -387,8 +389,11 @@ def partisan_relative_norm(latents: pl.DataFrame, m: int, direction: np.ndarray,
     of the pool, in ``n_draws`` draws. Returns {"value", "latents" (ids), "cos" (their
     base-decoder |cos|), "null" (the draws)}, or None when no latent qualifies."""
     p = np.asarray(direction, np.float64).ravel()
-    Wb = latents["decoder_base"].to_numpy().astype(np.float64)
-    cos = np.abs(_unit(Wb) @ (p / np.linalg.norm(p)))
+    p = p / np.linalg.norm(p)
+    Wb = latents["decoder_base"].to_numpy()
+    # in chunks: a float64 copy of every base decoder is 4.3 GB at 131k x 4096
+    cos = np.concatenate([np.abs(_unit(Wb[s:s + 8192].astype(np.float64)) @ p)
+                          for s in range(0, len(Wb), 8192)]) if len(Wb) else np.zeros(0)
     firing = latents["firing_rate"].to_numpy().astype(float)
     live = np.flatnonzero((latents["class"] != "dead").to_numpy() & (firing >= min_firing))
     if m < 1 or len(live) < m:
