@@ -8,5 +8,6 @@ log = setup(sm.log[0], sm.threads)
 p = sm.params.settings
 info = pair_token_rows(list(sm.input.base_shards), list(sm.input.instruct_shards), p["layer"],
                        sm.output.paired, seed=p["seed"], eval_share=p["eval_share"],
+                       context=p["context"],
                        provenance=provenance(sm.rule, params=dict(p)))
 log.info("paired: %s", info)

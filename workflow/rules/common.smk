@@ -21,6 +21,7 @@ pin_cpu_numerics()
 from snakemake.exceptions import WorkflowError
 
 from rlhf_audit.codehash import code_hash
+from rlhf_audit.diffing.context import context_chat, reads_native
 from rlhf_audit.config import (STUDIES, ConfigError, chosen_studies, load_schema,
                                study_pairs, validate_config)
 from rlhf_audit.gpu import cuda_visible, gpu_slots, lift_local_gpu_limit
@@ -767,14 +768,55 @@ def diffing_settings(wildcards):
 
 def diffing_pair_settings(wildcards):
     d = config["diffing"]
-    return {"layer": d["layer"], "seed": d["seed"], "eval_share": d["eval_share"]}
+    return {"layer": d["layer"], "seed": d["seed"], "eval_share": d["eval_share"],
+            "context": d["context"]}
+
+
+def diffing_role_shards(pair, role):
+    """The shards a pair's model is diffed from: its pipeline extraction when that already
+    reads the statements as diffing.context asks, else diffing-only shards
+    (rule extract_diffing_context; rlhf_audit.diffing.context)."""
+    model = pair_models(pair)[role]
+    if reads_native(config["diffing"]["context"], model_chat(model)):
+        return shard_paths(model, config["diffing"]["dataset"])
+    return [f"results/diffing/{pair}/activations/{role}/shard-{s}.parquet"
+            for s in shard_names()]
 
 
 def diffing_pair_inputs(wildcards):
-    ds = config["diffing"]["dataset"]
+    return {f"{role}_shards": diffing_role_shards(wildcards.pair, role)
+            for role in ("base", "instruct")}
+
+
+def diffing_context_model(wildcards):
+    """The model of a diffing-only extraction; in context chat the base borrows the pair's
+    instruct chat template, so that both models read identical tokens."""
     m = pair_models(wildcards.pair)
-    return {"base_shards": shard_paths(m["base"], ds),
-            "instruct_shards": shard_paths(m["instruct"], ds)}
+    out = {"name": m[wildcards.role], "spec": model_spec(m[wildcards.role]),
+           "device": config["device"], "dtype": config["dtype"]}
+    if config["diffing"]["context"] == "chat" and wildcards.role == "base":
+        out["chat_template_from"] = model_spec(m["instruct"])
+    return out
+
+
+def diffing_context_settings(wildcards):
+    """Extraction settings of a diffing-only shard: the diffing layer's token rows only,
+    with or without the chat template as diffing.context says."""
+    e = config["extract"]
+    layer = config["diffing"]["layer"]
+    model = pair_models(wildcards.pair)[wildcards.role]
+    return {"layers": [layer], "positions": [], "token_layers": [layer], "dtype": e["dtype"],
+            "max_length": e["max_length"], "batch_size": e["batch_size"],
+            "chat_template": context_chat(config["diffing"]["context"], model_chat(model)),
+            "pool_over": e["pool_over"], "compute_dtype": config["dtype"]}
+
+
+def diffing_context_inputs(wildcards):
+    m = pair_models(wildcards.pair)
+    files = model_files(m[wildcards.role])
+    if config["diffing"]["context"] == "chat" and wildcards.role == "base":
+        files = files + model_files(m["instruct"])  # the template it borrows
+    return {"prompts": normalised(config["diffing"]["dataset"]), "model": files}
 
 
 def diffing_partisan_directions(pair):

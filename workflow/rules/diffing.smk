@@ -1,7 +1,8 @@
 # Stage 9, diffing: a BatchTopK crosscoder and a diff-SAE on paired per-token
-# activations of identical text in both models of a pair (content tokens only),
-# Latent Scaling, the partisan direction (when the partisan study runs) and
-# steering by the model-specific latents.
+# activations of identical text in both models of a pair (content tokens only, both
+# models in one diffing.context: rule extract_diffing_context extracts the one that
+# reads it otherwise), Latent Scaling, the partisan direction (when the partisan study
+# runs) and steering by the model-specific latents.
 
 
 rule pair_diffing_activations:

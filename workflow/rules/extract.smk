@@ -1,5 +1,7 @@
 # Stage 3, extract: residual-stream activations per model x dataset x shard,
-# one job per shard (a cluster fans them out), then a manifest per model x dataset.
+# one job per shard (a cluster fans them out), then a manifest per model x dataset;
+# and, for the diffing study, a pair's model read in diffing.context when its own
+# extraction reads the statements otherwise.
 
 
 rule extract_activations:
@@ -37,3 +39,30 @@ rule write_activation_manifest:
         "results/logs/write_activation_manifest/{model}/{dataset}.log",
     script:
         "../../scripts/write_activation_manifest.py"
+
+
+rule extract_diffing_context:
+    # A model whose pipeline extraction reads the statements otherwise than
+    # diffing.context asks (in context chat: the base, inside instruct's template):
+    # the diffing layer's token rows only.
+    input:
+        unpack(diffing_context_inputs),
+    output:
+        shard="results/diffing/{pair}/activations/{role}/shard-{shard}.parquet",
+    wildcard_constraints:
+        pair="[^/]+",
+        role="base|instruct",
+    params:
+        model=diffing_context_model,
+        settings=diffing_context_settings,
+        shard=extract_shard_index,
+        code=script_code("extract_activations.py"),
+    resources:
+        gpu=gpu_count(),
+    threads: 1
+    log:
+        "results/logs/extract_diffing_context/{pair}/{role}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/extract_diffing_context/{pair}/{role}/shard-{shard}.tsv"
+    script:
+        "../../scripts/extract_activations.py"

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from rlhf_audit.diffing.context import check_context, same_position_share
 from rlhf_audit.io import PROVENANCE_KEY, atomic_path
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ def pair_token_rows(
     *,
     seed: int = 0,
     eval_share: float = 0.5,
+    context: str = "native",
     max_rows: int = 65536,
     row_group_rows: int = 8192,
     provenance: dict | None = None,
@@ -249,15 +251,28 @@ def pair_token_rows(
     """Pair the two models' token rows at ``layer`` and write the paired file atomically.
 
     ``eval_share`` of the clusters (issues) are held out as the ``eval`` split (module
-    docstring). Returns (and stores in the file's metadata) the counts, the mean L2 norm
-    of each model's train tokens and each model's mean train vector (the normalisation,
-    and the centre of variance explained).
+    docstring). ``context`` is the ``diffing.context`` the shards were extracted in
+    (:mod:`rlhf_audit.diffing.context`): in ``chat`` and ``raw`` both models read identical
+    token sequences, so every paired token sits at the same position in both, and a share
+    below 1 (``same_position_share``) is logged as a warning. Returns (and stores in the
+    file's metadata) the counts, the context and that share, the mean L2 norm of each
+    model's train tokens and each model's mean train vector (the normalisation, and the
+    centre of variance explained).
     """
+    check_context(context)
     fb, fi = _files(base_shards), _files(instruct_shards)
     pairs, stats = _pair_meta(_token_meta(fb, layer, "base"), _token_meta(fi, layer, "instruct"))
     if pairs.height == 0:
         raise ValueError("no token is shared between the base and instruct statements: "
                          "are the two models' tokenizers the same?")
+    share = same_position_share(pairs["token_index_base"], pairs["token_index_instruct"])
+    stats |= {"context": context, "same_position_share": share}
+    if context != "native" and share < 1:
+        log.warning(
+            "diffing.context %s: only %.1f%% of the paired tokens sit at the same position in "
+            "both models, so the two did not read identical token sequences (different "
+            "templates or tokenizers?): the crosscoder then diffs context as well as weights",
+            context, 100 * share)
     pairs, split_stats = _with_split(pairs, eval_share, seed)
     stats |= split_stats
     rng = np.random.default_rng(seed)
@@ -439,7 +454,8 @@ def write_paired(
                      schema={"prompt_id": pl.String, "issue": pl.String}), eval_share, seed)
     tr = (keys["split"] == "train").to_numpy()
     stats = {"n_statements": len(set(prompt_ids)), "token_rows_base": n,
-             "token_rows_instruct": n, "statements_mostly_unpaired": 0, **split_stats}
+             "token_rows_instruct": n, "statements_mostly_unpaired": 0,
+             "context": "synthetic", "same_position_share": 1.0, **split_stats}
     info = {"layer": int(layer), "d_model": int(d), "n_tokens": int(n),
             "mean_norm_base": float(np.linalg.norm(Xb[tr], axis=1).mean()),
             "mean_norm_instruct": float(np.linalg.norm(Xi[tr], axis=1).mean()),

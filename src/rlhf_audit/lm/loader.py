@@ -162,6 +162,22 @@ def load_tokenizer(spec: ModelSpec, padding_side: str = "right"):
     return tok
 
 
+def borrow_chat_template(tokenizer, donor: ModelSpec | Mapping):
+    """Give ``tokenizer`` the chat template of the model ``donor`` (its tokenizer only is
+    loaded) and return it: the base of a diffed pair reads the statements inside the
+    instruct model's template, so both read identical tokens (rlhf_audit.diffing.context).
+    Raises ModelLoadError when the donor has no chat template."""
+    donor = donor if isinstance(donor, ModelSpec) else ModelSpec.from_config(donor)
+    template = getattr(load_tokenizer(donor), "chat_template", None)
+    if not template:
+        raise ModelLoadError(
+            f"{donor.label} has no chat template to lend: diffing.context 'chat' wraps both "
+            "models' statements in the instruct model's template; add one to its "
+            "tokenizer_config.json, or set diffing.context: raw")
+    tokenizer.chat_template = template
+    return tokenizer
+
+
 def _load(auto_cls, spec: ModelSpec, device: str, dtype: str, **extra):
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)

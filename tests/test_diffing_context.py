@@ -1,0 +1,192 @@
+"""diffing.context: both models of a diffed pair read identical token sequences.
+
+The known answer: one set of weights read in two contexts. Read natively (base bare,
+instruct inside the chat template) the "two models" already differ on every content
+token, a difference the crosscoder would report as fine-tuning; read in one context
+(chat, with the template borrowed by a base tokenizer that has none) they are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from types import SimpleNamespace as W
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rlhf_audit.diffing.context import (
+    CONTEXTS,
+    check_context,
+    context_chat,
+    reads_native,
+    same_position_share,
+)
+from rlhf_audit.diffing.paired import iter_paired, pair_token_rows, paired_info
+
+
+def test_context_rules():
+    assert CONTEXTS == ("raw", "chat", "native")
+    # (context, native_chat) -> (reads its pipeline extraction, reads a chat template)
+    table = {("chat", True): (True, True), ("chat", False): (False, True),
+             ("raw", True): (False, False), ("raw", False): (True, False),
+             ("native", True): (True, True), ("native", False): (True, False)}
+    for (ctx, native), (same, chat) in table.items():
+        assert reads_native(ctx, native) is same, (ctx, native)
+        assert context_chat(ctx, native) is chat, (ctx, native)
+    with pytest.raises(ValueError,
+                       match=r"diffing.context 'templated': choose one of \['raw', 'chat'"):
+        check_context("templated")
+    assert same_position_share([3, 4, 5], [3, 4, 5]) == 1.0
+    assert same_position_share([3, 4, 5, 6], [4, 5, 6, 6]) == 0.25
+    with pytest.raises(ValueError, match="shape"):
+        same_position_share([1, 2], [1])
+
+
+def _cfg(context):
+    return {"models": {m: {"path": f"dirs/{m}"} for m in ("base", "sft", "rlhf")},
+            "model_pairs": {"sft_step": {"base": "base", "instruct": "sft"},
+                            "rl_step": {"base": "sft", "instruct": "rlhf"}},
+            "extract": {"chat_template": {"base": False, "instruct": True}, "layers": "all",
+                        "positions": ["mean"], "dtype": "float32", "max_length": 32,
+                        "batch_size": 4, "pool_over": "content", "shards": 2},
+            "diffing": {"context": context, "layer": 1, "dataset": "partisan"},
+            "device": "cpu", "dtype": "float32"}
+
+
+def _ns(context):
+    from common_smk import smk_functions
+
+    return smk_functions(
+        _cfg(context),
+        ["model_spec", "pair_models", "model_role", "model_chat", "n_shards", "shard_names",
+         "shard_paths", "diffing_role_shards", "diffing_pair_inputs", "diffing_context_model",
+         "diffing_context_settings", "diffing_context_inputs"],
+        reads_native=reads_native, context_chat=context_chat,
+        normalised=lambda name: f"results/data/{name}.parquet",
+        model_files=lambda name: [f"dirs/{name}/config.json"])
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_every_diffed_model_reads_the_configured_context(context):
+    """Which shards each role is diffed from, and how a diffing-only shard is extracted,
+    in every context; the SFT checkpoint (instruct of sft_step, base of rl_step) is read
+    one way in both pairs, as everywhere else in the pipeline."""
+    ns = _ns(context)
+    native = {"base": "results/activations/base/partisan/shard-00000.parquet",
+              "sft": "results/activations/sft/partisan/shard-00000.parquet",
+              "rlhf": "results/activations/rlhf/partisan/shard-00000.parquet"}
+    for pair, role, model in [("sft_step", "base", "base"), ("sft_step", "instruct", "sft"),
+                              ("rl_step", "base", "sft"), ("rl_step", "instruct", "rlhf")]:
+        templated = model != "base"
+        shards = ns["diffing_role_shards"](pair, role)
+        assert len(shards) == 2
+        own = reads_native(context, templated)
+        if own:
+            assert shards[0] == native[model], (context, pair, role)
+            continue
+        assert shards == [f"results/diffing/{pair}/activations/{role}/shard-0000{i}.parquet"
+                          for i in range(2)]
+        w = W(pair=pair, role=role)
+        s = ns["diffing_context_settings"](w)
+        assert s["chat_template"] is (context == "chat")
+        assert s["token_layers"] == [1] and s["positions"] == []
+        m = ns["diffing_context_model"](w)
+        assert m["name"] == model and m["spec"] == {"path": f"dirs/{model}"}
+        inputs = ns["diffing_context_inputs"](w)["model"]
+        if context == "chat":
+            # only the bare base of sft_step needs a template, and it borrows the pair's
+            # instruct one (a dependency of the job)
+            assert (pair, role) == ("sft_step", "base")
+            assert m["chat_template_from"] == {"path": "dirs/sft"}
+            assert inputs == ["dirs/base/config.json", "dirs/sft/config.json"]
+        else:
+            assert "chat_template_from" not in m and inputs == [f"dirs/{model}/config.json"]
+    if context == "native":  # nothing is extracted again
+        assert all(p.startswith("results/activations/")
+                   for pair in ("sft_step", "rl_step")
+                   for p in sum(ns["diffing_pair_inputs"](W(pair=pair)).values(), []))
+
+
+@pytest.fixture(scope="module")
+def one_model_two_dirs(tmp_path_factory):
+    """One tiny model saved twice: as "instruct" (with a chat template) and as "base"
+    (the same weights, its tokenizer without one, as many base checkpoints ship)."""
+    from tiny import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("ctx_models")
+    instruct = save_tiny_llama(root / "instruct", seed=0, n_layers=2, hidden=32)
+    base = root / "base"
+    shutil.copytree(instruct, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_path = base / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    return base, instruct
+
+
+def _prompts(n=24):
+    words = "the tax cut border wall climate policy health care guns rights vote market".split()
+    rng = np.random.default_rng(1)
+    return pl.DataFrame({"id": [f"p{i:03d}" for i in range(n)],
+                         "text": [" ".join(rng.choice(words, rng.integers(4, 9)))
+                                  for _ in range(n)],
+                         "label": ["left", "right"] * (n // 2),
+                         "issue": [f"issue{i % 4}" for i in range(n)]})
+
+
+def _extract(model_dir, out, chat, template_from=None):
+    from rlhf_audit.extract import ExtractSettings, extract_shard
+    from rlhf_audit.lm.loader import borrow_chat_template, load_causal_lm
+
+    model, tok = load_causal_lm({"path": str(model_dir)}, device="cpu", dtype="float32")
+    if template_from is not None:
+        borrow_chat_template(tok, {"path": str(template_from)})
+    s = ExtractSettings.from_params({"layers": [1], "positions": [], "token_layers": [1],
+                                     "dtype": "float32", "batch_size": 8, "max_length": 64,
+                                     "chat_template": chat})
+    extract_shard(model, tok, _prompts(), s, out / "shard-00000.parquet")
+
+
+def _max_gap(path):
+    return max(float(np.abs(xb - xi).max()) for _, xb, xi in iter_paired(path, 4096))
+
+
+def test_one_model_in_two_contexts_differs_and_in_one_context_does_not(
+        one_model_two_dirs, tmp_path, caplog):
+    base, instruct = one_model_two_dirs
+    _extract(instruct, tmp_path / "i", chat=True)
+    # native: the base reads bare text. Same weights, yet every content token differs.
+    _extract(base, tmp_path / "b_native", chat=False)
+    info = pair_token_rows(tmp_path / "b_native", tmp_path / "i", 1, tmp_path / "native.pq",
+                           context="native")
+    assert info["context"] == "native" and info["same_position_share"] == 0.0
+    assert _max_gap(tmp_path / "native.pq") > 1e-2
+    # A base tokenizer without a template cannot read the chat context by itself ...
+    with pytest.raises(ValueError, match="no chat template"):
+        _extract(base, tmp_path / "b_fail", chat=True)
+    # ... it borrows instruct's, and the two read identical tokens: nothing to diff.
+    _extract(base, tmp_path / "b_chat", chat=True, template_from=instruct)
+    with caplog.at_level(logging.WARNING, logger="rlhf_audit.diffing.paired"):
+        info = pair_token_rows(tmp_path / "b_chat", tmp_path / "i", 1, tmp_path / "chat.pq",
+                               context="chat")
+    assert info["same_position_share"] == 1.0 and "same position" not in caplog.text
+    assert paired_info(tmp_path / "chat.pq")["context"] == "chat"
+    assert _max_gap(tmp_path / "chat.pq") < 1e-5
+    # Shards that are not in one context, paired as if they were: a warning says so.
+    with caplog.at_level(logging.WARNING, logger="rlhf_audit.diffing.paired"):
+        pair_token_rows(tmp_path / "b_native", tmp_path / "i", 1, tmp_path / "bad.pq",
+                        context="chat")
+    assert "0.0% of the paired tokens sit at the same position" in caplog.text
+
+
+def test_a_donor_without_a_template_is_a_clear_error(one_model_two_dirs):
+    from rlhf_audit.lm.loader import ModelLoadError, ModelSpec, borrow_chat_template, load_tokenizer
+
+    base, _ = one_model_two_dirs
+    tok = load_tokenizer(ModelSpec(path=str(base)))
+    with pytest.raises(ModelLoadError, match=r"no chat template to lend.*diffing.context: raw"):
+        borrow_chat_template(tok, {"path": str(base)})
