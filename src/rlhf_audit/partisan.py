@@ -639,6 +639,7 @@ def split_half_analysis(
     right: np.ndarray,
     clusters: np.ndarray,
     settings: PartisanSettings,
+    reps_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Estimate]:
     """Split-half statistics of the partisan prompts with their intervals and noise floor.
 
@@ -651,6 +652,12 @@ def split_half_analysis(
     percentile of that null's instruct/base ratio, i.e. the ratio a model with no
     partisan separation at all would reach by chance. Also returned: ``permutation_p``,
     the one-sided permutation p-value of the instruct partisan variance.
+
+    ``reps_out``: when given, receives each statistic's bootstrap replicates
+    (``[n_boot]``, NaN where a replicate is undefined). The draws depend only on
+    ``settings.seed`` and the clusters, so two calls on the same clusters and labels (the
+    data and a reconstruction of it) resample identically, and a ratio of their replicates
+    is a paired bootstrap.
     """
     right = np.asarray(right, dtype=bool)
     orig = np.asarray(clusters).astype(str)
@@ -692,6 +699,8 @@ def split_half_analysis(
              "cosine_base_instruct": "cosine"}
     out = {}
     for j, k in enumerate(SPLIT_HALF_STATS):
+        if reps_out is not None:
+            reps_out[k] = reps[:, j].copy()
         finite = reps[:, j][np.isfinite(reps[:, j])]
         lo = hi = math.nan
         if len(finite) >= settings.n_boot / 2:

@@ -85,6 +85,12 @@ HEADLINE_KEYS = {
                             "seed's reconstructions of those statements (raw units): whether "
                             "the dictionary carries what changed in the partisan geometry; "
                             "interval: bootstrap over the held-out issues, refitting",
+    "variance_ratio_recon_over_data": "variance_ratio_recon / variance_ratio_data: how "
+                                      "faithfully the first crosscoder seed's "
+                                      "reconstructions carry the activations' partisan "
+                                      "variance ratio (1 = exactly; below 1 they exaggerate "
+                                      "a compression); interval: paired bootstrap over the "
+                                      "held-out issues (the same resamples for both)",
     "variance_ratio_recon_tied": "What variance_ratio_recon would read if the crosscoder's two "
                                  "decoders were equal: (instruct's mean activation norm / "
                                  "base's)^2 on the train tokens, the models' overall scale "
@@ -271,11 +277,25 @@ def partisan_variance_ratios(statements: pl.DataFrame, *, n_boot: int = 1000, se
     # n_perm 1: split_half_analysis also builds a permutation noise floor, unused here
     ps = PartisanSettings(n_boot=n_boot, seed=seed, n_splits=n_splits, n_perm=1)
     out = {}
+    reps = {}
     for name, (b, i) in {"data": ("data_base", "data_instruct"),
                          "recon": ("recon_base", "recon_instruct")}.items():
+        reps[name] = {}
         sh = split_half_analysis(rows[b].to_numpy().astype(np.float64),
-                                 rows[i].to_numpy().astype(np.float64), right, clusters, ps)
+                                 rows[i].to_numpy().astype(np.float64), right, clusters, ps,
+                                 reps_out=reps[name])
         out[f"variance_ratio_{name}"] = sh["variance_ratio"]
+    d, r = out["variance_ratio_data"], out["variance_ratio_recon"]
+    # The two calls drew the same issue resamples and halves: the replicates pair up.
+    paired = reps["recon"]["variance_ratio"] / reps["data"]["variance_ratio"]
+    finite = paired[np.isfinite(paired)]
+    lo = hi = math.nan
+    if len(finite) >= n_boot / 2:
+        lo, hi = (float(x) for x in np.quantile(finite, [0.025, 0.975]))
+    out["variance_ratio_recon_over_data"] = Estimate(
+        r.value / d.value if d.value else math.nan, lo, hi, d.n, "ratio",
+        "paired cluster bootstrap: the same issue resamples and half-splits for the "
+        "reconstructions and the activations, percentile 95%")
     return out
 
 
