@@ -304,6 +304,32 @@ def test_real_shards_pair_content_tokens_and_identical_models_agree(tiny_models,
         pair_token_rows(tmp_path / "b", tmp_path / "i", 0, tmp_path / "x.parquet")
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_with_auxk_leaves_fewer_latents_dead_on_held_out_tokens(tmp_path, seed):
+    """Through the trainer (dead bookkeeping, AuxK term, threshold) rather than aux_loss
+    alone: 300 sparse features in 32 dimensions, more than 256 latents at k = 4 can hold,
+    reconstructed to FVE about 0.6 (the organism's regime). Without AuxK about 100 of the
+    256 latents never fire on the held-out issues; with it (alpha 1, as the organism) a third
+    to a half as many, at no cost in variance explained. (Where the reconstruction is near
+    perfect or the features few, AuxK has less to fit and helps less: 120 features read 32
+    dead without it and 41 with it, so the test plants the regime the organism is in.)"""
+    Xb, Xi, ids, _, _ = synthetic_pair(n=12000, d=32, n_shared=300, seed=3)
+    path = tmp_path / "p.parquet"
+    write_paired(Xb, Xi, ids, path, issues=[f"i{int(p[1:]) % 20}" for p in ids])
+    out = {}
+    for alpha in (0.0, 1.0):
+        s = DiffingSettings(n_latents=256, k=4, training_tokens=256 * 400, batch_size=256,
+                            lr=1e-2, n_seeds=1, auxk_alpha=alpha, dead_tokens=256 * 25)
+        res = train_crosscoder(path, s, seed=seed)
+        ev = evaluate(res.model, path, s, top=False)
+        out[alpha] = (int((ev["fired"] == 0).sum()), 1 - ev["sse"].sum() / ev["sst"].sum(),
+                      res.summary["dead_at_end"])
+    (dead_off, fve_off, tracked_off), (dead_on, fve_on, tracked_on) = out[0.0], out[1.0]
+    assert tracked_off is None and tracked_on is not None  # the trainer's own count
+    assert dead_off >= 60 and dead_on < 0.65 * dead_off, out  # seeds 0-2: 0.32-0.51
+    assert fve_on > fve_off - 0.01, out
+
+
 def test_auxk_revives_latents_that_lose_every_top_k_and_touches_only_them():
     """Latents whose encoder and decoder start 20x weaker than the rest never win a batch's
     top-k, so the reconstruction loss never reaches them: without AuxK all 32 stay dead;
@@ -399,6 +425,41 @@ def test_held_out_numbers_expose_a_crosscoder_that_memorises(tmp_path, caplog):
     rec = analyse_crosscoders(path, tmp_path / "cc", s)["per_seed"][0]
     assert rec["n_tokens_eval"] == 400 and rec["fve_instruct"] < 0.7  # what the study reports
     assert rec["fve_base"] < 0.7
+
+
+def test_the_diff_sae_reports_held_out_variance_explained_not_memorised(tmp_path, caplog):
+    """The diff-SAE twin of the test above: 512 TopK latents for 400 training differences of
+    independent noise. Read on its own training tokens it explains almost all of their
+    variance; the study's number (training_summary.json fve) is read on the held-out
+    issues, where there is nothing to learn."""
+    import torch
+    from sae_lens import SAE
+
+    from rlhf_audit.diffing.diff_sae import _scales, train_diff_sae
+    from rlhf_audit.diffing.paired import iter_paired, paired_info
+
+    rng = np.random.default_rng(0)
+    n, d = 800, 32
+    Xb, Xi = rng.standard_normal((2, n, d)).astype(np.float32)
+    path = tmp_path / "noise.parquet"
+    write_paired(Xb, Xi, [f"s{i // 4:04d}" for i in range(n)], path)
+    s = DiffingSettings(n_latents=64, k=8, training_tokens=400, batch_size=400, lr=1e-2,
+                        n_seeds=1, layer=0, diff_sae_latents=512, diff_sae_k=8,
+                        diff_sae_tokens=400 * 400)
+    with caplog.at_level("WARNING"):
+        summary = train_diff_sae(path, tmp_path / "dsae", s)
+    assert "can memorise" in caplog.text
+    assert summary["n_tokens"] == 400 and summary["n_tokens_train"] == 400
+    sae = SAE.load_from_disk(str(tmp_path / "dsae"), device="cpu")
+    sb, si = _scales(paired_info(path))
+    sse = sst = 0.0
+    with torch.no_grad():
+        for _, xb, xi in iter_paired(path, 4096, split="train"):
+            x = torch.from_numpy(xi * si - xb * sb)
+            sse += float((x - sae.decode(sae.encode(x))).pow(2).sum())
+            sst += float((x - x.mean(0)).pow(2).sum())
+    assert 1 - sse / sst > 0.9  # in-sample: memorised
+    assert summary["fve"] < 0.6  # what the study reports
 
 
 def _scaled_pair(c, n=40000, d=D, n_shared=96, seed=0):
@@ -739,6 +800,28 @@ def test_partisan_variance_ratio_of_reconstructions_recovers_the_planted_ratio(
     if ratio < 1:  # what the estimator is there for
         assert abs(naive[0] / naive[1] - ratio) > abs(d.value - ratio) + 0.03
     assert partisan_variance_ratios(t.with_columns(pl.lit(None, pl.String).alias("label"))) == {}
+
+
+def test_reconstruction_over_activations_is_a_paired_bootstrap():
+    """variance_ratio_recon_over_data resamples the same issues for both columns. A
+    reconstruction that is the activations with instruct scaled by sqrt(0.8) reads 0.8 in
+    every replicate, an interval of zero width, where the two columns' own intervals would
+    bound it only loosely; one that reads the planted ratio with its own noise covers 1."""
+    from rlhf_audit.diffing.summary import partisan_variance_ratios
+
+    t = _statement_table(0.25, recon_ratio=0.25)
+    d = t["data_instruct"].dtype
+    scaled = t.with_columns(
+        t["data_base"].alias("recon_base"),
+        pl.Series("recon_instruct", np.stack(t["data_instruct"].to_numpy()) * np.sqrt(0.8),
+                  dtype=d))
+    est = partisan_variance_ratios(scaled, n_boot=200, seed=0)
+    e, dat, rec = (est[f"variance_ratio_{k}"] for k in ("recon_over_data", "data", "recon"))
+    assert e.value == pytest.approx(0.8, rel=1e-5) and e.n == 30
+    assert e.lo == pytest.approx(0.8, rel=1e-5) and e.hi == pytest.approx(0.8, rel=1e-5)
+    assert rec.hi / dat.lo - rec.lo / dat.hi > 0.5  # what unpaired intervals would allow
+    e = partisan_variance_ratios(t, n_boot=200, seed=0)["variance_ratio_recon_over_data"]
+    assert e.lo < 1 < e.hi and e.hi - e.lo < 1.5
 
 
 def test_partisan_latents_are_picked_on_the_base_decoder_so_rotation_alone_reads_no_change():
