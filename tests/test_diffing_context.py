@@ -62,52 +62,56 @@ def _ns(context):
     return smk_functions(
         _cfg(context),
         ["model_spec", "pair_models", "model_role", "model_chat", "n_shards", "shard_names",
-         "shard_paths", "diffing_role_shards", "diffing_pair_inputs", "diffing_context_model",
-         "diffing_context_settings", "diffing_context_inputs"],
+         "shard_paths", "diffing_context_key", "diffing_role_shards", "diffing_pair_inputs",
+         "_template_donor", "diffing_context_model", "diffing_context_settings",
+         "diffing_context_inputs"],
         reads_native=reads_native, context_chat=context_chat,
         normalised=lambda name: f"results/data/{name}.parquet",
-        model_files=lambda name: [f"dirs/{name}/config.json"])
+        model_files=lambda name: [f"dirs/{name}/model.safetensors"],
+        tokenizer_files=lambda name: [f"dirs/{name}/tokenizer_config.json"])
 
 
 @pytest.mark.parametrize("context", CONTEXTS)
 def test_every_diffed_model_reads_the_configured_context(context):
     """Which shards each role is diffed from, and how a diffing-only shard is extracted,
-    in every context; the SFT checkpoint (instruct of sft_step, base of rl_step) is read
-    one way in both pairs, as everywhere else in the pipeline."""
+    in every context. Diffing-only shards are keyed by model (the SFT checkpoint, instruct
+    of sft_step and base of rl_step, is extracted once per context); in chat a bare base
+    borrows its pair's instruct template and depends on that model's tokenizer files, not
+    its weights; a natively templated base reads its own (pairing then checks that the
+    two inputs are identical)."""
     ns = _ns(context)
-    native = {"base": "results/activations/base/partisan/shard-00000.parquet",
-              "sft": "results/activations/sft/partisan/shard-00000.parquet",
-              "rlhf": "results/activations/rlhf/partisan/shard-00000.parquet"}
-    for pair, role, model in [("sft_step", "base", "base"), ("sft_step", "instruct", "sft"),
-                              ("rl_step", "base", "sft"), ("rl_step", "instruct", "rlhf")]:
-        templated = model != "base"
-        shards = ns["diffing_role_shards"](pair, role)
-        assert len(shards) == 2
-        own = reads_native(context, templated)
-        if own:
-            assert shards[0] == native[model], (context, pair, role)
+    wanted = {  # (pair, role) -> the shard directory diffed
+        "raw": {("sft_step", "base"): "results/activations/base/partisan",
+                ("sft_step", "instruct"): "results/diffing/activations/sft/raw",
+                ("rl_step", "base"): "results/diffing/activations/sft/raw",
+                ("rl_step", "instruct"): "results/diffing/activations/rlhf/raw"},
+        "chat": {("sft_step", "base"): "results/diffing/activations/base/chat_of_sft",
+                 ("sft_step", "instruct"): "results/activations/sft/partisan",
+                 ("rl_step", "base"): "results/activations/sft/partisan",
+                 ("rl_step", "instruct"): "results/activations/rlhf/partisan"},
+        "native": {("sft_step", "base"): "results/activations/base/partisan",
+                   ("sft_step", "instruct"): "results/activations/sft/partisan",
+                   ("rl_step", "base"): "results/activations/sft/partisan",
+                   ("rl_step", "instruct"): "results/activations/rlhf/partisan"}}[context]
+    for (pair, role), where in wanted.items():
+        assert ns["diffing_role_shards"](pair, role) == [
+            f"{where}/shard-0000{i}.parquet" for i in range(2)], (context, pair, role)
+        if not where.startswith("results/diffing/"):
             continue
-        assert shards == [f"results/diffing/{pair}/activations/{role}/shard-0000{i}.parquet"
-                          for i in range(2)]
-        w = W(pair=pair, role=role)
+        model, key = where.split("/")[-2:]
+        w = W(model=model, context=key)
         s = ns["diffing_context_settings"](w)
         assert s["chat_template"] is (context == "chat")
-        assert s["token_layers"] == [1] and s["positions"] == []
+        assert s["token_layers"] == [1] and s["positions"] == [] and s["pool_over"] == "content"
         m = ns["diffing_context_model"](w)
         assert m["name"] == model and m["spec"] == {"path": f"dirs/{model}"}
         inputs = ns["diffing_context_inputs"](w)["model"]
         if context == "chat":
-            # only the bare base of sft_step needs a template, and it borrows the pair's
-            # instruct one (a dependency of the job)
-            assert (pair, role) == ("sft_step", "base")
             assert m["chat_template_from"] == {"path": "dirs/sft"}
-            assert inputs == ["dirs/base/config.json", "dirs/sft/config.json"]
+            assert inputs == ["dirs/base/model.safetensors", "dirs/sft/tokenizer_config.json"]
         else:
-            assert "chat_template_from" not in m and inputs == [f"dirs/{model}/config.json"]
-    if context == "native":  # nothing is extracted again
-        assert all(p.startswith("results/activations/")
-                   for pair in ("sft_step", "rl_step")
-                   for p in sum(ns["diffing_pair_inputs"](W(pair=pair)).values(), []))
+            assert "chat_template_from" not in m
+            assert inputs == [f"dirs/{model}/model.safetensors"]
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +180,53 @@ def test_one_model_in_two_contexts_differs_and_in_one_context_does_not(
     assert info["same_position_share"] == 1.0 and "same position" not in caplog.text
     assert paired_info(tmp_path / "chat.pq")["context"] == "chat"
     assert _max_gap(tmp_path / "chat.pq") < 1e-5
-    # Shards that are not in one context, paired as if they were: a warning says so.
-    with caplog.at_level(logging.WARNING, logger="rlhf_audit.diffing.paired"):
+    assert paired_info(tmp_path / "chat.pq")["identical_input_share"] == 1.0
+    # Shards that are not in one context, paired as if they were: refused, naming them.
+    with pytest.raises(ValueError, match=r"did not read identical token sequences \(24 of 24 "
+                                         r"statements differ, e.g. \['p000'"):
         pair_token_rows(tmp_path / "b_native", tmp_path / "i", 1, tmp_path / "bad.pq",
                         context="chat")
-    assert "0.0% of the paired tokens sit at the same position" in caplog.text
+    assert not (tmp_path / "bad.pq").exists()
+
+
+def test_two_templates_of_one_length_are_caught_by_the_sequence_hash(one_model_two_dirs,
+                                                                   tmp_path):
+    """A base whose own template differs from instruct's by one token of the same length
+    (a date line rendered on another day, a renamed role): every content token sits at the
+    same position in both, yet each has attended to a different prefix. The whole-sequence
+    fingerprint the shards carry catches it; positions alone would not."""
+    from tiny import CHAT_TEMPLATE
+
+    base, instruct = one_model_two_dirs
+    other = tmp_path / "other_template"
+    shutil.copytree(instruct, other)
+    swapped = CHAT_TEMPLATE.replace("<|{{ m['role'] }}|>", "<|system|>")
+    assert swapped != CHAT_TEMPLATE
+    (other / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((other / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = swapped
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    _extract(instruct, tmp_path / "i", chat=True)
+    _extract(other, tmp_path / "o", chat=True)
+    with pytest.raises(ValueError, match="24 of 24 statements differ"):
+        pair_token_rows(tmp_path / "o", tmp_path / "i", 1, tmp_path / "x.pq", context="chat")
+    info = pair_token_rows(tmp_path / "o", tmp_path / "i", 1, tmp_path / "n.pq",
+                           context="native")  # allowed, and recorded as what it is
+    assert info["same_position_share"] == 1.0 and info["identical_input_share"] == 0.0
+    assert _max_gap(tmp_path / "n.pq") > 1e-3
+
+
+def test_a_chat_context_with_template_tokens_pooled_is_a_config_error():
+    from rlhf_audit.config import ConfigError, check_references
+
+    cfg = _cfg("chat")
+    cfg |= {"studies": ["diffing"], "datasets": {"partisan": {"format": "partisan"}}}
+    cfg["extract"]["dataset"] = "partisan"
+    cfg["extract"]["pool_over"] = "all"
+    with pytest.raises(ConfigError, match="diffing.context' is chat while 'extract.pool_over'"):
+        check_references(cfg)
+    cfg["diffing"]["context"] = "raw"
+    check_references(cfg)
 
 
 def test_a_donor_without_a_template_is_a_clear_error(one_model_two_dirs):

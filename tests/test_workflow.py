@@ -344,6 +344,56 @@ def test_two_runs_from_scratch_are_identical_bit_for_bit(tiny_run, tmp_path):
     assert h1 == h2
 
 
+def test_a_base_without_a_template_is_diffed_inside_the_instruct_template(tiny_run):
+    """diffing.context chat through the rules: a base checkpoint whose tokenizer ships no
+    chat template borrows the instruct model's (rule extract_diffing_context), and the
+    pairing confirms that both models read identical token sequences. Without the borrow
+    the extraction fails ("no chat template"), so the run passing is the check."""
+    import json as _json
+
+    from rlhf_audit.diffing.paired import paired_info
+
+    code, cfg = tiny_run
+    src, bare = code / "scenario/models/base", code / "scenario/models/bare"
+    shutil.copytree(src, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    tc = _json.loads((bare / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(_json.dumps(tc))
+    ov = override(code, "bare", {
+        "models": {"tiny_bare": {"path": "scenario/models/bare"}},
+        "model_pairs": {"bare": {"base": "tiny_bare", "instruct": "tiny_instruct"}},
+        "diffing": {"context": "chat", "pairs": ["bare"]}})
+    target = "results/diffing/bare/paired.parquet"
+    assert plan(code, "--configfile", str(cfg), ov, "--", target) == {
+        "extract_diffing_context": 2, "pair_diffing_activations": 1}
+    snakemake(code, "--cores", "2", "--configfile", str(cfg), ov, "--", target)
+    info = paired_info(code / target)
+    assert info["context"] == "chat" and info["identical_input_share"] == 1.0
+    assert (code / "results/diffing/activations/tiny_bare/chat_of_tiny_instruct").is_dir()
+
+
+def test_editing_a_chat_template_reruns_the_extractions_that_read_it(tiny_run):
+    """A local model's tokenizer files are inputs of the jobs that read through them: an
+    edited chat template re-extracts the instruct model (its own shards and, in the default
+    diffing.context raw, nothing else of base's). The file is put back with its old time
+    stamp, so the shared run is left as it was."""
+    code, cfg = tiny_run
+    inst = code / "scenario/models/instruct"
+    path = next(p for p in (inst / "chat_template.jinja", inst / "tokenizer_config.json")
+                if p.exists() and "assistant" in p.read_text())
+    text, st = path.read_text(), path.stat()
+    try:
+        path.write_text(text.replace("assistant", "assistant ", 1))
+        got = plan(code, "--configfile", str(cfg))
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert got.get("extract_activations") == 2, got  # instruct's two shards, not base's
+    assert got.get("extract_diffing_context") == 2, got  # instruct read bare for diffing
+    assert plan(code, "--configfile", str(cfg)) == {}
+
+
 def test_switching_a_value_back_restores_gpu_stages_from_the_cache(tiny_run):
     """A -> B -> A: on the way back, generation is restored by content, not recomputed."""
     code, cfg = tiny_run

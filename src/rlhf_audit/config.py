@@ -208,6 +208,13 @@ def check_references(config: dict, explicit_studies: bool = True) -> None:
                                   "trained on its left and right statements.")
     if runs["reward"]:
         _check_reward(config)
+    diffing = config.get("diffing") or {}
+    if (runs["diffing"] and diffing.get("context") == "chat"
+            and (config.get("extract") or {}).get("pool_over") == "all"):
+        raise ConfigError("key 'diffing.context' is chat while 'extract.pool_over' is all: two "
+                          "models that both read the chat template would have their template "
+                          "tokens paired and diffed as if they were the statements. Set "
+                          "extract.pool_over: content, or diffing.context: raw.")
     check_layers(config)
 
 

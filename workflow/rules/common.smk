@@ -69,15 +69,33 @@ def is_organism_path(spec):
 
 def model_files(name):
     """Files a job that loads model NAME depends on: for local directories the
-    config and weights (so a retrained organism reruns its consumers); nothing
-    for hub ids, whose id and revision are params instead."""
+    config, weights and tokenizer files (so a retrained organism reruns its consumers,
+    and an edited chat template reruns what reads through it); nothing for hub ids,
+    whose id and revision are params instead."""
     spec = model_spec(name)
     if "path" not in spec:
         return []
     d = spec["path"]
     if is_organism_path(spec):
         return [f"{d}/config.json", f"{d}/model.safetensors"]
-    return sorted(str(p) for p in Path(d).glob("*.safetensors")) + [f"{d}/config.json"]
+    return (sorted(str(p) for p in Path(d).glob("*.safetensors")) + [f"{d}/config.json"]
+            + tokenizer_files(name))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "special_tokens_map.json")
+
+
+def tokenizer_files(name):
+    """A local model's tokenizer and chat-template files that exist (the organism's: its
+    config.json, written with them by the same training job; none for hub ids)."""
+    spec = model_spec(name)
+    if "path" not in spec:
+        return []
+    d = spec["path"]
+    if is_organism_path(spec):
+        return [f"{d}/config.json"]
+    return [f"{d}/{f}" for f in TOKENIZER_FILES if Path(d, f).exists()]
 
 
 def study_chosen(study):
@@ -772,14 +790,29 @@ def diffing_pair_settings(wildcards):
             "context": d["context"]}
 
 
+def diffing_context_key(pair, role):
+    """How a pair's model is read for diffing when its own extraction reads the statements
+    otherwise than diffing.context asks: "raw", or "chat_of_<instruct>" (inside the pair's
+    instruct model's template, borrowed); None when its own extraction already matches (a
+    natively templated base in context chat reads its own template: pairing checks that
+    the two token sequences are identical). Keyed by model, not pair, so a model in two
+    pairs is extracted once (rlhf_audit.diffing.context)."""
+    ctx = config["diffing"]["context"]
+    m = pair_models(pair)
+    if reads_native(ctx, model_chat(m[role])):
+        return None
+    return "raw" if ctx == "raw" else f"chat_of_{m['instruct']}"
+
+
 def diffing_role_shards(pair, role):
     """The shards a pair's model is diffed from: its pipeline extraction when that already
     reads the statements as diffing.context asks, else diffing-only shards
-    (rule extract_diffing_context; rlhf_audit.diffing.context)."""
+    (rule extract_diffing_context)."""
     model = pair_models(pair)[role]
-    if reads_native(config["diffing"]["context"], model_chat(model)):
+    key = diffing_context_key(pair, role)
+    if key is None:
         return shard_paths(model, config["diffing"]["dataset"])
-    return [f"results/diffing/{pair}/activations/{role}/shard-{s}.parquet"
+    return [f"results/diffing/activations/{model}/{key}/shard-{s}.parquet"
             for s in shard_names()]
 
 
@@ -788,34 +821,39 @@ def diffing_pair_inputs(wildcards):
             for role in ("base", "instruct")}
 
 
+def _template_donor(wildcards):
+    """The model whose chat template a diffing-only extraction borrows (None for raw, or
+    when it is the model itself)."""
+    donor = wildcards.context.removeprefix("chat_of_")
+    return None if wildcards.context == "raw" or donor == wildcards.model else donor
+
+
 def diffing_context_model(wildcards):
-    """The model of a diffing-only extraction; in context chat the base borrows the pair's
-    instruct chat template, so that both models read identical tokens."""
-    m = pair_models(wildcards.pair)
-    out = {"name": m[wildcards.role], "spec": model_spec(m[wildcards.role]),
+    out = {"name": wildcards.model, "spec": model_spec(wildcards.model),
            "device": config["device"], "dtype": config["dtype"]}
-    if config["diffing"]["context"] == "chat" and wildcards.role == "base":
-        out["chat_template_from"] = model_spec(m["instruct"])
+    donor = _template_donor(wildcards)
+    if donor:
+        out["chat_template_from"] = model_spec(donor)
     return out
 
 
 def diffing_context_settings(wildcards):
     """Extraction settings of a diffing-only shard: the diffing layer's token rows only,
-    with or without the chat template as diffing.context says."""
+    with or without a chat template as its context key says, always the statement's own
+    tokens (template tokens must not be paired, whatever extract.pool_over says)."""
     e = config["extract"]
     layer = config["diffing"]["layer"]
-    model = pair_models(wildcards.pair)[wildcards.role]
     return {"layers": [layer], "positions": [], "token_layers": [layer], "dtype": e["dtype"],
             "max_length": e["max_length"], "batch_size": e["batch_size"],
-            "chat_template": context_chat(config["diffing"]["context"], model_chat(model)),
-            "pool_over": e["pool_over"], "compute_dtype": config["dtype"]}
+            "chat_template": wildcards.context != "raw", "pool_over": "content",
+            "compute_dtype": config["dtype"]}
 
 
 def diffing_context_inputs(wildcards):
-    m = pair_models(wildcards.pair)
-    files = model_files(m[wildcards.role])
-    if config["diffing"]["context"] == "chat" and wildcards.role == "base":
-        files = files + model_files(m["instruct"])  # the template it borrows
+    files = model_files(wildcards.model)
+    donor = _template_donor(wildcards)
+    if donor:
+        files = files + tokenizer_files(donor)  # the template it borrows, not the weights
     return {"prompts": normalised(config["diffing"]["dataset"]), "model": files}
 
 

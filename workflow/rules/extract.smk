@@ -43,15 +43,15 @@ rule write_activation_manifest:
 
 rule extract_diffing_context:
     # A model whose pipeline extraction reads the statements otherwise than
-    # diffing.context asks (in context chat: the base, inside instruct's template):
-    # the diffing layer's token rows only.
+    # diffing.context asks (context raw: a chat model, bare; chat_of_<instruct>: a bare
+    # base inside that instruct model's template): the diffing layer's token rows only.
     input:
         unpack(diffing_context_inputs),
     output:
-        shard="results/diffing/{pair}/activations/{role}/shard-{shard}.parquet",
+        shard="results/diffing/activations/{model}/{context}/shard-{shard}.parquet",
     wildcard_constraints:
-        pair="[^/]+",
-        role="base|instruct",
+        model="[^/]+",
+        context="raw|chat_of_[^/]+",
     params:
         model=diffing_context_model,
         settings=diffing_context_settings,
@@ -61,8 +61,8 @@ rule extract_diffing_context:
         gpu=gpu_count(),
     threads: 1
     log:
-        "results/logs/extract_diffing_context/{pair}/{role}/shard-{shard}.log",
+        "results/logs/extract_diffing_context/{model}/{context}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/extract_diffing_context/{pair}/{role}/shard-{shard}.tsv"
+        "results/benchmarks/extract_diffing_context/{model}/{context}/shard-{shard}.tsv"
     script:
         "../../scripts/extract_activations.py"

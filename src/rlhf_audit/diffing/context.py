@@ -8,18 +8,30 @@ because fine-tuning changed anything. The model-diffing anchors (Minder et al.,
 diffing-toolkit) give both models identical token sequences. The contexts:
 
 - ``raw`` (the default): both read BOS + the bare statement: the base model's own format,
-  and one a chat model was pretrained on;
-- ``chat``: both read it as one user turn of the *instruct* model's chat template (the base
-  borrows it, so the tokens are identical even when the base tokenizer ships no template
-  or a different one): the chat model's own format, but one the base may never have
-  trained on. On the organism, whose base never read the template, the sham null (a
-  neutral fine-tune of the same base) then reads a partisan variance ratio of 1.4-2.4
-  instead of about 1: the template, not the fine-tuning, moves it;
+  and text a chat model was pretrained on. For real pairs this is the safer default: a
+  base may never have trained the chat template's special tokens (their embeddings are
+  then untrained), so in ``chat`` the base's reading of the statement can move for
+  reasons that are not about fine-tuning;
+- ``chat``: both read it as one user turn of the *instruct* model's chat template. A base
+  whose own extraction is bare borrows that template (rule extract_diffing_context), so
+  the tokens are identical even when its tokenizer ships none; a base that is itself
+  read templated (an SFT checkpoint as the base of an RLHF pair) reads its own;
 - ``native``: each model reads it as the rest of the pipeline does
   (``extract.chat_template`` of its role). Context and weights are then confounded; kept
   for comparison with earlier runs.
 
-A model whose native extraction already matches the context is not extracted again.
+In ``raw`` and ``chat`` the pairing refuses two models that did not read identical token
+sequences, template and BOS included (the shards' ``sequence_hash``). A model whose own
+extraction already reads the statements as asked is not extracted again; the others are
+extracted once per model and context, at the diffing layer only.
+
+The organism cannot choose between the contexts: its planted values are native-layout
+quantities (instruct's and the sham's training targets are base's activations on the bare
+statement, read by them inside the template), and base's planted partisan separation sits
+in "statement straight after BOS": any prefix shrinks it (a plain newline as much as the
+template's role marker), while the sham keeps its own. So in ``chat`` the sham reads 1.3-2.4
+times base, base's own bare-over-templated ratio; in ``raw`` 1.04-1.10. Instruct against
+the sham (pair instruct_vs_sham) is the comparison that holds in every context.
 """
 
 from __future__ import annotations

@@ -136,8 +136,12 @@ def _token_meta(files: list[str], layer: int, role: str) -> pl.DataFrame:
     """Token-row metadata (no vectors) of every shard, with the shard index ``file``."""
     frames = []
     for i, f in enumerate(files):
-        t = pads.dataset(f, format="parquet").to_table(columns=META, filter=_token_filter(layer))
-        frames.append(pl.from_arrow(t).with_columns(pl.lit(i, pl.Int32).alias("file")))
+        ds = pads.dataset(f, format="parquet")
+        cols = META + [c for c in ("sequence_hash",) if c in ds.schema.names]
+        frame = pl.from_arrow(ds.to_table(columns=cols, filter=_token_filter(layer)))
+        if "sequence_hash" not in frame.columns:  # a shard from before the hash column
+            frame = frame.with_columns(pl.lit(None, pl.Int64).alias("sequence_hash"))
+        frames.append(frame.with_columns(pl.lit(i, pl.Int32).alias("file")))
     meta = pl.concat(frames)
     if meta.height == 0:
         raise ValueError(
@@ -150,6 +154,19 @@ def _token_meta(files: list[str], layer: int, role: str) -> pl.DataFrame:
         raise ValueError(f"{role} shards: statements {twice['prompt_id'].head(5).to_list()} "
                          "appear in more than one shard")
     return meta
+
+
+def identical_inputs(mb: pl.DataFrame, mi: pl.DataFrame) -> dict:
+    """Which statements the two models read as identical token sequences (template and BOS
+    included), from the shards' ``sequence_hash``: ``{"n", "share", "differ"}`` (share None
+    when either side's shards predate the hash column)."""
+    hb = mb.group_by("prompt_id").agg(pl.col("sequence_hash").first().alias("hb"))
+    hi = mi.group_by("prompt_id").agg(pl.col("sequence_hash").first().alias("hi"))
+    j = hb.join(hi, on="prompt_id").sort("prompt_id")
+    if j.height == 0 or j["hb"].null_count() or j["hi"].null_count():
+        return {"n": j.height, "share": None, "differ": []}
+    differ = j.filter(pl.col("hb") != pl.col("hi"))["prompt_id"].to_list()
+    return {"n": j.height, "share": 1 - len(differ) / j.height, "differ": differ}
 
 
 def _pair_meta(mb: pl.DataFrame, mi: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
@@ -252,27 +269,40 @@ def pair_token_rows(
 
     ``eval_share`` of the clusters (issues) are held out as the ``eval`` split (module
     docstring). ``context`` is the ``diffing.context`` the shards were extracted in
-    (:mod:`rlhf_audit.diffing.context`): in ``chat`` and ``raw`` both models read identical
-    token sequences, so every paired token sits at the same position in both, and a share
-    below 1 (``same_position_share``) is logged as a warning. Returns (and stores in the
-    file's metadata) the counts, the context and that share, the mean L2 norm of each
-    model's train tokens and each model's mean train vector (the normalisation, and the
-    centre of variance explained).
+    (:mod:`rlhf_audit.diffing.context`): in ``chat`` and ``raw`` both models must have read
+    identical token sequences, template and BOS included (the shards' ``sequence_hash``;
+    :func:`identical_inputs`), and a statement read differently is an error naming it.
+    Returns (and stores in the file's metadata) the counts, the context, the shares of
+    paired tokens at the same position and of statements read identically, the mean L2
+    norm of each model's train tokens and each model's mean train vector (the
+    normalisation, and the centre of variance explained).
     """
     check_context(context)
     fb, fi = _files(base_shards), _files(instruct_shards)
-    pairs, stats = _pair_meta(_token_meta(fb, layer, "base"), _token_meta(fi, layer, "instruct"))
+    mb, mi = _token_meta(fb, layer, "base"), _token_meta(fi, layer, "instruct")
+    pairs, stats = _pair_meta(mb, mi)
     if pairs.height == 0:
         raise ValueError("no token is shared between the base and instruct statements: "
                          "are the two models' tokenizers the same?")
     share = same_position_share(pairs["token_index_base"], pairs["token_index_instruct"])
-    stats |= {"context": context, "same_position_share": share}
-    if context != "native" and share < 1:
-        log.warning(
-            "diffing.context %s: only %.1f%% of the paired tokens sit at the same position in "
-            "both models, so the two did not read identical token sequences (different "
-            "templates or tokenizers?): the crosscoder then diffs context as well as weights",
-            context, 100 * share)
+    same = identical_inputs(mb, mi)
+    stats |= {"context": context, "same_position_share": share,
+              "identical_input_share": same["share"]}
+    if context != "native":
+        if same["share"] is None:
+            log.warning("diffing.context %s: shards from before the sequence_hash column; "
+                        "only token positions can be compared (re-extract to check the whole "
+                        "inputs)", context)
+        if share < 1 or (same["share"] is not None and same["share"] < 1):
+            raise ValueError(
+                f"diffing.context {context}: the two models did not read identical token "
+                f"sequences ({len(same['differ'])} of {same['n']} statements differ, e.g. "
+                f"{same['differ'][:5]}; {100 * share:.1f}% of the paired tokens at the same "
+                "position), so the crosscoder would diff the inputs as well as the weights. "
+                "The templates or tokenizers of the two models differ (a base that reads its "
+                "own chat template, a date-stamped template rendered on another day, a moved "
+                "hub revision): re-extract both, pin the revisions, or set diffing.context "
+                "raw")
     pairs, split_stats = _with_split(pairs, eval_share, seed)
     stats |= split_stats
     rng = np.random.default_rng(seed)
@@ -455,7 +485,8 @@ def write_paired(
     tr = (keys["split"] == "train").to_numpy()
     stats = {"n_statements": len(set(prompt_ids)), "token_rows_base": n,
              "token_rows_instruct": n, "statements_mostly_unpaired": 0,
-             "context": "synthetic", "same_position_share": 1.0, **split_stats}
+             "context": "synthetic", "same_position_share": 1.0,
+             "identical_input_share": None, **split_stats}
     info = {"layer": int(layer), "d_model": int(d), "n_tokens": int(n),
             "mean_norm_base": float(np.linalg.norm(Xb[tr], axis=1).mean()),
             "mean_norm_instruct": float(np.linalg.norm(Xi[tr], axis=1).mean()),

@@ -312,6 +312,12 @@ def tied_ratios(recon: Estimate, norm_base: float, norm_instruct: float) -> dict
                 recon.method + "; divided by the exact tied-decoder value")}
 
 
+CONTEXT_TEXT = {"raw": "the bare statements", "chat": "the statements in instruct's chat "
+                "template", "native": "the statements each in its own format (template and "
+                "weights confounded)"}
+"""How a diffing key's description names the ``diffing.context`` it was read in."""
+
+
 def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
                    seed: int = 0, statements_path=None, n_splits: int = 20) -> None:
     """Rule summarise_diffing: the pair's headline fragment from summary.json, the held-out
@@ -332,4 +338,9 @@ def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
             est |= tied_ratios(est["variance_ratio_recon"], *s["mean_norms"])
     docs = {k: v for k, v in HEADLINE_KEYS.items() if "{" not in k}
     docs |= {k: HEADLINE_KEYS["steer_slope_{feature}"] for k in est if k.startswith("steer_")}
+    ctx = (s.get("context") or {}).get("context")
+    if ctx:  # which inputs the crosscoder compared, on every key's line
+        read = CONTEXT_TEXT.get(ctx, ctx)
+        docs = {k: f"{v} [both models read {read}: diffing.context {ctx}]" if not
+                k.startswith("steer_") else v for k, v in docs.items()}
     write_fragment(est, docs, out_path)

@@ -30,11 +30,14 @@ pooled tokens, "token" = one row per pooled token), ``token_index`` int32 (index
 in the unpadded sequence, -1 for "mean"), ``token_id`` int32 (-1 for "mean"),
 ``vector`` fixed_size_list<float16|float32> [d_model], then ``span_start``,
 ``span_stop`` int32: the half-open token range ``[span_start, span_stop)`` of the
-unpadded sequence that was pooled (the statement for ``pool_over="content"``).
-Shards written before the span columns existed lack them; readers ask for them
-only when present. Each row group holds one (layer, position) so that readers
-skip the rest by statistics. Within a shard rows are in length-sorted batch
-order, not prompt order: key on ``prompt_id``.
+unpadded sequence that was pooled (the statement for ``pool_over="content"``), and
+``sequence_hash`` int64: a fingerprint of the prompt's whole token-id sequence as the
+model read it (template and BOS included; ``write.sequence_hash``), with which the
+diffing study checks that two models read identical inputs. Shards written before the
+span or hash columns existed lack them; readers ask for them only when present. Each
+row group holds one (layer, position) so that readers skip the rest by statistics.
+Within a shard rows are in length-sorted batch order, not prompt order: key on
+``prompt_id``.
 
 Modules, along the rules: ``write`` (extract_activations: tokenisation with statement
 spans, the stopped forward pass, shard writing), ``read`` (every reader of the shards:

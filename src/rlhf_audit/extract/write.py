@@ -229,6 +229,16 @@ def _span_from_offsets(
     return inside[0], inside[-1] + 1
 
 
+def sequence_hash(tokens: Sequence[int] | np.ndarray) -> int:
+    """A 64-bit fingerprint of a prompt's whole token-id sequence as the model read it
+    (template and BOS included): two rows with equal hashes come from identical inputs.
+    The diffing study checks it before it pairs two models' tokens."""
+    import hashlib
+
+    data = np.ascontiguousarray(np.asarray(tokens, dtype="<i4")).tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
 def tokenize_with_spans(
     tokenizer,
     texts: Sequence[str],
@@ -360,6 +370,7 @@ def _shard_schema(d_model: int, value_type: pa.DataType, metadata: dict[bytes, b
             ("vector", pa.list_(value_type, d_model)),
             ("span_start", pa.int32()),
             ("span_stop", pa.int32()),
+            ("sequence_hash", pa.int64()),
         ],
         metadata=metadata,
     )
@@ -442,6 +453,8 @@ def extract_shard(
     ids = df["id"].to_list()
     token_lists, spans = tokenize_with_spans(tokenizer, df["text"].to_list(), settings, ids)
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+    hashes = np.fromiter((sequence_hash(t) for t in token_lists), dtype=np.int64,
+                         count=len(token_lists))
     bos = tokenizer.bos_token_id
     if "mean" in kinds and settings.pool_over == "all":
         # A prompt that is BOS only has no tokens to average: say which, rather than write NaN.
@@ -532,6 +545,7 @@ def extract_shard(
                         (ids_arr, label_arr, issue_arr),
                         spans,
                         schema,
+                        hashes,
                     )
                     buf.maybe_flush()
                     stats["batch_size"] = max(stats["batch_size"], stop - start)
@@ -660,6 +674,7 @@ def _add_batch_rows(
     prompt_cols: tuple[pa.Array, pa.Array, pa.Array],
     spans: np.ndarray,
     schema: pa.Schema,
+    hashes: np.ndarray,
 ) -> None:
     """Append one batch's rows to ``buf`` as record batches keyed by (layer, position)."""
     names = schema.names
@@ -669,6 +684,7 @@ def _add_batch_rows(
         take = pa.array(idx)
         pid, lab, iss = ids_arr.take(take), label_arr.take(take), issue_arr.take(take)
         s0, s1 = pa.array(span32[idx, 0]), pa.array(span32[idx, 1])
+        h = pa.array(hashes[idx])
         B = len(idx)
         minus = pa.array(np.full(B, -1, np.int32))
         last_index = pa.array(res["last_index"].astype(np.int32))
@@ -691,6 +707,7 @@ def _add_batch_rows(
                         _vectors_to_arrow(vec, plan.arrow_value),
                         s0,
                         s1,
+                        h,
                     ],
                     names=names,
                 )
@@ -700,6 +717,7 @@ def _add_batch_rows(
         take = pa.array(rows)
         pid, lab, iss = ids_arr.take(take), label_arr.take(take), issue_arr.take(take)
         s0, s1 = pa.array(span32[rows, 0]), pa.array(span32[rows, 1])
+        h = pa.array(hashes[rows])
         n = len(res["tok_row"])
         ti = pa.array(res["tok_index"].astype(np.int32))
         tid = pa.array(res["tok_id"].astype(np.int32))
@@ -718,6 +736,7 @@ def _add_batch_rows(
                     _vectors_to_arrow(vec, plan.arrow_value),
                     s0,
                     s1,
+                    h,
                 ],
                 names=names,
             )
