@@ -4,6 +4,8 @@ whose model-specific look the other model explains."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -555,6 +557,19 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     assert h["steer_slope_base_instruct_only"]["value"] == pytest.approx(1.5)
     assert h["diff_sae_match_instruct_only"]["value"] > h["null_diff_sae_match"]["hi"]
     assert all(documented_key(f"diffing.pair.{k}") for k in h)
+    assert "diffing.context" not in h["fve_base"]["description"]  # synthetic pairs: no context
+    # A pair read in one context says which on every crosscoder key (not steering's, which
+    # prompts each model in its own format).
+    summ = json.loads(Path(outs["summary"]).read_text())
+    summ["context"]["context"] = "raw"
+    Path(outs["summary"]).write_text(json.dumps(summ))
+    summarise_pair(outs["summary"], tmp_path / "steer.parquet", tmp_path / "h2.json",
+                   n_boot=200, statements_path=outs["statement_vectors"])
+    h2 = json.loads((tmp_path / "h2.json").read_text())
+    assert h2["fve_base"]["description"].endswith(
+        "[both models read the bare statements: diffing.context raw]")
+    assert "diffing.context" not in h2["steer_slope_base_instruct_only"]["description"]
+    assert h2["fve_base"]["value"] == h["fve_base"]["value"]
     plot_relative_norms(lat, tmp_path / "rel.png", 0.2, 0.8, "pair")
     plot_latent_scaling(lat, tmp_path / "ls.png", 0.5, "pair")
     assert (tmp_path / "rel.png").stat().st_size > 0 and (tmp_path / "ls.pdf").exists()

@@ -65,7 +65,7 @@ def _ns(context):
          "shard_paths", "diffing_context_key", "diffing_role_shards", "diffing_pair_inputs",
          "_template_donor", "diffing_context_model", "diffing_context_settings",
          "diffing_context_inputs"],
-        reads_native=reads_native, context_chat=context_chat,
+        reads_native=reads_native,
         normalised=lambda name: f"results/data/{name}.parquet",
         model_files=lambda name: [f"dirs/{name}/model.safetensors"],
         tokenizer_files=lambda name: [f"dirs/{name}/tokenizer_config.json"])

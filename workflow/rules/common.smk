@@ -21,7 +21,7 @@ pin_cpu_numerics()
 from snakemake.exceptions import WorkflowError
 
 from rlhf_audit.codehash import code_hash
-from rlhf_audit.diffing.context import context_chat, reads_native
+from rlhf_audit.diffing.context import reads_native
 from rlhf_audit.config import (STUDIES, ConfigError, chosen_studies, load_schema,
                                study_pairs, validate_config)
 from rlhf_audit.gpu import cuda_visible, gpu_slots, lift_local_gpu_limit

@@ -294,10 +294,11 @@ def pair_token_rows(
                         "only token positions can be compared (re-extract to check the whole "
                         "inputs)", context)
         if share < 1 or (same["share"] is not None and same["share"] < 1):
+            which = (f"{len(same['differ'])} of {same['n']} statements differ, e.g. "
+                     f"{same['differ'][:5]}; " if same["share"] is not None else "")
             raise ValueError(
                 f"diffing.context {context}: the two models did not read identical token "
-                f"sequences ({len(same['differ'])} of {same['n']} statements differ, e.g. "
-                f"{same['differ'][:5]}; {100 * share:.1f}% of the paired tokens at the same "
+                f"sequences ({which}{100 * share:.1f}% of the paired tokens at the same "
                 "position), so the crosscoder would diff the inputs as well as the weights. "
                 "The templates or tokenizers of the two models differ (a base that reads its "
                 "own chat template, a date-stamped template rendered on another day, a moved "

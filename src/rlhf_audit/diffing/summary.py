@@ -339,8 +339,8 @@ def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
     docs = {k: v for k, v in HEADLINE_KEYS.items() if "{" not in k}
     docs |= {k: HEADLINE_KEYS["steer_slope_{feature}"] for k in est if k.startswith("steer_")}
     ctx = (s.get("context") or {}).get("context")
-    if ctx:  # which inputs the crosscoder compared, on every key's line
-        read = CONTEXT_TEXT.get(ctx, ctx)
+    if ctx in CONTEXT_TEXT:  # which inputs the crosscoder compared, on every key's line
+        read = CONTEXT_TEXT[ctx]
         docs = {k: f"{v} [both models read {read}: diffing.context {ctx}]" if not
                 k.startswith("steer_") else v for k, v in docs.items()}
     write_fragment(est, docs, out_path)
