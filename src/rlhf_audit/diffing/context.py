@@ -54,12 +54,6 @@ def reads_native(context: str, native_chat: bool) -> bool:
     return context == "native" or (context == "chat") == bool(native_chat)
 
 
-def context_chat(context: str, native_chat: bool) -> bool:
-    """Whether the model reads the statements inside a chat template in ``context``."""
-    check_context(context)
-    return bool(native_chat) if context == "native" else context == "chat"
-
-
 def same_position_share(token_index_base, token_index_instruct) -> float:
     """Share of paired tokens at the same position in both sequences: 1.0 when the two
     models read identical token sequences (context chat or raw), lower when one of them

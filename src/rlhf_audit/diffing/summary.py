@@ -88,8 +88,9 @@ HEADLINE_KEYS = {
     "variance_ratio_recon_over_data": "variance_ratio_recon / variance_ratio_data: how "
                                       "faithfully the first crosscoder seed's "
                                       "reconstructions carry the activations' partisan "
-                                      "variance ratio (1 = exactly; below 1 they exaggerate "
-                                      "a compression); interval: paired bootstrap over the "
+                                      "variance ratio (1 = exactly; below 1 they read a "
+                                      "smaller ratio than the activations); interval: "
+                                      "paired bootstrap over the "
                                       "held-out issues (the same resamples for both)",
     "variance_ratio_recon_tied": "What variance_ratio_recon would read if the crosscoder's two "
                                  "decoders were equal: (instruct's mean activation norm / "

@@ -7,6 +7,7 @@ package docstring (:mod:`rlhf_audit.extract`)."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -233,8 +234,6 @@ def sequence_hash(tokens: Sequence[int] | np.ndarray) -> int:
     """A 64-bit fingerprint of a prompt's whole token-id sequence as the model read it
     (template and BOS included): two rows with equal hashes come from identical inputs.
     The diffing study checks it before it pairs two models' tokens."""
-    import hashlib
-
     data = np.ascontiguousarray(np.asarray(tokens, dtype="<i4")).tobytes()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
