@@ -349,17 +349,15 @@ def test_a_base_without_a_template_is_diffed_inside_the_instruct_template(tiny_r
     chat template borrows the instruct model's (rule extract_diffing_context), and the
     pairing confirms that both models read identical token sequences. Without the borrow
     the extraction fails ("no chat template"), so the run passing is the check."""
-    import json as _json
-
     from rlhf_audit.diffing.paired import paired_info
 
     code, cfg = tiny_run
     src, bare = code / "scenario/models/base", code / "scenario/models/bare"
     shutil.copytree(src, bare)
     (bare / "chat_template.jinja").unlink(missing_ok=True)
-    tc = _json.loads((bare / "tokenizer_config.json").read_text())
+    tc = json.loads((bare / "tokenizer_config.json").read_text())
     tc.pop("chat_template", None)
-    (bare / "tokenizer_config.json").write_text(_json.dumps(tc))
+    (bare / "tokenizer_config.json").write_text(json.dumps(tc))
     ov = override(code, "bare", {
         "models": {"tiny_bare": {"path": "scenario/models/bare"}},
         "model_pairs": {"bare": {"base": "tiny_bare", "instruct": "tiny_instruct"}},
