@@ -14,6 +14,7 @@ settings = DiffingSettings.from_params(dict(sm.params.settings))
 analyse_pair(
     paired=sm.input.paired, crosscoder_dir=Path(sm.input.crosscoder).parent,
     diff_sae_dir=Path(sm.input.diff_sae).parent, prompts=pl.read_parquet(sm.input.prompts),
-    directions=sm.input.get("directions"), method=sm.params.method, settings=settings,
+    directions=sm.input.get("directions"), method=sm.params.method, C=sm.params.C,
+    settings=settings,
     outputs=dict(sm.output), provenance=provenance(sm.rule, params={"settings": settings}),
     device=sm.params.device)

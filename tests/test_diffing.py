@@ -507,8 +507,12 @@ def test_a_compressed_shared_direction_shows_in_the_partisan_latents_relative_no
 
 
 def test_rule_functions_analyse_summarise_plot(tmp_path):
-    """analyse_pair -> summarise_pair -> figures on a planted pair with a partisan direction
-    equal to the planted instruct-only direction."""
+    """analyse_pair -> summarise_pair -> figures on a planted pair whose statements lean
+    left or right along the planted instruct-only direction in both models: base's partisan
+    direction, fitted on the paired statements, is that direction. The partisan study's
+    file holds another one (base's own direction vb, as if read in another context): the
+    cosines must follow the paired statements, and the summary says how far apart the
+    two are."""
     import json
 
     from rlhf_audit.diffing.analysis import analyse_pair
@@ -519,8 +523,12 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
 
     # 40,000 tokens: the crosscoders train on the 20,000 of the train split
     Xb, Xi, ids, vb, vi = synthetic_pair(n=40000, seed=6)
+    n_st = len(set(ids))
+    side = np.where(np.arange(n_st) % 2 == 0, 1.0, -1.0)[np.arange(len(ids)) // 20]
+    Xb, Xi = Xb + 0.1 * side[:, None] * vi, Xi + 0.1 * side[:, None] * vi
+    labels = np.where(side > 0, "right", "left").tolist()
     paired = tmp_path / "paired.parquet"
-    write_paired(Xb, Xi, ids, paired)
+    write_paired(Xb, Xi, ids, paired, labels=labels)
     # 600 steps: at 300 one crosscoder seed in six split the planted latent in two
     s = DiffingSettings(n_latents=128, k=4, training_tokens=256 * 600, batch_size=256, lr=1e-2,
                         n_seeds=2, diff_sae_latents=64, diff_sae_k=4, diff_sae_tokens=256 * 100,
@@ -528,7 +536,7 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     train_crosscoders(paired, tmp_path / "cc", s)
     train_diff_sae(paired, tmp_path / "dsae", s)
     pl.DataFrame({"model": ["base", "base"], "layer": [3, 2], "method": ["diffmean"] * 2,
-                  "direction": [vi.tolist(), vb.tolist()]}).write_parquet(tmp_path / "dir.parquet")
+                  "direction": [vb.tolist(), vi.tolist()]}).write_parquet(tmp_path / "dir.parquet")
     prompts = pl.DataFrame({"id": sorted(set(ids)), "text": [f"t {i}" for i in
                                                              sorted(set(ids))]})
     outs = {k: str(tmp_path / f"{k}.{e}") for k, e in (
@@ -543,6 +551,9 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     assert inst.height >= 1 and inst["cos_partisan"].abs().max() >= 0.9
     ds = pl.read_parquet(outs["diff_sae_latents"])
     assert ds["cos_partisan"].abs().max() >= 0.9  # the diff-SAE finds vi too
+    pdir = json.loads(Path(outs["summary"]).read_text())["partisan_direction"]
+    assert pdir["n_right"] == pdir["n_left"] == n_st // 2
+    assert abs(pdir["cos_with_partisan_study"]) < 0.2  # the study's file held vb, not used
     steering = pl.DataFrame({"model": ["base"] * 6, "vector": ["instruct_only"] * 6,
                              "alpha": [-1.0, 0.0, 1.0] * 2, "question_id": ["a"] * 3 + ["b"] * 3,
                              "projection": [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]})
@@ -600,15 +611,17 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
     (tmp_path / "q.jsonl").write_text("".join(
         f'{{"id": "q{i}", "issue": "tax", "question": "should we cut the tax ?"}}\n'
         for i in range(2)))
-    pl.DataFrame({"model": ["base"], "layer": [1], "method": ["diffmean"],
-                  "direction": [rng.standard_normal(d).tolist()]}).write_parquet(
-        tmp_path / "dir.parquet")
+    words = "the tax cut border wall climate policy health care guns rights vote".split()
+    prompts = pl.DataFrame({
+        "id": [f"p{i:02d}" for i in range(40)],
+        "text": [" ".join(rng.choice(words, 6)) for _ in range(40)],
+        "label": ["left", "right"] * 20, "issue": [f"issue{i % 4}" for i in range(40)]})
     spec = {"spec": {"path": str(tiny_models)}, "device": "cpu", "dtype": "float32"}
     models = {"base": {**spec, "chat": False}, "instruct": {**spec, "chat": True}}
     steer = {"layer": 1, "alphas": [1.0], "n_questions": 2, "max_new_tokens": 4, "seed": 0,
              "method": "diffmean", "n_random": 2}
     t = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
-                   questions=tmp_path / "q.jsonl", directions=tmp_path / "dir.parquet",
+                   questions=tmp_path / "q.jsonl", prompts=prompts,
                    models=models, steer=steer, out=tmp_path / "steer.parquet")
     assert set(t["model"]) == {"base", "instruct"}
     vectors = {"instruct_only", "base_only", "random_1", "random_2"}
@@ -617,10 +630,12 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
     assert t["projection"].null_count() < t.height
     got = dict(zip(t["vector"], t["latent"], strict=False))
     assert got == {"instruct_only": 0, "base_only": 1, "random_1": -1, "random_2": -1}
+    assert t["perplexity"].null_count() == 0
+    neutral = prompts.with_columns(pl.lit("neutral").alias("label"))
     none = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
-                      questions=tmp_path / "q.jsonl", directions=None, models=models,
+                      questions=tmp_path / "q.jsonl", prompts=neutral, models=models,
                       steer=steer, out=tmp_path / "steer2.parquet")
-    assert none["projection"].null_count() == none.height  # no partisan study: null scores
+    assert none["projection"].null_count() == none.height  # no sides to fit on: null scores
 
 
 def _latents_with_cos(cos_shared, cos_specific, rate_shared, rate_specific, d=16, seed=0):

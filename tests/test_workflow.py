@@ -146,6 +146,18 @@ def test_headline_keys_are_present_documented_and_carry_intervals(organism_run):
     assert (ROOT / "docs/headline.md").read_text().count("`") > 50
 
 
+def test_the_diffing_direction_is_the_partisan_studys_where_both_read_the_same_tokens(
+        organism_run):
+    """Known answer through the rules: the organism's base reads the bare statements in its
+    own extraction and in diffing.context raw, so the direction fitted on the paired file
+    (the statements' content tokens, pooled) is the partisan study's own, to rounding."""
+    summ = json.loads((organism_run / "results/diffing/organism/summary.json").read_text())
+    pdir = summ["partisan_direction"]
+    assert summ["context"]["context"] == "raw" and pdir["method"] == "diffmean"
+    assert pdir["n_left"] > 0 and pdir["n_right"] > 0
+    assert pdir["cos_with_partisan_study"] > 0.9999, pdir
+
+
 def test_claims_table_is_labelled_as_organism_results(organism_run):
     md = (organism_run / "results/claims.md").read_text()
     assert "ORGANISM RESULTS" in md.splitlines()[0]

@@ -877,8 +877,8 @@ def diffing_steering_inputs(wildcards):
     m = pair_models(wildcards.pair)
     return {"latents": f"{d}/latents.parquet", "paired": f"{d}/paired.parquet",
             "questions": config["steering"]["questions"],
-            "models": model_files(m["base"]) + model_files(m["instruct"]),
-            **diffing_partisan_directions(wildcards.pair)}
+            "prompts": normalised(config["diffing"]["dataset"]),
+            "models": model_files(m["base"]) + model_files(m["instruct"])}
 
 
 def diffing_steering_models(wildcards):
@@ -893,7 +893,7 @@ def diffing_steering_settings(wildcards):
     return {"layer": config["diffing"]["layer"], "alphas": list(s["alphas"]),
             "n_questions": s["n_questions"], "max_new_tokens": s["max_new_tokens"],
             "n_random": s["n_random"], "seed": config["diffing"]["seed"],
-            "method": config["partisan"]["methods"][0]}
+            "method": config["partisan"]["methods"][0], "C": config["partisan"]["C"]}
 
 
 def diffing_summary_settings(wildcards):

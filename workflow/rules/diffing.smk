@@ -74,6 +74,7 @@ rule analyse_diffing:
     params:
         settings=diffing_settings,
         method=config["partisan"]["methods"][0],
+        C=config["partisan"]["C"],
         device=diffing_device(),
         code=script_code("analyse_diffing.py"),
     threads: 1

@@ -7,7 +7,8 @@ norm_instruct)``, a class (``base_only`` if relative_norm <= base_only_max,
 on the held-out tokens), Latent Scaling betas and ratios with ``class_scaled`` (a
 model-specific latent flagged by Latent Scaling becomes ``shared``), firing rate
 (share of held-out tokens), cosine of its dominant decoder (the model with the larger
-norm) with the base model's partisan direction (null without one), and its
+norm) with the base model's partisan direction fitted on the paired statements, in the
+pair's reading context (null when the statements have no left/right labels), and its
 top-activating statements. One streaming pass over the paired file's held-out (eval)
 split per crosscoder: the crosscoders trained on the train split, and variance explained,
 firing, Latent Scaling and top statements are all read on statements they never saw.
@@ -24,7 +25,7 @@ import polars as pl
 import torch
 
 from rlhf_audit.diffing.crosscoder import BatchTopKCrossCoder, load_crosscoder
-from rlhf_audit.diffing.inputs import partisan_direction
+from rlhf_audit.diffing.inputs import context_direction, cosine, partisan_direction
 from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
 from rlhf_audit.diffing.paired import cluster_of, iter_paired, paired_info, train_tokens
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
@@ -444,9 +445,15 @@ def shared_nulls(latents: pl.DataFrame, W_diff_sae: np.ndarray | None, *,
 
 
 def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame, directions,
-                 method: str, settings: DiffingSettings, outputs: dict,
+                 method: str, settings: DiffingSettings, outputs: dict, C: float = 1.0,
                  provenance: dict | None = None, device: str = "cpu") -> dict:
-    """Rule analyse_diffing: write latents, top statements, diff-SAE latents and summary.json."""
+    """Rule analyse_diffing: write latents, top statements, diff-SAE latents and summary.json.
+
+    The partisan direction every ``cos_partisan`` column reads is base's, fitted on the
+    paired file's statements (:func:`rlhf_audit.diffing.inputs.context_direction`), so it
+    lives where the decoders do; the partisan study's (``directions``, optional) reads
+    each model natively and is only compared with it (``partisan_direction`` in
+    summary.json)."""
     import json
 
     from rlhf_audit.diffing.diff_sae import load_diff_sae_decoder
@@ -454,7 +461,9 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
 
     info = paired_info(paired)
     train_tokens(info, paired)  # a file from before the split: say so before any work
-    direction = partisan_direction(directions, settings.layer, method)
+    direction, dir_info = context_direction(paired, method, C=C)
+    study = partisan_direction(directions, settings.layer, method)
+    dir_info["cos_with_partisan_study"] = cosine(direction, study)
     texts = dict(zip(prompts["id"].cast(pl.String), prompts["text"], strict=True))
     res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts, device)
     lat = res["latents"]
@@ -487,6 +496,7 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
                      "best_cos_instruct_only": best, "null_match": null_match,
                      "max_abs_cos_partisan": float(cos_p.max()) if len(cos_p) else None},
         "settings": settings.to_dict(), "has_partisan_direction": direction is not None,
+        "partisan_direction": dir_info,
     }
     write_table(lat, outputs["latents"], provenance)
     write_table(res["statement_vectors"], outputs["statement_vectors"], provenance)

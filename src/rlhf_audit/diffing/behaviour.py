@@ -7,10 +7,19 @@ random directions as the control, each scaled to the model's mean residual norm 
 layer (so alpha is in units of one typical activation, as in the steering study) and,
 when a partisan direction exists, oriented toward it (+ = right): the random ones too,
 or flipping only the latents would give them a head start the control lacks (the
-summary reports each latent's slope minus the random directions' mean slope). Both models are
-steered with the same vectors through :func:`rlhf_audit.steering.generate.sweep` and every
-generation is scored with the steering study's projection scorer (the base model
-reads the text; its pooled activation is projected on the partisan direction).
+summary reports each latent's slope minus the random directions' mean slope). The
+orienting direction is base's, fitted on the paired file's statements
+(:func:`rlhf_audit.diffing.inputs.context_direction`): the space the decoders live in.
+
+Both models are steered with the same vectors through
+:func:`rlhf_audit.steering.generate.sweep`, and every generation is scored as the
+steering study scores its sweep (:func:`rlhf_audit.steering.score.score_projection`):
+the base model reads the text, and its pooled activation is projected on a partisan
+direction cross-fitted over issues (none of the question's issue), fitted on the same
+model's reading of the labelled statements with the same pooling
+(:func:`scorer_directions`). A direction from another reading (the partisan study reads
+an instruct-role model inside its template, the scorer reads bare text) would score
+along an axis the scorer's activations do not use.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from rlhf_audit.steering.generate import sweep
-from rlhf_audit.steering.score import projection_score
+from rlhf_audit.steering.score import crossfit_directions, score_projection
 from rlhf_audit.steering.settings import SteeringSettings
 from rlhf_audit.steering.vectors import random_vector, scaled
 
@@ -61,26 +70,62 @@ def steering_vectors(latents: pl.DataFrame, layer: int, norm: float,
     return {"vectors": vecs, "latents": ids}
 
 
-def steer_and_score(model, tok, chat: bool, role: str, scorer, questions: dict[str, str],
-                    vectors: dict, alphas: list[float], layer: int,
-                    direction: np.ndarray | None, settings: SteeringSettings) -> pl.DataFrame:
-    """Generations of one model under every vector x alpha, with a projection score.
+def scorer_directions(scorer, prompts: pl.DataFrame, question_issues, layer: int, *,
+                      settings: SteeringSettings,
+                      batch_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """{question issue: (direction, centre)} for the projection scorer, or None.
 
-    ``scorer``: (base model, tokenizer) that reads the texts. Returns the sweep rows plus
-    ``projection`` (null without a partisan direction).
+    The scorer (base model, tokenizer) reads every labelled statement of ``prompts``
+    (columns text, label, issue) as it reads a generation (bare text, pooled as
+    ``settings.score_pooling``); the directions are cross-fitted over issues as the
+    steering study's (:func:`rlhf_audit.steering.score.crossfit_directions`, with
+    ``settings.projection_folds`` and ``settings.seed``). None when
+    the statements have no left or no right label (the scores stay null)."""
+    from rlhf_audit.steering.activations import layer_activations
+
+    for c in ("text", "label", "issue"):
+        if c not in prompts.columns:
+            raise ValueError(f"diffing prompts lack column {c!r} (columns: {prompts.columns})")
+    part = prompts.filter(pl.col("label").is_in(["left", "right"]))
+    if part.filter(pl.col("label") == "right").height == 0 or \
+            part.filter(pl.col("label") == "left").height == 0:
+        log.warning("the diffing statements have no left or no right label: the steering "
+                    "projection scores stay null")
+        return None
+    X = layer_activations(scorer[0], scorer[1], part["text"].to_list(), layer,
+                          settings.score_pooling, batch_size)
+    return crossfit_directions(part.select("label", "issue"), X, question_issues,
+                               settings.projection_folds, settings.seed)
+
+
+def steer_and_score(model, tok, chat: bool, role: str, scorer, questions: dict[str, str],
+                    issues: dict[str, str], vectors: dict, alphas: list[float], layer: int,
+                    directions: dict | None, settings: SteeringSettings) -> pl.DataFrame:
+    """Generations of one model under every vector x alpha, with their projection score
+    and perplexity under the scorer.
+
+    ``scorer``: (base model, tokenizer) that reads the texts; ``issues``: question id ->
+    issue; ``directions``: :func:`scorer_directions` (None: null scores).
     """
     gens = sweep(model, tok, questions, vectors, alphas, settings=settings, model_name=role,
                  chat=chat)
-    if direction is None:
-        return gens.with_columns(pl.lit(None, pl.Float64).alias("projection"))
-    proj = projection_score(scorer[0], scorer[1], gens["text"].to_list(), direction, layer)
-    return gens.with_columns(pl.Series("projection", proj, dtype=pl.Float64).fill_nan(None))
+    if directions is None:
+        return gens.with_columns(pl.lit(None, pl.Float64).alias("projection"),
+                                 pl.lit(None, pl.Float64).alias("perplexity"))
+    with_issue = gens.with_columns(pl.col("question_id").replace_strict(
+        issues, return_dtype=pl.String).alias("issue"))
+    scores = score_projection(with_issue, scorer[0], scorer[1], directions, layer,
+                              settings=settings)
+    return gens.with_columns(scores["projection"].fill_nan(None), scores["perplexity"])
 
 
-def steer_pair(*, latents, paired, questions, directions, models: dict, steer: dict, out,
+def steer_pair(*, latents, paired, questions, prompts, models: dict, steer: dict, out,
                provenance: dict | None = None) -> pl.DataFrame:
-    """Rule steer_diffing_latents: load both models, steer, score, write ``out``."""
-    from rlhf_audit.diffing.inputs import partisan_direction
+    """Rule steer_diffing_latents: load both models, steer, score, write ``out``.
+
+    ``prompts``: the diffing dataset (normalised table, or its path): the statements the
+    scorer's directions are fitted on."""
+    from rlhf_audit.diffing.inputs import context_direction
     from rlhf_audit.diffing.paired import paired_info
     from rlhf_audit.io import write_table
     from rlhf_audit.lm.loader import load_causal_lm
@@ -89,9 +134,15 @@ def steer_pair(*, latents, paired, questions, directions, models: dict, steer: d
     # only the candidates' rows: the table holds every latent's two decoders
     lat = pl.scan_parquet(latents).filter(
         pl.col("class_scaled").is_in(["instruct_only", "base_only"])).collect()
-    direction = partisan_direction(directions, layer, steer["method"])
+    direction, _ = context_direction(paired, steer["method"], C=steer.get("C", 1.0))
     q = pl.read_ndjson(questions).head(steer["n_questions"])
+    for c in ("id", "question", "issue"):
+        if c not in q.columns:
+            raise ValueError(f"{questions}: no {c!r} field (fields: {q.columns}); each "
+                             "question needs id, issue and question")
     qs = dict(zip(q["id"].to_list(), q["question"].to_list(), strict=True))
+    issues = dict(zip(q["id"].to_list(), q["issue"].cast(pl.String).to_list(), strict=True))
+    statements = prompts if isinstance(prompts, pl.DataFrame) else pl.read_parquet(prompts)
     info = paired_info(paired)
     settings = SteeringSettings(layer=layer, max_new_tokens=steer["max_new_tokens"],
                                 seed=steer["seed"], batch_size=max(1, len(qs)))
@@ -100,13 +151,16 @@ def steer_pair(*, latents, paired, questions, directions, models: dict, steer: d
         m = models[role]
         model, tok = load_causal_lm(m["spec"], device=m["device"], dtype=m["dtype"])
         loaded[role] = (model, tok, m["chat"])
+    scorer = loaded["base"][:2]
+    directions = scorer_directions(scorer, statements, sorted(set(issues.values())), layer,
+                                   settings=settings)
     rows = []
     for role in ("base", "instruct"):
         v = steering_vectors(lat, layer, info[f"mean_norm_{role}"], direction, steer["seed"],
                              steer["n_random"])
         model, tok, chat = loaded[role]
-        g = steer_and_score(model, tok, chat, role, loaded["base"][:2], qs, v["vectors"],
-                            list(steer["alphas"]), layer, direction, settings)
+        g = steer_and_score(model, tok, chat, role, scorer, qs, issues, v["vectors"],
+                            list(steer["alphas"]), layer, directions, settings)
         rows.append(g.with_columns(pl.col("vector").replace_strict(
             v["latents"], default=-1, return_dtype=pl.Int32).alias("latent")))
     table = pl.concat(rows)

@@ -1,4 +1,6 @@
-"""Optional inputs of the diffing study from other studies (light: numpy and polars)."""
+"""The diffing study's partisan directions: the one its latents are compared with, fitted
+on the paired file itself, and the partisan study's, for comparison (light: numpy and
+polars; sklearn only for a logistic-regression fit)."""
 
 from __future__ import annotations
 
@@ -24,3 +26,51 @@ def partisan_direction(path: str | os.PathLike | None, layer: int,
                     method, layer)
         return None
     return np.asarray(t["direction"][0], np.float64)
+
+
+MIN_PER_SIDE = 2
+"""Fewest left and fewest right statements :func:`context_direction` fits on."""
+
+
+def context_direction(paired: str | os.PathLike, method: str, *, C: float = 1.0,
+                      role: str = "base") -> tuple[np.ndarray | None, dict]:
+    """The base model's partisan direction fitted on the paired file's own statements.
+
+    Each statement's mean paired-token vector of ``role`` (:func:`rlhf_audit.diffing.paired.
+    statement_means`: the content tokens as the crosscoder read them, in the pair's
+    ``diffing.context``), right against left with the partisan study's estimator
+    (:func:`rlhf_audit.partisan.fit_direction`, ``method`` diffmean or logreg at ``C``),
+    on every statement of both splits (a reference direction, as the partisan study's
+    full-data one; no number is read off held-out statements with it). The partisan
+    study's own direction reads each model natively (instruct inside its template), so in
+    the ``raw`` or ``chat`` context it can be another direction from the one the decoders
+    live in. Returns (unit direction [d_model] or None, description): None when the
+    statements carry fewer than :data:`MIN_PER_SIDE` left or right labels (a dataset
+    that is not partisan), and the cosine columns then stay null."""
+    from rlhf_audit.diffing.paired import statement_means
+
+    frame, M = statement_means(paired, role)
+    lab = frame["label"].to_numpy()
+    n_right, n_left = int((lab == "right").sum()), int((lab == "left").sum())
+    info = {"source": f"paired file, {role} statements", "method": method,
+            "n_right": n_right, "n_left": n_left}
+    if min(n_right, n_left) < MIN_PER_SIDE:
+        log.warning("%s: %d right and %d left statements: no partisan direction in context; "
+                    "cos_partisan stays null", paired, n_right, n_left)
+        return None, info
+    from rlhf_audit.partisan import PartisanSettings, fit_direction
+
+    part = (lab == "right") | (lab == "left")
+    u, _ = fit_direction(M[part], lab[part] == "right", method,
+                         PartisanSettings(methods=(method,), headline_method=method, C=C))
+    return np.asarray(u, np.float64), info
+
+
+def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    """Cosine of two directions, or None when either is missing."""
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"directions of {a.shape[0]} and {b.shape[0]} dims")
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))

@@ -507,3 +507,49 @@ def write_paired(
                       _fsl(Xb[s:e]), _fsl(Xi[s:e])]
             w.write_table(pa.Table.from_arrays(arrays, schema=schema))
     return info
+
+
+def statement_means(path: str | os.PathLike, role: str, *,
+                    batch_rows: int = 8192) -> tuple[pl.DataFrame, np.ndarray]:
+    """Each statement's mean paired-token vector of one model (``role`` "base" or
+    "instruct"), over every split: (``prompt_id``, ``label``, ``issue``, ``n_tokens`` in
+    prompt_id order, [n_statements, d_model] float64). In the paired file's context these
+    are the statement's content tokens as the crosscoder read them, so a direction fitted
+    on them lives in the decoders' space. Memory: one row group, a batch and the sums."""
+    if role not in ("base", "instruct"):
+        raise ValueError(f"role={role!r}; use 'base' or 'instruct'")
+    info = paired_info(path)
+    d = int(info["d_model"])
+    index: dict[str, int] = {}
+    meta: list[tuple[str, str | None, str | None]] = []
+    sums: list[np.ndarray] = []
+    counts: list[int] = []
+    for m, Xb, Xi in iter_paired(path, batch_rows, meta=True):
+        X = Xb if role == "base" else Xi
+        pids = m["prompt_id"].to_list()
+        rows = np.empty(len(pids), np.int64)
+        for j, (p, lab, iss) in enumerate(zip(pids, m["label"].to_list(),
+                                              m["issue"].to_list(), strict=True)):
+            k = index.get(p)
+            if k is None:
+                k = index[p] = len(meta)
+                meta.append((p, lab, iss))
+                sums.append(np.zeros(d))
+                counts.append(0)
+            rows[j] = k
+        uniq, inv = np.unique(rows, return_inverse=True)
+        part = np.zeros((len(uniq), d))
+        np.add.at(part, inv, X.astype(np.float64))
+        for j, k in enumerate(uniq.tolist()):
+            sums[k] += part[j]
+            counts[k] += int((inv == j).sum())
+    order = sorted(range(len(meta)), key=lambda k: meta[k][0])
+    frame = pl.DataFrame({"prompt_id": [meta[k][0] for k in order],
+                          "label": [meta[k][1] for k in order],
+                          "issue": [meta[k][2] for k in order],
+                          "n_tokens": [counts[k] for k in order]},
+                         schema={"prompt_id": pl.String, "label": pl.String,
+                                 "issue": pl.String, "n_tokens": pl.Int64})
+    M = (np.stack([sums[k] / counts[k] for k in order]) if order
+         else np.zeros((0, d)))
+    return frame, M

@@ -12,6 +12,9 @@ from rlhf_audit.stats import Estimate, bootstrap
 
 log = logging.getLogger(__name__)
 
+PDIR = ("pointing right, fitted with the partisan study's estimator on the paired statements' "
+        "base tokens as the crosscoder read them; summary.json's partisan_direction gives its "
+        "cosine with the partisan study's own")
 SEEDS = ("range (min-max) over the crosscoder training seeds, not a confidence interval "
          "(value: the first seed; n: the seeds)")
 MATCHED = ("shared latents of the same crosscoder, each model-specific latent matched to one "
@@ -45,7 +48,7 @@ HEADLINE_KEYS = {
                     "held-out issues, as fve_base",
     "max_abs_cos_partisan_instruct_only": "Strongest |cosine| between an instruct_only latent's "
                                           "instruct decoder (after Latent Scaling) and the base "
-                                          "partisan direction; interval: " + SEEDS,
+                                          "partisan direction (" + PDIR + "); interval: " + SEEDS,
     "max_abs_cos_partisan_base_only": "Strongest |cosine| between a base_only latent's base "
                                       "decoder (after Latent Scaling) and the partisan direction; "
                                       "interval: " + SEEDS,
@@ -118,10 +121,12 @@ HEADLINE_KEYS = {
                              "base_only, random (the mean over diffing.steer.n_random random "
                              "directions, oriented toward the partisan direction as the latents "
                              "are) or instruct_only/base_only_minus_random (the latent's slope "
-                             "minus that mean, the test)): slope of the projection score (base "
-                             "model's partisan direction, + = right) per unit alpha; interval: "
-                             "bootstrap over questions (every vector's rows of a question "
-                             "together)",
+                             "minus that mean, the test)): slope of the projection score (the "
+                             "base model reads the reply; its pooled activation projected on a "
+                             "partisan direction fitted on its own reading of the statements, "
+                             "cross-fitted over issues as the steering study's; + = right) per "
+                             "unit alpha; interval: bootstrap over questions (every vector's "
+                             "rows of a question together)",
 }
 
 
