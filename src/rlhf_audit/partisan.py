@@ -80,9 +80,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import stats as sps
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
 
 from rlhf_audit.params import settings_from_params
 from rlhf_audit.stats import Estimate, bootstrap, cohens_d
@@ -355,6 +352,9 @@ def issue_folds(labels: Sequence[str], groups: Sequence, n_folds: int, seed: int
     if k < n_folds:
         log.warning("only %d issues: using %d folds instead of %d", n_groups, k, n_folds)
     y = np.array([LABELS.index(v) for v in lab])
+    from sklearn.model_selection import StratifiedGroupKFold  # sklearn and scipy.stats are
+    # imported where used: the figure and diffing jobs that import this module need neither
+
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = np.full(len(lab), -1, dtype=np.int64)
     with warnings.catch_warnings():
@@ -400,6 +400,8 @@ def fit_direction(
         else:
             mu, sd = np.zeros(X.shape[1]), np.ones(X.shape[1])
         Z = ((X - mu) / sd).astype(np.float32)
+        from sklearn.linear_model import LogisticRegression
+
         clf = LogisticRegression(C=settings.C, max_iter=settings.max_iter)
         clf.fit(Z, y.astype(int))
         if clf.n_iter_[0] >= settings.max_iter:
@@ -463,6 +465,8 @@ def _jackknife_interval(full: float, per_fold: np.ndarray, n_units: int, unit: s
     if k < 2:
         return Estimate(full, math.nan, math.nan, n_units, unit, JACKKNIFE_METHOD)
     se = math.sqrt((k - 1) / k * float(((per_fold - per_fold.mean()) ** 2).sum()))
+    from scipy import stats as sps
+
     t = float(sps.t.ppf(0.975, k - 1))
     return Estimate(
         full, max(-1.0, full - t * se), min(1.0, full + t * se), n_units, unit, JACKKNIFE_METHOD

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,9 @@ def correlation_undefined(x, y, names: tuple[str, str] = ("the first variable",
 def pearson(x, y) -> float:
     """scipy.stats.pearsonr's r, NaN where :func:`correlation_undefined` says it is undefined
     (never 0); :func:`bootstrap` drops such replicates."""
+    from scipy import stats as sps  # here: scipy.stats costs ~0.8 s to import, and most
+    # jobs that import this module never correlate
+
     x, y = np.asarray(x, float), np.asarray(y, float)
     if correlation_undefined(x, y):
         return float("nan")
