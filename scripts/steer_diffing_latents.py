@@ -5,7 +5,8 @@ from rlhf_audit.runtime import provenance, setup
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 log = setup(sm.log[0], sm.threads)
-steer_pair(latents=sm.input.latents, paired=sm.input.paired, questions=sm.input.questions,
+steer_pair(latents=sm.input.latents, paired=sm.input.paired, summary=sm.input.summary,
+           questions=sm.input.questions,
            prompts=sm.input.prompts, models=sm.params.models,
            steer=sm.params.steer, out=sm.output.steering,
            provenance=provenance(sm.rule, params={"steer": sm.params.steer}))

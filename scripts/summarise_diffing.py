@@ -6,4 +6,5 @@ from rlhf_audit.runtime import setup
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup(sm.log[0])
 summarise_pair(sm.input.summary, sm.input.steering, sm.output.headline,
-               statements_path=sm.input.statements, **sm.params.settings)
+               statements_path=sm.input.statements,
+               directions_path=sm.input.get("directions"), **sm.params.settings)

@@ -508,11 +508,12 @@ def test_a_compressed_shared_direction_shows_in_the_partisan_latents_relative_no
 
 def test_rule_functions_analyse_summarise_plot(tmp_path):
     """analyse_pair -> summarise_pair -> figures on a planted pair whose statements lean
-    left or right along the planted instruct-only direction in both models: base's partisan
-    direction, fitted on the paired statements, is that direction. The partisan study's
-    file holds another one (base's own direction vb, as if read in another context): the
-    cosines must follow the paired statements, and the summary says how far apart the
-    two are."""
+    left or right along the planted instruct-only direction vi in base and along vb in
+    instruct: base's partisan direction, fitted on the paired statements, is vi (a fit on
+    instruct's tokens would give vb). The partisan study's file holds vb, as if read in
+    another context: the cosines must follow the paired statements, and the headline says
+    how far apart the two are. Relabelled neutral, the statements give no direction and
+    the study's is used, and said to be."""
     import json
 
     from rlhf_audit.diffing.analysis import analyse_pair
@@ -525,7 +526,7 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     Xb, Xi, ids, vb, vi = synthetic_pair(n=40000, seed=6)
     n_st = len(set(ids))
     side = np.where(np.arange(n_st) % 2 == 0, 1.0, -1.0)[np.arange(len(ids)) // 20]
-    Xb, Xi = Xb + 0.1 * side[:, None] * vi, Xi + 0.1 * side[:, None] * vi
+    Xb, Xi = Xb + 0.1 * side[:, None] * vi, Xi + 0.1 * side[:, None] * vb
     labels = np.where(side > 0, "right", "left").tolist()
     paired = tmp_path / "paired.parquet"
     write_paired(Xb, Xi, ids, paired, labels=labels)
@@ -552,15 +553,18 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
     ds = pl.read_parquet(outs["diff_sae_latents"])
     assert ds["cos_partisan"].abs().max() >= 0.9  # the diff-SAE finds vi too
     pdir = json.loads(Path(outs["summary"]).read_text())["partisan_direction"]
-    assert pdir["n_right"] == pdir["n_left"] == n_st // 2
-    assert abs(pdir["cos_with_partisan_study"]) < 0.2  # the study's file held vb, not used
+    assert pdir["n_right"] == pdir["n_left"] == n_st // 2 and pdir["source"] == "paired"
+    assert abs(np.asarray(pdir["direction"]) @ vi) > 0.95
     steering = pl.DataFrame({"model": ["base"] * 6, "vector": ["instruct_only"] * 6,
                              "alpha": [-1.0, 0.0, 1.0] * 2, "question_id": ["a"] * 3 + ["b"] * 3,
                              "projection": [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]})
     steering.write_parquet(tmp_path / "steer.parquet")
     summarise_pair(outs["summary"], tmp_path / "steer.parquet", tmp_path / "headline.json",
-                   n_boot=200, statements_path=outs["statement_vectors"])
+                   n_boot=200, statements_path=outs["statement_vectors"],
+                   directions_path=tmp_path / "dir.parquet")
     h = json.loads((tmp_path / "headline.json").read_text())
+    agree = h["partisan_direction_cos_study"]  # vi fitted against the study's vb
+    assert abs(agree["value"]) < 0.2 and agree["n"] == n_st and agree["lo"] is None
     assert h["n_instruct_only"]["n"] == 2 and h["n_instruct_only"]["value"] >= 1
     assert h["max_abs_cos_partisan_instruct_only"]["value"] >= 0.9
     assert h["null_max_abs_cos_instruct_only"]["hi"] < 0.5
@@ -581,6 +585,18 @@ def test_rule_functions_analyse_summarise_plot(tmp_path):
         "[both models read the bare statements: diffing.context raw]")
     assert "diffing.context" not in h2["steer_slope_base_instruct_only"]["description"]
     assert h2["fve_base"]["value"] == h["fve_base"]["value"]
+    # no sides in the statements: the partisan study's direction (vb) stands in, labelled
+    neutral = tmp_path / "neutral.parquet"
+    write_paired(Xb, Xi, ids, neutral, labels=["neutral"] * len(ids))
+    outs_n = {k: str(tmp_path / f"n_{Path(v).name}") for k, v in outs.items()}
+    analyse_pair(paired=neutral, crosscoder_dir=tmp_path / "cc", diff_sae_dir=tmp_path / "dsae",
+                 prompts=prompts, directions=tmp_path / "dir.parquet", method="diffmean",
+                 settings=s, outputs=outs_n)
+    pdir_n = json.loads(Path(outs_n["summary"]).read_text())["partisan_direction"]
+    assert pdir_n["source"] == "partisan_study" and pdir_n["n_right"] == 0
+    np.testing.assert_allclose(pdir_n["direction"], vb, atol=1e-6)
+    base_only = pl.read_parquet(outs_n["latents"]).filter(pl.col("class") == "base_only")
+    assert base_only.height >= 1 and base_only["cos_partisan"].abs().max() >= 0.9
     plot_relative_norms(lat, tmp_path / "rel.png", 0.2, 0.8, "pair")
     plot_latent_scaling(lat, tmp_path / "ls.png", 0.5, "pair")
     assert (tmp_path / "rel.png").stat().st_size > 0 and (tmp_path / "ls.pdf").exists()
@@ -599,6 +615,8 @@ def _two_latents(dec: np.ndarray) -> pl.DataFrame:
 
 
 def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
+    import json
+
     from rlhf_audit.diffing.behaviour import steer_pair
 
     d = 32
@@ -611,6 +629,8 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
     (tmp_path / "q.jsonl").write_text("".join(
         f'{{"id": "q{i}", "issue": "tax", "question": "should we cut the tax ?"}}\n'
         for i in range(2)))
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"partisan_direction": {"direction": rng.standard_normal(d).tolist()}}))
     words = "the tax cut border wall climate policy health care guns rights vote".split()
     prompts = pl.DataFrame({
         "id": [f"p{i:02d}" for i in range(40)],
@@ -621,7 +641,8 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
     steer = {"layer": 1, "alphas": [1.0], "n_questions": 2, "max_new_tokens": 4, "seed": 0,
              "method": "diffmean", "n_random": 2}
     t = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
-                   questions=tmp_path / "q.jsonl", prompts=prompts,
+                   summary=tmp_path / "summary.json", questions=tmp_path / "q.jsonl",
+                   prompts=prompts,
                    models=models, steer=steer, out=tmp_path / "steer.parquet")
     assert set(t["model"]) == {"base", "instruct"}
     vectors = {"instruct_only", "base_only", "random_1", "random_2"}
@@ -633,9 +654,15 @@ def test_steer_pair_on_tiny_models(tiny_models, tmp_path):
     assert t["perplexity"].null_count() == 0
     neutral = prompts.with_columns(pl.lit("neutral").alias("label"))
     none = steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
-                      questions=tmp_path / "q.jsonl", prompts=neutral, models=models,
+                      summary=tmp_path / "summary.json", questions=tmp_path / "q.jsonl",
+                      prompts=neutral, models=models,
                       steer=steer, out=tmp_path / "steer2.parquet")
     assert none["projection"].null_count() == none.height  # no sides to fit on: null scores
+    (tmp_path / "old.json").write_text(json.dumps({"per_seed": []}))
+    with pytest.raises(ValueError, match="re-run analyse_diffing"):
+        steer_pair(latents=tmp_path / "latents.parquet", paired=tmp_path / "paired.parquet",
+                   summary=tmp_path / "old.json", questions=tmp_path / "q.jsonl",
+                   prompts=prompts, models=models, steer=steer, out=tmp_path / "s3.parquet")
 
 
 def _latents_with_cos(cos_shared, cos_specific, rate_shared, rate_specific, d=16, seed=0):

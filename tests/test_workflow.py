@@ -154,8 +154,10 @@ def test_the_diffing_direction_is_the_partisan_studys_where_both_read_the_same_t
     summ = json.loads((organism_run / "results/diffing/organism/summary.json").read_text())
     pdir = summ["partisan_direction"]
     assert summ["context"]["context"] == "raw" and pdir["method"] == "diffmean"
-    assert pdir["n_left"] > 0 and pdir["n_right"] > 0
-    assert pdir["cos_with_partisan_study"] > 0.9999, pdir
+    assert pdir["source"] == "paired" and pdir["n_left"] > 0 and pdir["n_right"] > 0
+    doc = json.loads((organism_run / "results/headline.json").read_text())["numbers"]
+    agree = doc["diffing.organism.partisan_direction_cos_study"]
+    assert agree["value"] > 0.9999 and agree["n"] == pdir["n_left"] + pdir["n_right"], agree
 
 
 def test_claims_table_is_labelled_as_organism_results(organism_run):
@@ -196,8 +198,9 @@ def test_editing_probe_params_reruns_probes_and_descendants_not_extraction(tiny_
                 override(code, "folds", {"partisan": {"n_folds": 2}}))
     assert set(jobs) == {"fit_partisan_probes", "plot_partisan", "build_steering_vectors",
                          "generate_steering", "score_steering", "analyse_steering",
-                         "plot_steering", "analyse_diffing", "steer_diffing_latents",
-                         "summarise_diffing", "plot_diffing", "collect_headline", "all"}, jobs
+                         # the diffing analysis fits its own direction: only the summary's
+                         # comparison with the partisan study's reruns
+                         "plot_steering", "summarise_diffing", "collect_headline", "all"}, jobs
     assert jobs["generate_steering"] == 2 and jobs["score_steering"] == 4
 
 

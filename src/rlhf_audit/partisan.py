@@ -81,6 +81,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rlhf_audit.directions import METHODS
+from rlhf_audit.directions import fit_direction as _fit_direction
 from rlhf_audit.params import settings_from_params
 from rlhf_audit.stats import Estimate, bootstrap, cohens_d
 
@@ -88,8 +90,6 @@ log = logging.getLogger(__name__)
 
 LABELS = ("left", "right", "neutral")
 """Allowed prompt labels."""
-METHODS = ("diffmean", "logreg")
-"""Direction estimators."""
 MODELS = ("base", "instruct")
 """Roles in a model pair."""
 PROJECTIONS = ("out_of_fold", "full")
@@ -375,46 +375,16 @@ def issue_folds(labels: Sequence[str], groups: Sequence, n_folds: int, seed: int
 def fit_direction(
     X: np.ndarray, y: np.ndarray, method: str, settings: PartisanSettings
 ) -> tuple[np.ndarray, float]:
-    """Fit a partisan direction on partisan prompts.
+    """Fit a partisan direction on partisan prompts (:func:`rlhf_audit.directions.
+    fit_direction` with the settings' C, standardize and max_iter).
 
     ``X``: ``[n, d_model]`` activations; ``y``: ``[n]`` 1 = right, 0 = left. Returns
     ``(u, b)``: ``u`` ``[d_model]`` unit vector in the raw activation space pointing to
     "right", ``b`` the decision threshold on ``X @ u`` (activation units): predict right
     where ``X @ u > b``.
     """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y).astype(bool)
-    if method == "diffmean":
-        m_right, m_left = X[y].mean(0), X[~y].mean(0)
-        w = m_right - m_left
-        norm = np.linalg.norm(w)
-        if norm == 0:
-            raise ValueError("left and right prompts have identical mean activations")
-        u = w / norm
-        return u, float(0.5 * (m_right + m_left) @ u)
-    if method == "logreg":
-        if settings.standardize:
-            mu = X.mean(0)
-            sd = X.std(0)
-            sd = np.where(sd > 0, sd, 1.0)  # constant features carry no signal
-        else:
-            mu, sd = np.zeros(X.shape[1]), np.ones(X.shape[1])
-        Z = ((X - mu) / sd).astype(np.float32)
-        from sklearn.linear_model import LogisticRegression
-
-        clf = LogisticRegression(C=settings.C, max_iter=settings.max_iter)
-        clf.fit(Z, y.astype(int))
-        if clf.n_iter_[0] >= settings.max_iter:
-            log.warning("logistic regression hit max_iter=%d", settings.max_iter)
-        coef = clf.coef_[0].astype(np.float64)
-        # decision = ((x - mu)/sd) @ coef + c = x @ (coef/sd) + (c - (mu/sd) @ coef)
-        w = coef / sd
-        c = float(clf.intercept_[0]) - float((mu / sd) @ coef)
-        norm = np.linalg.norm(w)
-        if norm == 0:
-            raise ValueError("logistic regression returned zero weights (C too small?)")
-        return w / norm, -c / norm
-    raise ValueError(f"unknown partisan method {method!r}: use one of {METHODS}")
+    return _fit_direction(X, y, method, C=settings.C, standardize=settings.standardize,
+                          max_iter=settings.max_iter)
 
 
 def auc(scores: np.ndarray, y: np.ndarray) -> float:

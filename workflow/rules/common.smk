@@ -864,20 +864,37 @@ def diffing_partisan_directions(pair):
     return {}
 
 
+def diffing_summary_directions(wildcards):
+    """The partisan study's directions, which the summary compares the diffing direction
+    with, when the partisan study runs on the pair."""
+    return diffing_partisan_directions(wildcards.pair)
+
+
+def diffing_reads_the_partisan_statements():
+    """Whether the diffing dataset is the partisan study's own (extract.dataset): then its
+    paired statements carry the sides the study fits on and give the diffing direction
+    themselves, and the study's file is no input of the analysis (an edit of the partisan
+    study reruns only the summary's comparison). Another dataset (a larger corpus, maybe
+    all neutral) gets the study's direction as its fallback."""
+    return config["diffing"]["dataset"] == config["extract"]["dataset"]
+
+
 def diffing_analysis_inputs(wildcards):
     d = f"results/diffing/{wildcards.pair}"
+    fallback = {} if diffing_reads_the_partisan_statements() else diffing_partisan_directions(
+        wildcards.pair)
     return {"paired": f"{d}/paired.parquet", "crosscoder": f"{d}/crosscoder/index.json",
             "diff_sae": f"{d}/diff_sae/cfg.json",
-            "prompts": normalised(config["diffing"]["dataset"]),
-            **diffing_partisan_directions(wildcards.pair)}
+            "prompts": normalised(config["diffing"]["dataset"]), **fallback}
 
 
 def diffing_steering_inputs(wildcards):
     d = f"results/diffing/{wildcards.pair}"
     m = pair_models(wildcards.pair)
     return {"latents": f"{d}/latents.parquet", "paired": f"{d}/paired.parquet",
+            "summary": f"{d}/summary.json",
             "questions": config["steering"]["questions"],
-            "prompts": normalised(config["diffing"]["dataset"]),
+            "prompts": normalised(config["extract"]["dataset"]),
             "models": model_files(m["base"]) + model_files(m["instruct"])}
 
 
@@ -893,7 +910,8 @@ def diffing_steering_settings(wildcards):
     return {"layer": config["diffing"]["layer"], "alphas": list(s["alphas"]),
             "n_questions": s["n_questions"], "max_new_tokens": s["max_new_tokens"],
             "n_random": s["n_random"], "seed": config["diffing"]["seed"],
-            "method": config["partisan"]["methods"][0], "C": config["partisan"]["C"]}
+            "projection_folds": config["steering"]["projection_folds"],
+            "score_seed": config["steering"]["seed"]}
 
 
 def diffing_summary_settings(wildcards):

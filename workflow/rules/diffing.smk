@@ -74,7 +74,7 @@ rule analyse_diffing:
     params:
         settings=diffing_settings,
         method=config["partisan"]["methods"][0],
-        C=config["partisan"]["C"],
+        C=config["partisan"]["C"] if config["partisan"]["methods"][0] == "logreg" else None,
         device=diffing_device(),
         code=script_code("analyse_diffing.py"),
     threads: 1
@@ -110,6 +110,7 @@ rule steer_diffing_latents:
 
 rule summarise_diffing:
     input:
+        unpack(diffing_summary_directions),
         summary=rules.analyse_diffing.output.summary,
         statements=rules.analyse_diffing.output.statement_vectors,
         steering=rules.steer_diffing_latents.output.steering,

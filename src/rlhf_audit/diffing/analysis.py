@@ -25,7 +25,7 @@ import polars as pl
 import torch
 
 from rlhf_audit.diffing.crosscoder import BatchTopKCrossCoder, load_crosscoder
-from rlhf_audit.diffing.inputs import context_direction, cosine, partisan_direction
+from rlhf_audit.diffing.inputs import context_direction, partisan_direction
 from rlhf_audit.diffing.latent_scaling import ScalingSums, scaling_flag
 from rlhf_audit.diffing.paired import cluster_of, iter_paired, paired_info, train_tokens
 from rlhf_audit.diffing.settings import DiffingSettings, resolve_device
@@ -445,15 +445,18 @@ def shared_nulls(latents: pl.DataFrame, W_diff_sae: np.ndarray | None, *,
 
 
 def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame, directions,
-                 method: str, settings: DiffingSettings, outputs: dict, C: float = 1.0,
+                 method: str, settings: DiffingSettings, outputs: dict,
+                 C: float | None = None,
                  provenance: dict | None = None, device: str = "cpu") -> dict:
     """Rule analyse_diffing: write latents, top statements, diff-SAE latents and summary.json.
 
-    The partisan direction every ``cos_partisan`` column reads is base's, fitted on the
-    paired file's statements (:func:`rlhf_audit.diffing.inputs.context_direction`), so it
-    lives where the decoders do; the partisan study's (``directions``, optional) reads
-    each model natively and is only compared with it (``partisan_direction`` in
-    summary.json)."""
+    The partisan direction every ``cos_partisan`` column reads is the base-role model's,
+    fitted on the paired file's statements (:func:`rlhf_audit.diffing.inputs.
+    context_direction`), so it lives where the decoders do. Only when those statements
+    carry no left/right labels is the partisan study's (``directions``, read natively)
+    used instead. summary.json's ``partisan_direction`` holds the direction, its source
+    and counts (the steering step orients its vectors with it; summarise_diffing compares
+    it with the partisan study's)."""
     import json
 
     from rlhf_audit.diffing.diff_sae import load_diff_sae_decoder
@@ -461,9 +464,13 @@ def analyse_pair(*, paired, crosscoder_dir, diff_sae_dir, prompts: pl.DataFrame,
 
     info = paired_info(paired)
     train_tokens(info, paired)  # a file from before the split: say so before any work
-    direction, dir_info = context_direction(paired, method, C=C)
-    study = partisan_direction(directions, settings.layer, method)
-    dir_info["cos_with_partisan_study"] = cosine(direction, study)
+    direction, dir_info = context_direction(paired, method, C=1.0 if C is None else C)
+    if direction is None and directions:
+        # statements without sides (a generic corpus): the partisan study's direction, read
+        # natively, is the only one there is; summary.json says so
+        direction = partisan_direction(directions, settings.layer, method)
+        dir_info["source"] = "partisan_study" if direction is not None else None
+    dir_info["direction"] = None if direction is None else direction.tolist()
     texts = dict(zip(prompts["id"].cast(pl.String), prompts["text"], strict=True))
     res = analyse_crosscoders(paired, crosscoder_dir, settings, direction, texts, device)
     lat = res["latents"]

@@ -8,18 +8,21 @@ layer (so alpha is in units of one typical activation, as in the steering study)
 when a partisan direction exists, oriented toward it (+ = right): the random ones too,
 or flipping only the latents would give them a head start the control lacks (the
 summary reports each latent's slope minus the random directions' mean slope). The
-orienting direction is base's, fitted on the paired file's statements
-(:func:`rlhf_audit.diffing.inputs.context_direction`): the space the decoders live in.
+orienting direction is the one the latents were matched to (summary.json's
+``partisan_direction``, fitted on the paired file's statements by
+:func:`rlhf_audit.diffing.inputs.context_direction`): the space the decoders live in.
 
 Both models are steered with the same vectors through
-:func:`rlhf_audit.steering.generate.sweep`, and every generation is scored as the
-steering study scores its sweep (:func:`rlhf_audit.steering.score.score_projection`):
-the base model reads the text, and its pooled activation is projected on a partisan
-direction cross-fitted over issues (none of the question's issue), fitted on the same
-model's reading of the labelled statements with the same pooling
-(:func:`scorer_directions`). A direction from another reading (the partisan study reads
-an instruct-role model inside its template, the scorer reads bare text) would score
-along an axis the scorer's activations do not use.
+:func:`rlhf_audit.steering.generate.sweep`, and every generation is scored with the
+steering study's scorer (:func:`rlhf_audit.steering.score.score_projection`, with its
+projection_folds and seed): the pair's base-role model reads the text, and its pooled
+activation is projected on a partisan direction cross-fitted over issues (none of the
+question's issue), fitted on the same model's reading of the partisan study's labelled
+statements with the same pooling (:func:`scorer_directions`). A direction from another
+reading (the partisan study reads an instruct-role model inside its template, the scorer
+reads bare text) would score along an axis the scorer's activations do not use. Unlike
+the steering study no identity words are masked: there are no identity primes here
+(replies naming a party count).
 """
 
 from __future__ import annotations
@@ -71,31 +74,37 @@ def steering_vectors(latents: pl.DataFrame, layer: int, norm: float,
 
 
 def scorer_directions(scorer, prompts: pl.DataFrame, question_issues, layer: int, *,
-                      settings: SteeringSettings,
+                      settings: SteeringSettings, n_folds: int = 5, seed: int = 0,
                       batch_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """{question issue: (direction, centre)} for the projection scorer, or None.
 
-    The scorer (base model, tokenizer) reads every labelled statement of ``prompts``
-    (columns text, label, issue) as it reads a generation (bare text, pooled as
-    ``settings.score_pooling``); the directions are cross-fitted over issues as the
-    steering study's (:func:`rlhf_audit.steering.score.crossfit_directions`, with
-    ``settings.projection_folds`` and ``settings.seed``). None when
-    the statements have no left or no right label (the scores stay null)."""
+    The scorer (the pair's base-role model and its tokenizer) reads every left and right
+    statement of ``prompts`` (columns id, text, label, issue) as it reads a generation
+    (bare text, pooled as ``settings.score_pooling``); the directions are cross-fitted over
+    issues as the steering study's (:func:`rlhf_audit.steering.score.crossfit_directions`,
+    ``n_folds`` and ``seed`` its projection_folds and seed), a statement without an issue
+    being its own cluster. None when fewer than :data:`rlhf_audit.diffing.inputs.
+    MIN_PER_SIDE` statements have either side (the scores stay null)."""
+    from rlhf_audit.diffing.inputs import MIN_PER_SIDE
+    from rlhf_audit.diffing.paired import cluster_of
     from rlhf_audit.steering.activations import layer_activations
 
-    for c in ("text", "label", "issue"):
+    for c in ("id", "text", "label", "issue"):
         if c not in prompts.columns:
             raise ValueError(f"diffing prompts lack column {c!r} (columns: {prompts.columns})")
     part = prompts.filter(pl.col("label").is_in(["left", "right"]))
-    if part.filter(pl.col("label") == "right").height == 0 or \
-            part.filter(pl.col("label") == "left").height == 0:
-        log.warning("the diffing statements have no left or no right label: the steering "
-                    "projection scores stay null")
+    n_right = part.filter(pl.col("label") == "right").height
+    if min(n_right, part.height - n_right) < MIN_PER_SIDE:
+        log.warning("%d right and %d left statements: the steering projection scores stay "
+                    "null", n_right, part.height - n_right)
         return None
     X = layer_activations(scorer[0], scorer[1], part["text"].to_list(), layer,
                           settings.score_pooling, batch_size)
-    return crossfit_directions(part.select("label", "issue"), X, question_issues,
-                               settings.projection_folds, settings.seed)
+    meta = pl.DataFrame({  # a statement without an issue: its own cluster, named apart
+        "label": part["label"],
+        "issue": [s if s else cluster_of(str(i), None) for i, s in
+                  zip(part["id"].to_list(), part["issue"].to_list(), strict=True)]})
+    return crossfit_directions(meta, X, question_issues, n_folds, seed)
 
 
 def steer_and_score(model, tok, chat: bool, role: str, scorer, questions: dict[str, str],
@@ -119,13 +128,16 @@ def steer_and_score(model, tok, chat: bool, role: str, scorer, questions: dict[s
     return gens.with_columns(scores["projection"].fill_nan(None), scores["perplexity"])
 
 
-def steer_pair(*, latents, paired, questions, prompts, models: dict, steer: dict, out,
-               provenance: dict | None = None) -> pl.DataFrame:
+def steer_pair(*, latents, paired, summary, questions, prompts, models: dict, steer: dict,
+               out, provenance: dict | None = None) -> pl.DataFrame:
     """Rule steer_diffing_latents: load both models, steer, score, write ``out``.
 
-    ``prompts``: the diffing dataset (normalised table, or its path): the statements the
+    ``summary``: analyse_diffing's summary.json (its ``partisan_direction`` orients the
+    vectors); ``prompts``: the labelled statements (normalised table, or its path) the
     scorer's directions are fitted on."""
-    from rlhf_audit.diffing.inputs import context_direction
+    import json
+    from pathlib import Path
+
     from rlhf_audit.diffing.paired import paired_info
     from rlhf_audit.io import write_table
     from rlhf_audit.lm.loader import load_causal_lm
@@ -134,12 +146,20 @@ def steer_pair(*, latents, paired, questions, prompts, models: dict, steer: dict
     # only the candidates' rows: the table holds every latent's two decoders
     lat = pl.scan_parquet(latents).filter(
         pl.col("class_scaled").is_in(["instruct_only", "base_only"])).collect()
-    direction, _ = context_direction(paired, steer["method"], C=steer.get("C", 1.0))
+    saved = json.loads(Path(summary).read_text()).get("partisan_direction") or {}
+    if "direction" not in saved:
+        raise ValueError(f"{summary} has no partisan_direction.direction (written before "
+                         "the direction was fitted on the paired file): re-run analyse_diffing")
+    direction = None if saved["direction"] is None else np.asarray(saved["direction"],
+                                                                    np.float64)
     q = pl.read_ndjson(questions).head(steer["n_questions"])
     for c in ("id", "question", "issue"):
         if c not in q.columns:
             raise ValueError(f"{questions}: no {c!r} field (fields: {q.columns}); each "
                              "question needs id, issue and question")
+    if q["issue"].null_count():
+        raise ValueError(f"{questions}: {q['issue'].null_count()} question(s) without an "
+                         "issue; the projection scorer holds each question's issue out")
     qs = dict(zip(q["id"].to_list(), q["question"].to_list(), strict=True))
     issues = dict(zip(q["id"].to_list(), q["issue"].cast(pl.String).to_list(), strict=True))
     statements = prompts if isinstance(prompts, pl.DataFrame) else pl.read_parquet(prompts)
@@ -153,7 +173,8 @@ def steer_pair(*, latents, paired, questions, prompts, models: dict, steer: dict
         loaded[role] = (model, tok, m["chat"])
     scorer = loaded["base"][:2]
     directions = scorer_directions(scorer, statements, sorted(set(issues.values())), layer,
-                                   settings=settings)
+                                   settings=settings, n_folds=steer.get("projection_folds", 5),
+                                   seed=steer.get("score_seed", 0))
     rows = []
     for role in ("base", "instruct"):
         v = steering_vectors(lat, layer, info[f"mean_norm_{role}"], direction, steer["seed"],

@@ -1,6 +1,7 @@
 """The diffing study's partisan directions: the one its latents are compared with, fitted
 on the paired file itself, and the partisan study's, for comparison (light: numpy and
-polars; sklearn only for a logistic-regression fit)."""
+polars; sklearn only for a logistic-regression fit; no other study's code, so an edit of
+the partisan study reruns none of the diffing study's GPU jobs)."""
 
 from __future__ import annotations
 
@@ -39,30 +40,31 @@ def context_direction(paired: str | os.PathLike, method: str, *, C: float = 1.0,
     Each statement's mean paired-token vector of ``role`` (:func:`rlhf_audit.diffing.paired.
     statement_means`: the content tokens as the crosscoder read them, in the pair's
     ``diffing.context``), right against left with the partisan study's estimator
-    (:func:`rlhf_audit.partisan.fit_direction`, ``method`` diffmean or logreg at ``C``),
+    (:func:`rlhf_audit.directions.fit_direction`, ``method`` diffmean or logreg at ``C``),
     on every statement of both splits (a reference direction, as the partisan study's
-    full-data one; no number is read off held-out statements with it). The partisan
-    study's own direction reads each model natively (instruct inside its template), so in
-    the ``raw`` or ``chat`` context it can be another direction from the one the decoders
-    live in. Returns (unit direction [d_model] or None, description): None when the
-    statements carry fewer than :data:`MIN_PER_SIDE` left or right labels (a dataset
-    that is not partisan), and the cosine columns then stay null."""
+    full-data one: it enters only decoder cosines, the choice of latents by cosine and the
+    sign of steering vectors, never a number read off held-out activations). The partisan
+    study's own direction reads each model natively (an instruct-role model inside its
+    template), so in the ``chat`` or ``native`` context, or with a chat model in the base
+    role, it can be another direction from the one the decoders live in; for a bare base
+    in ``raw`` both pool the same tokens. Returns (unit direction [d_model] or None,
+    description): None when the statements carry fewer than :data:`MIN_PER_SIDE` left or
+    right labels (a dataset that is not partisan)."""
     from rlhf_audit.diffing.paired import statement_means
 
     frame, M = statement_means(paired, role)
     lab = frame["label"].to_numpy()
     n_right, n_left = int((lab == "right").sum()), int((lab == "left").sum())
-    info = {"source": f"paired file, {role} statements", "method": method,
+    info = {"source": "paired", "method": method,
             "n_right": n_right, "n_left": n_left}
     if min(n_right, n_left) < MIN_PER_SIDE:
         log.warning("%s: %d right and %d left statements: no partisan direction in context; "
                     "cos_partisan stays null", paired, n_right, n_left)
         return None, info
-    from rlhf_audit.partisan import PartisanSettings, fit_direction
+    from rlhf_audit.directions import fit_direction
 
     part = (lab == "right") | (lab == "left")
-    u, _ = fit_direction(M[part], lab[part] == "right", method,
-                         PartisanSettings(methods=(method,), headline_method=method, C=C))
+    u, _ = fit_direction(M[part], lab[part] == "right", method, C=C)
     return np.asarray(u, np.float64), info
 
 

@@ -509,6 +509,16 @@ def write_paired(
     return info
 
 
+def _group_sums(groups: np.ndarray, n_groups: int, X: np.ndarray) -> np.ndarray:
+    """Row sums of ``X`` [n, d] per group (``groups`` [n] in 0..n_groups-1), float64: one
+    sparse product (np.add.at took ~0.7 s a 8192 x 4096 batch)."""
+    import scipy.sparse as sp
+
+    G = sp.csr_matrix((np.ones(len(groups)), (groups, np.arange(len(groups)))),
+                      shape=(n_groups, len(groups)))
+    return np.asarray(G @ X.astype(np.float64))
+
+
 def statement_means(path: str | os.PathLike, role: str, *,
                     batch_rows: int = 8192) -> tuple[pl.DataFrame, np.ndarray]:
     """Each statement's mean paired-token vector of one model (``role`` "base" or
@@ -538,11 +548,11 @@ def statement_means(path: str | os.PathLike, role: str, *,
                 counts.append(0)
             rows[j] = k
         uniq, inv = np.unique(rows, return_inverse=True)
-        part = np.zeros((len(uniq), d))
-        np.add.at(part, inv, X.astype(np.float64))
+        part = _group_sums(inv, len(uniq), X)
+        n = np.bincount(inv, minlength=len(uniq))
         for j, k in enumerate(uniq.tolist()):
             sums[k] += part[j]
-            counts[k] += int((inv == j).sum())
+            counts[k] += int(n[j])
     order = sorted(range(len(meta)), key=lambda k: meta[k][0])
     frame = pl.DataFrame({"prompt_id": [meta[k][0] for k in order],
                           "label": [meta[k][1] for k in order],

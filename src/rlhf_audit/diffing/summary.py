@@ -12,9 +12,10 @@ from rlhf_audit.stats import Estimate, bootstrap
 
 log = logging.getLogger(__name__)
 
-PDIR = ("pointing right, fitted with the partisan study's estimator on the paired statements' "
-        "base tokens as the crosscoder read them; summary.json's partisan_direction gives its "
-        "cosine with the partisan study's own")
+PDIR_SHORT = ("fitted with the partisan study's first method on the pair's base-role "
+              "tokens of the paired statements, both splits, read as the crosscoder reads them")
+PDIR = ("pointing right, " + PDIR_SHORT + "; partisan_direction_cos_study compares it with "
+        "the partisan study's own")
 SEEDS = ("range (min-max) over the crosscoder training seeds, not a confidence interval "
          "(value: the first seed; n: the seeds)")
 MATCHED = ("shared latents of the same crosscoder, each model-specific latent matched to one "
@@ -116,6 +117,13 @@ HEADLINE_KEYS = {
                            "(median; interval: 2.5-97.5 percentiles of 1000 draws)",
     "diff_sae_max_abs_cos_partisan": "Strongest |cosine| between a diff-SAE latent and the base "
                                      "partisan direction (no interval, no null)",
+    "partisan_direction_cos_study": "Cosine of the partisan direction the latents are matched "
+                                    "to (" + PDIR_SHORT + ") with the partisan study's base "
+                                    "direction at the diffing layer, which reads each model "
+                                    "in its own format: near 1 where both pool the same "
+                                    "tokens (a bare base in diffing.context raw); lower, "
+                                    "the other reading differs (no interval: two fitted "
+                                    "directions; n: the labelled statements)",
     "steer_slope_{feature}": "Steering by a crosscoder latent's decoder ({feature} = "
                              "model_vector: model base/instruct steered; vector instruct_only/"
                              "base_only, random (the mean over diffing.steer.n_random random "
@@ -324,10 +332,30 @@ CONTEXT_TEXT = {"raw": "the bare statements", "chat": "the statements in instruc
 """How a diffing key's description names the ``diffing.context`` it was read in."""
 
 
+def direction_agreement(summary: dict, directions_path) -> Estimate | None:
+    """Cosine of the direction the latents were matched to (summary.json's
+    ``partisan_direction``) with the partisan study's base direction at the diffing layer
+    (``directions_path``, its directions.parquet), or None without both. No interval: two
+    fitted directions; n: the labelled statements behind the first."""
+    from rlhf_audit.diffing.inputs import cosine, partisan_direction
+
+    pdir = summary.get("partisan_direction") or {}
+    if not directions_path or pdir.get("direction") is None:
+        return None
+    study = partisan_direction(directions_path, summary["settings"]["layer"], pdir["method"])
+    if study is None:
+        return None
+    return Estimate(cosine(np.asarray(pdir["direction"]), study), math.nan, math.nan,
+                    int(pdir.get("n_left", 0)) + int(pdir.get("n_right", 0)), "cosine",
+                    "none: two fitted directions")
+
+
 def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
-                   seed: int = 0, statements_path=None, n_splits: int = 20) -> None:
+                   seed: int = 0, statements_path=None, n_splits: int = 20,
+                   directions_path=None) -> None:
     """Rule summarise_diffing: the pair's headline fragment from summary.json, the held-out
-    statements' vectors (``statements_path``) and steering."""
+    statements' vectors (``statements_path``), steering and, when the partisan study ran on
+    the pair, its directions (``directions_path``)."""
     import json
 
     from rlhf_audit.headline import write_fragment
@@ -337,6 +365,9 @@ def summarise_pair(summary_path, steering_path, out_path, n_boot: int = 1000,
     steering = pl.read_parquet(steering_path) if steering_path else None
     est = headline(s["per_seed"], s["statement_errors"], s["diff_sae"], steering,
                    nulls=s["nulls"], n_boot=n_boot, seed=seed)
+    agree = direction_agreement(s, directions_path)
+    if agree is not None:
+        est["partisan_direction_cos_study"] = agree
     if statements_path:
         est |= partisan_variance_ratios(pl.read_parquet(statements_path), n_boot=n_boot,
                                         seed=seed, n_splits=n_splits)
