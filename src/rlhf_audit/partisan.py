@@ -353,7 +353,7 @@ def issue_folds(labels: Sequence[str], groups: Sequence, n_folds: int, seed: int
         log.warning("only %d issues: using %d folds instead of %d", n_groups, k, n_folds)
     y = np.array([LABELS.index(v) for v in lab])
     from sklearn.model_selection import StratifiedGroupKFold  # sklearn and scipy.stats are
-    # imported where used: the figure and diffing jobs that import this module need neither
+    # imported where used: the figure jobs that import this module need neither
 
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = np.full(len(lab), -1, dtype=np.int64)
